@@ -1,0 +1,24 @@
+// Op schemas of the fgdkern extension, defined once. Kernels register their
+// implementations per dispatch key in csrc/cpu/*.cpp and csrc/cuda/*.cu.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty Python module, so `import fgdkern._C` loads this library and runs
+// the static registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fgdkern, m) {
+  // SPEC 1.1, every level in one call. boxes (sum K_n, 4) float32 xyxy pixels,
+  // counts (N,) int64, img_shapes (N, 2) float32 (h, w),
+  // level_sizes [H0, W0, H1, W1, ...]. Returns [fg0, bg0, fg1, bg1, ...],
+  // each (N, H_l, W_l) float32.
+  m.def("rasterize_boxes(Tensor boxes, Tensor counts, Tensor img_shapes, int[] level_sizes) -> Tensor[]");
+  // The two fused FGD passes on CPU; contract in fgdkern/reference/fgd_passes.py.
+  m.def("fgd_stats_cpp(Tensor[] S, Tensor[] T, Tensor[] fg, Tensor[] bg, Tensor[] w_s, Tensor[] w_t, float temp) -> Tensor[]");
+  m.def("fgd_grad_cpp(Tensor[] S, Tensor[] T, Tensor[] pix_coef, Tensor[] chan_coef, Tensor[] K) -> Tensor[]");
+}
