@@ -65,16 +65,16 @@ CHAN_COEF_ROWS = ("b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_
 
 
 def _flat(F: Tensor) -> Tensor:
-    """(N, C, H, W) any dtype -> (N, C, HW) float32."""
-    return F.float().reshape(F.shape[0], F.shape[1], -1)
+    """(N, C, H, W) -> (N, C, HW) float32 (float64 stays float64, for gradcheck)."""
+    return F.to(torch.promote_types(F.dtype, torch.float32)).reshape(F.shape[0], F.shape[1], -1)
 
 
 def fgd_stats_level(S, T, fg, bg, w_s, w_t, temp: float):
     s, t = _flat(S), _flat(T)
     N, C, HW = s.shape
     d = s - t
-    z_s = torch.einsum("c,ncp->np", w_s.float(), s)
-    z_t = torch.einsum("c,ncp->np", w_t.float(), t)
+    z_s = torch.einsum("c,ncp->np", w_s.to(s.dtype), s)
+    z_t = torch.einsum("c,ncp->np", w_t.to(s.dtype), t)
     gs_t = t.abs().mean(1)
     pix = torch.stack([s.abs().mean(1), gs_t, z_s, z_t], 1)
     A = HW * torch.softmax(gs_t / temp, -1)
@@ -86,8 +86,8 @@ def fgd_stats_level(S, T, fg, bg, w_s, w_t, temp: float):
         torch.einsum("ncp,np->nc", t, torch.softmax(z_t, -1)),
         sum_d,
         (d - sum_d[..., None] / HW).square().sum(2),
-        torch.einsum("ncp,np->nc", d.square(), fg.reshape(N, HW).float() * A),
-        torch.einsum("ncp,np->nc", d.square(), bg.reshape(N, HW).float() * A),
+        torch.einsum("ncp,np->nc", d.square(), fg.reshape(N, HW).to(s.dtype) * A),
+        torch.einsum("ncp,np->nc", d.square(), bg.reshape(N, HW).to(s.dtype) * A),
     ], 1)
     return pix, chan
 

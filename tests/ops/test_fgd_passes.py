@@ -1,0 +1,144 @@
+"""The fused passes of every backend against their PyTorch contract.
+
+fgdkern.reference.fgd_passes fixes what fgd_stats and fgd_grad compute; here
+each kernel is compared with it output by output, in float32, over shapes that stress tiling (odd C, 1x1 and non-square maps, several
+levels of different sizes), dtypes, memory formats, and boxes.
+"""
+import os
+
+import pytest
+import torch
+
+from fgdkern._ext import HAS_EXT
+from fgdkern.ops import fgd as fused
+from fgdkern.reference import fgd_passes as contract
+
+BACKENDS = [
+    pytest.param("cpp", marks=pytest.mark.skipif(not HAS_EXT, reason="extension not built")),
+    pytest.param("triton", marks=pytest.mark.skipif(
+        not fused.triton_available() or (not torch.cuda.is_available()
+                                         and os.environ.get("TRITON_INTERPRET") != "1"),
+        reason="needs triton on CUDA or TRITON_INTERPRET=1")),
+]
+# (N, C, [(H, W), ...])
+SHAPES = [
+    (1, 1, [(1, 1)]),
+    (2, 5, [(3, 7)]),
+    (2, 37, [(9, 6), (5, 3), (1, 2)]),
+    (3, 16, [(12, 10), (6, 5)]),
+    (1, 130, [(4, 33)]),
+]
+TOL = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float16: dict(rtol=2e-5, atol=1e-6),
+       torch.bfloat16: dict(rtol=2e-5, atol=1e-6)}
+
+
+def device_of(backend):
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def make_inputs(N, C, sizes, dtype=torch.float32, device="cpu", layout="contiguous", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S, T, fg, bg, w_s, w_t = [], [], [], [], [], []
+    for H, W in sizes:
+        s = torch.randn(N, C, H, W, generator=g).to(dtype)
+        t = (0.5 * s.float() + torch.randn(N, C, H, W, generator=g)).to(dtype)
+        if layout == "channels_last":
+            s, t = (x.contiguous(memory_format=torch.channels_last) for x in (s, t))
+        elif layout == "strided":  # a non-contiguous view: every other channel of a bigger map
+            s = torch.randn(N, 2 * C, H, W, generator=g).to(dtype)[:, ::2]
+            t = torch.randn(N, 2 * C, H, W, generator=g).to(dtype)[:, 1::2]
+        cover = torch.rand(N, H, W, generator=g) < 0.3
+        f = torch.where(cover, torch.rand(N, H, W, generator=g), torch.zeros(()))
+        nbg = (~cover).sum((1, 2), keepdim=True).clamp(min=1).float()
+        S.append(s.to(device))
+        T.append(t.to(device))
+        fg.append(f.to(device))
+        bg.append(((~cover).float() / nbg).to(device))
+        w_s.append(torch.randn(C, generator=g).div(C ** 0.5).to(device))
+        w_t.append(torch.randn(C, generator=g).div(C ** 0.5).to(device))
+    return S, T, fg, bg, w_s, w_t
+
+
+def make_coefs(S, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    pix, chan, K = [], [], []
+    for s in S:
+        N, C, H, W = s.shape
+        p = torch.rand(N, 5, H * W, generator=g)
+        p[:, 3:] = torch.softmax(torch.randn(N, 2, H * W, generator=g), -1)
+        pix.append(p.to(s.device))
+        chan.append(torch.randn(N, 9, C, generator=g).to(s.device))
+        K.append(torch.randn(N, 2, generator=g).to(s.device))
+    return pix, chan, K
+
+
+def assert_close_list(got, want, **tol):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape, (i, a.shape, b.shape)
+        assert a.dtype == b.dtype, (i, a.dtype, b.dtype)
+        torch.testing.assert_close(a.cpu(), b.cpu(), msg=lambda m: f"output {i}: {m}", **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("N,C,sizes", SHAPES)
+def test_stats_match_contract(backend, N, C, sizes):
+    args = make_inputs(N, C, sizes, device=device_of(backend))
+    got = fused.passes(backend)[0](*args, 0.5)
+    want = contract.fgd_stats(*args, 0.5)
+    assert_close_list(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("N,C,sizes", SHAPES)
+def test_grad_matches_contract(backend, N, C, sizes):
+    S, T, *_ = make_inputs(N, C, sizes, device=device_of(backend))
+    coefs = make_coefs(S)
+    got = fused.passes(backend)[1](S, T, *coefs)
+    want = contract.fgd_grad(S, T, *coefs)
+    assert_close_list(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_dtypes_and_layouts(backend, dtype, layout):
+    """Low-precision inputs are read as they are and accumulated in float32."""
+    args = make_inputs(2, 19, [(5, 6), (3, 2)], dtype=dtype, device=device_of(backend),
+                       layout=layout)
+    assert_close_list(fused.passes(backend)[0](*args, 0.7), contract.fgd_stats(*args, 0.7),
+                      **TOL[dtype])
+    S, T = args[0], args[1]
+    coefs = make_coefs(S)
+    got = fused.passes(backend)[1](S, T, *coefs)
+    want = contract.fgd_grad(S, T, *coefs)
+    # dS is stored in the dtype of S: compare at that precision
+    low = dict(rtol=1e-2, atol=1e-3) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=1e-4)
+    assert_close_list(got[:2], want[:2], **low)
+    assert_close_list(got[2:], want[2:], **TOL[dtype])
+    for d, s in zip(got[:2], S):  # dS keeps the memory format of a dense S
+        if s.is_contiguous() or s.is_contiguous(memory_format=torch.channels_last):
+            assert d.stride() == s.stride()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic(backend):
+    args = make_inputs(2, 33, [(7, 9), (4, 5)], device=device_of(backend))
+    first = fused.passes(backend)[0](*args, 0.5)
+    coefs = make_coefs(args[0])
+    g_first = fused.passes(backend)[1](args[0], args[1], *coefs)
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(first, fused.passes(backend)[0](*args, 0.5)))
+        g = fused.passes(backend)[1](args[0], args[1], *coefs)
+        assert all(torch.equal(a, b) for a, b in zip(g_first, g))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    args = make_inputs(2, 6, [(3, 4), (2, 2)], device=device_of(backend))
+    stats_op = getattr(torch.ops.fgdkern, f"fgd_stats_{backend}").default
+    grad_op = getattr(torch.ops.fgdkern, f"fgd_grad_{backend}").default
+    torch.library.opcheck(stats_op, (*args, 0.5), test_utils=("test_schema", "test_faketensor"))
+    coefs = make_coefs(args[0])
+    torch.library.opcheck(grad_op, (args[0], args[1], *coefs),
+                          test_utils=("test_schema", "test_faketensor"))
