@@ -28,3 +28,25 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _fused_backends():
+    from fgdkern._ext import HAS_EXT
+    from fgdkern.ops.fgd import triton_available
+
+    interp_ok = HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1"
+    has_cpp = HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fgdkern::fgd_stats_cpp", "CPU")
+    return [
+        pytest.param("cpp", marks=pytest.mark.skipif(not has_cpp, reason="C++ kernels not built")),
+        pytest.param("triton", marks=pytest.mark.skipif(
+            not (triton_available() and interp_ok), reason="needs triton on CUDA or TRITON_INTERPRET=1")),
+    ]
+
+
+# The fused backends; "torch" is the PyTorch form of the same two passes.
+FUSED_BACKENDS = _fused_backends()
+
+
+def backend_device(backend: str) -> str:
+    return "cuda" if backend == "triton" and HAS_CUDA else "cpu"

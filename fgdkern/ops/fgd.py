@@ -120,14 +120,21 @@ def _grad_coefficients(saved, g_pix, g_chan, temp):
 
 
 class _FGDStats(torch.autograd.Function):
-    """Differentiable fgd_stats over L levels: inputs S*L, T*L, fg*L, bg*L, w_s*L, w_t*L."""
+    """Differentiable fgd_stats over L levels.
+
+    Inputs: S*L, T*L, fg*L, bg*L, w_s*L, w_t*L, b_s*L, b_t*L. The conv_mask
+    biases b_s, b_t do not change a softmax over pixels: their gradient is
+    exactly zero, returned as zeros so that every parameter gets a gradient
+    (as DistributedDataParallel expects).
+    """
 
     @staticmethod
     def forward(ctx, backend: str, temp: float, L: int, *tensors):
         S, T, fg, bg, w_s, w_t = (list(tensors[i * L:(i + 1) * L]) for i in range(6))
         out = passes(backend)[0](S, T, fg, bg, w_s, w_t, temp)
         ctx.backend, ctx.temp, ctx.L = backend, temp, L
-        ctx.save_for_backward(*tensors, *out)
+        ctx.save_for_backward(*tensors[:6 * L], *out)
+        ctx.bias_like = [(b.shape, b.dtype, b.device) for b in tensors[6 * L:]]
         return tuple(out)
 
     @staticmethod
@@ -141,13 +148,14 @@ class _FGDStats(torch.autograd.Function):
         pix_coef, chan_coef, K = (list(c) for c in zip(*coefs))
         out = passes(ctx.backend)[1](list(S), list(T), pix_coef, chan_coef, K)
         dS, dw_s, dw_t = out[:L], out[L:2 * L], out[2 * L:]
-        return (None, None, None, *dS, *([None] * 3 * L), *dw_s, *dw_t)
+        zero_b = [torch.zeros(shape, dtype=dtype, device=dev) for shape, dtype, dev in ctx.bias_like]
+        return (None, None, None, *dS, *([None] * 3 * L), *dw_s, *dw_t, *zero_b)
 
 
-def fgd_stats(backend, S, T, fg, bg, w_s, w_t, temp):
+def fgd_stats(backend, S, T, fg, bg, w_s, w_t, b_s, b_t, temp):
     """Run the forward pass of ``backend`` with autograd; returns (pix list, chan list)."""
     L = len(S)
-    out = _FGDStats.apply(backend, float(temp), L, *S, *T, *fg, *bg, *w_s, *w_t)
+    out = _FGDStats.apply(backend, float(temp), L, *S, *T, *fg, *bg, *w_s, *w_t, *b_s, *b_t)
     return list(out[:L]), list(out[L:])
 
 

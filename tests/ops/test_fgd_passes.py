@@ -1,25 +1,18 @@
 """The fused passes of every backend against their PyTorch contract.
 
 fgdkern.reference.fgd_passes fixes what fgd_stats and fgd_grad compute; here
-each kernel is compared with it output by output, in float32, over shapes that stress tiling (odd C, 1x1 and non-square maps, several
-levels of different sizes), dtypes, memory formats, and boxes.
+each kernel is compared with it output by output, in float32, over shapes
+that stress tiling (odd C, 1x1 and non-square maps, several levels of
+different sizes), dtypes and memory formats.
 """
-import os
-
 import pytest
 import torch
 
-from fgdkern._ext import HAS_EXT
 from fgdkern.ops import fgd as fused
 from fgdkern.reference import fgd_passes as contract
+from tests.conftest import FUSED_BACKENDS, backend_device
 
-BACKENDS = [
-    pytest.param("cpp", marks=pytest.mark.skipif(not HAS_EXT, reason="extension not built")),
-    pytest.param("triton", marks=pytest.mark.skipif(
-        not fused.triton_available() or (not torch.cuda.is_available()
-                                         and os.environ.get("TRITON_INTERPRET") != "1"),
-        reason="needs triton on CUDA or TRITON_INTERPRET=1")),
-]
+BACKENDS = FUSED_BACKENDS
 # (N, C, [(H, W), ...])
 SHAPES = [
     (1, 1, [(1, 1)]),
@@ -32,8 +25,7 @@ TOL = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float16: dict(rtol=2e-5,
        torch.bfloat16: dict(rtol=2e-5, atol=1e-6)}
 
 
-def device_of(backend):
-    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+device_of = backend_device
 
 
 def make_inputs(N, C, sizes, dtype=torch.float32, device="cpu", layout="contiguous", seed=0):

@@ -1,0 +1,61 @@
+"""Input validation shared by the loss modules: clear errors naming the argument."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_feature(name: str, F, channels: int) -> None:
+    if not isinstance(F, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(F).__name__}")
+    if F.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {F.dtype}")
+    if F.dim() != 4:
+        raise ValueError(f"{name} must be (N, C, H, W), got shape {tuple(F.shape)}")
+    if F.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (N == 0)")
+    if F.shape[1] != channels:
+        raise ValueError(f"{name} has {F.shape[1]} channels, the loss was built for {channels}")
+    if F.shape[2] == 0 or F.shape[3] == 0:
+        raise ValueError(f"{name} has an empty feature map, shape {tuple(F.shape)}")
+
+
+def check_pair(S, T, student_channels: int, teacher_channels: int, level: str = "") -> None:
+    """preds_S / preds_T of one level: types, shapes, devices."""
+    s, t = f"preds_S{level}", f"preds_T{level}"
+    check_feature(s, S, student_channels)
+    check_feature(t, T, teacher_channels)
+    if S.shape[0] != T.shape[0] or S.shape[2:] != T.shape[2:]:
+        raise ValueError(f"{s} {tuple(S.shape)} and {t} {tuple(T.shape)} must have the same "
+                         "batch size and spatial size")
+    if S.device != T.device:
+        raise ValueError(f"{s} is on {S.device} but {t} is on {T.device}")
+
+
+def check_finite(name: str, F: Tensor) -> None:
+    if not bool(torch.isfinite(F).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+
+
+def as_level_list(name: str, feats, num_levels: int) -> list:
+    """A sequence, or a mapping such as a torchvision FPN OrderedDict (first levels in order)."""
+    if isinstance(feats, Tensor):
+        raise TypeError(f"{name} must be a list or dict of per-level tensors, got a single Tensor")
+    if isinstance(feats, Mapping):
+        feats = list(feats.values())
+    elif isinstance(feats, Sequence):
+        feats = list(feats)
+    else:
+        raise TypeError(f"{name} must be a list or dict of per-level tensors, "
+                        f"got {type(feats).__name__}")
+    if len(feats) < num_levels:
+        raise ValueError(f"{name} has {len(feats)} levels, the loss was built for {num_levels}")
+    return feats[:num_levels]

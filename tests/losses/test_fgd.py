@@ -1,0 +1,304 @@
+"""FGDLoss / MultiLevelFGDLoss: every backend against the reference, API and bad inputs.
+
+"torch" runs the fused wrapper on the PyTorch form of the two passes: it tests
+the decomposition itself; "cpp" and "triton" run the kernels.
+"""
+import copy
+from collections import OrderedDict
+
+import pytest
+import torch
+
+import fgdkern
+from fgdkern import FGDLoss, MultiLevelFGDLoss
+from fgdkern.losses.fgd import fgd_pyramid_terms
+from tests.conftest import FUSED_BACKENDS, backend_device
+from tests.helpers import random_boxes, random_features, randomize
+
+ALL_FUSED = [pytest.param("torch")] + FUSED_BACKENDS
+IMG = (64, 96)
+# (N, Cs, Ct, level sizes)
+CASES = [
+    (1, 4, 4, [(1, 1)]),
+    (2, 6, 6, [(8, 12)]),
+    (3, 5, 7, [(8, 12), (4, 6), (2, 3)]),  # align layer, odd channel counts
+    (2, 34, 34, [(16, 24), (8, 12)]),      # C larger than one channel block
+]
+# loss / gradient tolerances per input dtype (relative; absolute floor for tiny gradients)
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-7),
+       torch.float16: dict(rtol=1e-5, atol=1e-7),
+       torch.bfloat16: dict(rtol=1e-5, atol=1e-7)}
+GRAD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-9),
+            torch.float16: dict(rtol=2e-3, atol=1e-7),   # dS is rounded to float16
+            torch.bfloat16: dict(rtol=1.6e-2, atol=1e-7)}  # ... or to bfloat16
+
+
+def build(N, Cs, Ct, sizes, dtype=torch.float32, device="cpu", seed=0):
+    ms = randomize(MultiLevelFGDLoss(len(sizes), Cs, Ct, backend="reference"), seed).to(device)
+    S, T = random_features(N, Cs, Ct, sizes, dtype, seed)
+    boxes = random_boxes(N, IMG, seed=seed)
+    shapes = [IMG] * N
+    return ms, [s.to(device) for s in S], [t.to(device) for t in T], boxes, shapes
+
+
+def loss_and_grads(ms, S, T, boxes, shapes, backend):
+    S = [s.detach().clone().requires_grad_() for s in S]
+    terms = fgd_pyramid_terms(list(ms.levels), S, T, boxes, shapes, backend)
+    loss = sum(m.weighted(t) for m, t in zip(ms.levels, terms))
+    params = [p for p in ms.parameters()]
+    grads = torch.autograd.grad(loss, S + params, allow_unused=True)
+    return terms, loss, grads
+
+
+def assert_matches_reference(ms, S, T, boxes, shapes, backend, dtype=torch.float32):
+    want_terms, want, want_g = loss_and_grads(ms, S, T, boxes, shapes, "reference")
+    got_terms, got, got_g = loss_and_grads(ms, S, T, boxes, shapes, backend)
+    assert got.dtype == torch.float32
+    for a, b in zip(got_terms, want_terms):
+        torch.testing.assert_close(torch.stack(list(a)), torch.stack(list(b)), **TOL[dtype])
+    torch.testing.assert_close(got, want, **TOL[dtype])
+    names = [f"S[{k}]" for k in range(len(S))] + [n for n, _ in ms.named_parameters()]
+    for name, a, b in zip(names, got_g, want_g):
+        if b is None:
+            assert a is None or not a.any(), name
+            continue
+        assert a is not None, name
+        assert a.dtype == b.dtype, name
+        tol = GRAD_TOL[dtype] if name.startswith("S[") else GRAD_TOL[torch.float32]
+        scale = b.abs().max().clamp(min=1e-30)  # bias of conv_mask: exactly 0 vs rounding noise
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=max(tol["atol"], 1e-6 * float(scale)),
+                                   msg=lambda m: f"gradient of {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", ALL_FUSED)
+@pytest.mark.parametrize("N,Cs,Ct,sizes", CASES)
+def test_fused_matches_reference(backend, N, Cs, Ct, sizes):
+    assert_matches_reference(*build(N, Cs, Ct, sizes, device=backend_device(backend)), backend)
+
+
+@pytest.mark.parametrize("backend", ALL_FUSED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_low_precision(backend, dtype):
+    """float16 / bfloat16 features: the same values, accumulated in float32."""
+    ms, S, T, boxes, shapes = build(2, 6, 6, [(6, 9), (3, 5)], dtype, backend_device(backend))
+    assert_matches_reference(ms, S, T, boxes, shapes, backend, dtype)
+
+
+@pytest.mark.parametrize("backend", ALL_FUSED)
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_fused_memory_formats(backend, layout):
+    ms, S, T, boxes, shapes = build(2, 8, 8, [(6, 9), (3, 5)], device=backend_device(backend))
+    if layout == "channels_last":
+        S = [s.contiguous(memory_format=torch.channels_last) for s in S]
+        T = [t.contiguous(memory_format=torch.channels_last) for t in T]
+    else:
+        S = [torch.cat([s, s], 1)[:, ::2] for s in S]
+        T = [t.transpose(2, 3).contiguous().transpose(2, 3) for t in T]
+    assert_matches_reference(ms, S, T, boxes, shapes, backend)
+
+
+@pytest.mark.parametrize("backend", ALL_FUSED)
+def test_boxes_none_many_and_everywhere(backend):
+    dev = backend_device(backend)
+    ms, S, T, _, shapes = build(3, 6, 6, [(8, 12), (4, 6)], device=dev)
+    many = random_boxes(1, IMG, max_boxes=60, seed=5)[0]
+    full = torch.tensor([[0.0, 0.0, IMG[1], IMG[0]]])  # covers every cell: bg is all zero
+    boxes = [torch.zeros(0, 4), many, full]
+    assert_matches_reference(ms, S, T, boxes, shapes, backend)
+
+
+@pytest.mark.parametrize("backend", ALL_FUSED)
+def test_grad_output_is_honoured(backend):
+    """A scaled loss (GradScaler, loss weights) scales every gradient."""
+    ms, S, T, boxes, shapes = build(2, 6, 6, [(6, 8)], device=backend_device(backend))
+    ms = copy.deepcopy(ms)
+    _, loss, g1 = loss_and_grads(ms, S, T, boxes, shapes, backend)
+    S2 = [s.detach().clone().requires_grad_() for s in S]
+    terms = fgd_pyramid_terms(list(ms.levels), S2, T, boxes, shapes, backend)
+    scaled = 1024.0 * sum(m.weighted(t) for m, t in zip(ms.levels, terms))
+    g2 = torch.autograd.grad(scaled, S2 + list(ms.parameters()), allow_unused=True)
+    for a, b in zip(g1, g2):
+        if a is not None:
+            torch.testing.assert_close(1024.0 * a, b, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_deterministic(backend):
+    ms, S, T, boxes, shapes = build(2, 10, 10, [(8, 12), (4, 6)], device=backend_device(backend))
+    _, l1, g1 = loss_and_grads(ms, S, T, boxes, shapes, backend)
+    _, l2, g2 = loss_and_grads(ms, S, T, boxes, shapes, backend)
+    assert torch.equal(l1, l2)
+    assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_no_grad_forward(backend):
+    ms, S, T, boxes, shapes = build(1, 4, 4, [(4, 4)], device=backend_device(backend))
+    ms.backend = ms.levels[0].backend = backend
+    with torch.no_grad():
+        got = ms(S, T, boxes, shapes)
+    ms.backend = ms.levels[0].backend = "reference"
+    torch.testing.assert_close(got, ms(S, T, boxes, shapes).detach(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_compile_fullgraph(backend):
+    """A model whose forward calls the loss compiles without graph breaks."""
+    dev = backend_device(backend)
+    ms, S, T, boxes, shapes = build(2, 4, 4, [(4, 6), (2, 3)], device=dev)
+    for m in [ms, *ms.levels]:
+        m.backend = backend
+    want = ms(S, T, boxes, shapes)
+    compiled = torch.compile(ms, fullgraph=True, backend="aot_eager")
+    S = [s.detach().clone().requires_grad_() for s in S]
+    got = compiled(S, T, boxes, shapes)
+    got.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    assert all(s.grad is not None for s in S)
+
+
+def test_auto_backend_and_autocast():
+    """backend="auto" on CPU under bf16 autocast: float32 loss, finite gradients."""
+    ms, S, T, boxes, shapes = build(2, 6, 6, [(6, 8), (3, 4)])
+    for m in [ms, *ms.levels]:
+        m.backend = "auto"
+    S = [s.requires_grad_() for s in S]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = ms([s * 1.0 for s in S], T, boxes, shapes)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert all(torch.isfinite(s.grad).all() for s in S)
+
+
+# ------------------------------------------------------------------- the API
+def test_single_level_equals_multi_level_of_one():
+    ms, S, T, boxes, shapes = build(2, 6, 6, [(6, 8)])
+    single = ms.levels[0]
+    assert torch.equal(single(S[0], T[0], boxes, shapes), ms(S, T, boxes, shapes))
+
+
+def test_multi_level_accepts_dicts_and_sums_levels():
+    ms, S, T, boxes, shapes = build(2, 6, 6, [(8, 12), (4, 6), (2, 3)])
+    fpn_S = OrderedDict((k, s) for k, s in zip(["0", "1", "pool"], S))
+    fpn_T = OrderedDict((k, t) for k, t in zip(["0", "1", "pool"], T))
+    total = ms(fpn_S, fpn_T, boxes, shapes)
+    per_level = sum(m(s, t, boxes, shapes) for m, s, t in zip(ms.levels, S, T))
+    torch.testing.assert_close(total, per_level, rtol=1e-6, atol=0)
+
+
+def test_state_dict_names():
+    keys = set(FGDLoss(256, 256).state_dict())
+    mlp = {f"channel_add_conv_{w}.{i}.{p}" for w in "st" for i in (0, 1, 3) for p in ("weight", "bias")}
+    masks = {f"conv_mask_{w}.{p}" for w in "st" for p in ("weight", "bias")}
+    assert keys == mlp | masks
+    assert set(FGDLoss(128, 256).state_dict()) == mlp | masks | {"align.weight", "align.bias"}
+    ms = MultiLevelFGDLoss(2, 256, 256)
+    assert set(ms.state_dict()) == {f"levels.{k}.{n}" for k in range(2) for n in keys}
+
+
+def test_initialisation():
+    m = FGDLoss(64, 256)
+    for conv in (m.conv_mask_s, m.conv_mask_t):
+        assert conv.weight.shape == (1, 256, 1, 1) and not conv.bias.any()
+        assert 0.5 < float(conv.weight.detach().std()) / (2 / 256) ** 0.5 < 1.5  # kaiming fan_in
+    for mlp in (m.channel_add_conv_s, m.channel_add_conv_t):
+        assert [type(x).__name__ for x in mlp] == ["Conv2d", "LayerNorm", "ReLU", "Conv2d"]
+        assert mlp[0].weight.shape == (128, 256, 1, 1) and mlp[1].normalized_shape == (128, 1, 1)
+        assert not mlp[3].weight.any() and not mlp[3].bias.any()
+    assert m.align.weight.shape == (256, 64, 1, 1)
+
+
+@pytest.mark.parametrize("name,temp,alpha,beta,gamma,lam,levels", [
+    ("two_stage", 0.5, 5e-5, 2.5e-5, 5e-5, 5e-7, 4),
+    ("faster_rcnn", 0.5, 5e-5, 2.5e-5, 5e-5, 5e-7, 4),
+    ("retinanet", 0.5, 1e-3, 5e-4, 5e-4, 5e-6, 5),
+    ("reppoints", 0.5, 1.6e-3, 8e-4, 8e-4, 8e-6, 5),
+    ("anchor_free", 0.5, 1.6e-3, 8e-4, 8e-4, 8e-6, 5),
+    ("fcos", 0.8, 1.6e-3, 8e-4, 8e-4, 8e-6, 5),
+])
+def test_presets(name, temp, alpha, beta, gamma, lam, levels):
+    m = FGDLoss.for_detector(name, 256, 256)
+    assert (m.temp, m.alpha_fgd, m.beta_fgd, m.gamma_fgd, m.lambda_fgd) == (temp, alpha, beta, gamma, lam)
+    assert MultiLevelFGDLoss.for_detector(name, 256, 256).num_levels == levels
+    assert FGDLoss.for_detector(name, 256, 256, temp=0.3).temp == 0.3
+
+
+def test_class_defaults():
+    m = FGDLoss(256, 256)
+    assert (m.temp, m.alpha_fgd, m.beta_fgd, m.gamma_fgd, m.lambda_fgd) == (0.5, 1e-3, 5e-4, 1e-3, 5e-6)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.fixture
+def one_level():
+    ms, S, T, boxes, shapes = build(2, 4, 4, [(4, 6)])
+    return ms.levels[0], S[0], T[0], boxes, shapes
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("torch")] + FUSED_BACKENDS)
+@pytest.mark.parametrize("which", ["preds_S", "preds_T"])
+def test_non_finite_features(backend, which, one_level):
+    m, S, T, boxes, shapes = one_level
+    bad = (S if which == "preds_S" else T).clone()
+    bad[1, 2, 3, 4] = float("nan")
+    args = (bad, T) if which == "preds_S" else (S, bad)
+    with pytest.raises(ValueError, match=rf"{which}.*non-finite"):
+        fgd_pyramid_terms([m], [args[0]], [args[1]], boxes, shapes, backend)
+
+
+@pytest.mark.parametrize("mutate,exc,match", [
+    (lambda S, T, b, s: (S[:1], T, b, s), ValueError, "batch size"),
+    (lambda S, T, b, s: (S[..., :3], T, b, s), ValueError, "spatial size"),
+    (lambda S, T, b, s: (S[:, :3], T, b, s), ValueError, "preds_S has 3 channels"),
+    (lambda S, T, b, s: (S[0], T, b, s), ValueError, r"preds_S must be \(N, C, H, W\)"),
+    (lambda S, T, b, s: (S.long(), T, b, s), TypeError, "preds_S must be float"),
+    (lambda S, T, b, s: (S.tolist(), T, b, s), TypeError, "preds_S must be a torch.Tensor"),
+    (lambda S, T, b, s: (S[:0], T[:0], b[:0], s[:0]), ValueError, "empty batch"),
+    (lambda S, T, b, s: (S, T, b[:1], s), ValueError, "gt_bboxes"),
+    (lambda S, T, b, s: (S, T, b, s[:1]), ValueError, "img_shapes"),
+    (lambda S, T, b, s: (S, T, [x[:, :3] for x in b], s), ValueError, "gt_bboxes"),
+    (lambda S, T, b, s: (S, T, [torch.full((1, 4), float("inf"))] * 2, s), ValueError, "gt_bboxes"),
+    (lambda S, T, b, s: (S, T, b, [(64, 96, 3, 1)] * 2), ValueError, "img_shapes"),
+    (lambda S, T, b, s: (S, T, b, [(-64, 96)] * 2), ValueError, "img_shapes"),
+])
+def test_bad_inputs(mutate, exc, match, one_level):
+    m, S, T, boxes, shapes = one_level
+    with pytest.raises(exc, match=match):
+        m(*mutate(S, T, boxes, shapes))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="backend"):
+        FGDLoss(4, 4, backend="cuda")
+    with pytest.raises(ValueError, match="teacher_channels"):
+        FGDLoss(4, 1)
+    with pytest.raises(ValueError, match="temp"):
+        FGDLoss(4, 4, temp=0.0)
+    with pytest.raises(ValueError, match="num_levels"):
+        MultiLevelFGDLoss(0, 4, 4)
+    with pytest.raises(ValueError, match="detector"):
+        FGDLoss.for_detector("yolo", 4, 4)
+
+
+def test_multi_level_bad_containers():
+    ms, S, T, boxes, shapes = build(1, 4, 4, [(4, 6), (2, 3)])
+    with pytest.raises(TypeError, match="feats_S"):
+        ms(S[0], T, boxes, shapes)
+    with pytest.raises(ValueError, match="feats_T has 1 levels"):
+        ms(S, T[:1], boxes, shapes)
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch, one_level):
+    m, S, T, boxes, shapes = one_level
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not fgdkern.ops.fgd.triton_available():
+        pytest.skip("triton not installed")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        fgd_pyramid_terms([m], [S], [T], boxes, shapes, "triton")
+
+
+def test_float64_runs_on_reference_under_auto(one_level):
+    m, S, T, boxes, shapes = one_level
+    m = m.double()
+    m.backend = "auto"
+    assert m(S.double(), T.double(), boxes, shapes).dtype == torch.float64
