@@ -1,0 +1,151 @@
+"""fgdkern.rasterize_boxes: the fg/bg masks of every level in one call (SPEC 1.1).
+
+Validates and packs per-image boxes into the op ``fgdkern::rasterize_boxes``
+(csrc/cpu/rasterize.cpp, csrc/cuda/rasterize.cu), or into its PyTorch form
+fgdkern.reference.masks; both give the same floats, bit for bit.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fgdkern._ext import HAS_EXT, has_cuda_kernels
+from fgdkern.reference.masks import rasterize_packed
+
+BACKENDS = ("auto", "cpp", "reference")
+OP_NAME = "fgdkern::rasterize_boxes"
+# Device types with a compiled kernel (looked up once, so torch.compile sees constants).
+KERNEL_DEVICES = frozenset(
+    ([] if not HAS_EXT or not torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, "CPU")
+     else ["cpu"]) + (["cuda"] if has_cuda_kernels() else []))
+
+if HAS_EXT:
+    @torch.library.register_fake(OP_NAME)
+    def _rasterize_boxes_fake(boxes, counts, img_shapes, level_sizes):
+        out = []
+        for H, W in zip(level_sizes[0::2], level_sizes[1::2]):
+            fg = boxes.new_empty(counts.shape[0], H, W, dtype=torch.float32)
+            out += [fg, torch.empty_like(fg)]
+        return out
+
+
+def _checking() -> bool:
+    """Data-dependent checks (one host sync) run in eager mode only."""
+    return not torch.compiler.is_compiling()
+
+
+def _is_real(t: Tensor) -> bool:
+    return not (t.dtype.is_complex or t.dtype == torch.bool)
+
+
+def pack_boxes(gt_bboxes) -> tuple[Tensor, Tensor]:
+    """gt_bboxes: N (K_n, 4) tensors -> boxes (sum K_n, 4) float32 and counts (N,) int64."""
+    if not isinstance(gt_bboxes, (list, tuple)):
+        raise TypeError(f"gt_bboxes must be a list of N (K, 4) tensors, got {type(gt_bboxes).__name__}")
+    if len(gt_bboxes) == 0:
+        raise ValueError("gt_bboxes is an empty batch (N == 0)")
+    for n, b in enumerate(gt_bboxes):
+        if not isinstance(b, Tensor):
+            raise TypeError(f"gt_bboxes[{n}] must be a torch.Tensor, got {type(b).__name__}")
+        if not _is_real(b):
+            raise TypeError(f"gt_bboxes[{n}] must have a real dtype, got {b.dtype}")
+        if not (b.dim() == 2 and b.shape[1] == 4 or b.shape == (0,)):
+            raise ValueError(f"gt_bboxes[{n}] must be (K, 4) xyxy boxes, got shape {tuple(b.shape)}")
+        if b.device != gt_bboxes[0].device:
+            raise ValueError(f"gt_bboxes[{n}] is on {b.device} but gt_bboxes[0] is on "
+                             f"{gt_bboxes[0].device}")
+    boxes = torch.cat([b.reshape(-1, 4).to(torch.float32) for b in gt_bboxes])
+    if _checking() and not bool(torch.isfinite(boxes).all()):
+        raise ValueError("gt_bboxes contains non-finite coordinates (NaN or Inf)")
+    counts = torch.tensor([b.numel() // 4 for b in gt_bboxes], dtype=torch.int64)
+    return boxes, counts.to(boxes.device)
+
+
+def _shape_row(n: int, hw) -> list:
+    if isinstance(hw, Tensor):
+        hw = hw.reshape(-1)
+    if not isinstance(hw, (Sequence, Tensor)) or isinstance(hw, str) or len(hw) != 2:
+        raise ValueError(f"img_shapes[{n}] must be a pair (h, w), got {hw!r}")
+    for x in hw:
+        if not (isinstance(x, numbers.Real) and not isinstance(x, bool)
+                or isinstance(x, Tensor) and _is_real(x)):
+            raise TypeError(f"img_shapes[{n}] must hold real numbers, got {type(x).__name__}")
+    return list(hw)
+
+
+def pack_image_shapes(img_shapes, N: int, device: torch.device) -> Tensor:
+    """A (N, 2) tensor or N (h, w) pairs -> (N, 2) float32 on ``device``."""
+    if isinstance(img_shapes, Tensor):
+        if not _is_real(img_shapes):
+            raise TypeError(f"img_shapes must have a real dtype, got {img_shapes.dtype}")
+        if img_shapes.dim() != 2 or img_shapes.shape[1] != 2:
+            raise ValueError(f"img_shapes must be (N, 2) (h, w) rows, got shape {tuple(img_shapes.shape)}")
+        rows = img_shapes
+    elif isinstance(img_shapes, (list, tuple)):
+        rows = [_shape_row(n, hw) for n, hw in enumerate(img_shapes)]
+    else:
+        raise TypeError(f"img_shapes must be a list of N (h, w) pairs or a (N, 2) tensor, "
+                        f"got {type(img_shapes).__name__}")
+    if len(rows) != N:
+        raise ValueError(f"gt_bboxes has {N} images but img_shapes has {len(rows)}")
+    if isinstance(rows, Tensor):
+        shapes = rows.to(device, torch.float32)
+    elif any(isinstance(x, Tensor) for row in rows for x in row):
+        shapes = torch.stack([torch.stack([torch.as_tensor(x, device=device).to(torch.float32)
+                                           for x in row]) for row in rows])
+    else:
+        shapes = torch.tensor(rows, dtype=torch.float32).to(device)
+    if _checking() and not bool((torch.isfinite(shapes) & (shapes > 0)).all()):
+        raise ValueError(f"img_shapes must be positive and finite (h, w), got {shapes.tolist()}")
+    return shapes
+
+
+def _positive_int(x) -> bool:
+    return isinstance(x, (numbers.Integral, torch.SymInt)) and not isinstance(x, bool) and x > 0
+
+
+def flat_level_sizes(level_sizes) -> list[int]:
+    """[(H0, W0), (H1, W1), ...] -> [H0, W0, H1, W1, ...]."""
+    if not isinstance(level_sizes, (list, tuple)):
+        raise TypeError(f"level_sizes must be a list of (H, W) pairs, got {type(level_sizes).__name__}")
+    flat = []
+    for k, hw in enumerate(level_sizes):
+        if not (isinstance(hw, Sequence) and len(hw) == 2 and all(_positive_int(x) for x in hw)):
+            raise ValueError(f"level_sizes[{k}] must be a pair (H, W) of positive ints, got {hw!r}")
+        flat += [int(hw[0]), int(hw[1])]
+    return flat
+
+
+def use_kernel(backend: str, device: torch.device) -> bool:
+    """True for the C++/CUDA op, False for the PyTorch form (SPEC 3 backends)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    available = device.type in KERNEL_DEVICES
+    if backend == "cpp" and not available:
+        raise RuntimeError(f"backend='cpp': the fgdkern extension has no rasterize_boxes kernel "
+                           f"for {device.type} tensors (see fgdkern._ext.LOAD_ERROR)")
+    return backend != "reference" and available
+
+
+def rasterize_boxes(gt_bboxes, img_shapes, level_sizes, backend: str = "auto"
+                    ) -> list[tuple[Tensor, Tensor]]:
+    """SPEC 1.1 masks of every level: one (fg, bg) pair of (N, H, W) float32 per level.
+
+    gt_bboxes: N tensors (K_n, 4) xyxy pixels (K_n may be 0; a (0,) tensor also
+    means no box), any real dtype; img_shapes: N (h, w) pairs or a (N, 2)
+    tensor, the pixel extent the maps span; level_sizes: (H, W) per level.
+    backend: "auto" (the compiled op when it has a kernel for the boxes'
+    device, else PyTorch), "cpp" (the compiled op, or an error) or "reference".
+    The masks are on the boxes' device.
+    """
+    sizes = flat_level_sizes(level_sizes)
+    boxes, counts = pack_boxes(gt_bboxes)
+    shapes = pack_image_shapes(img_shapes, len(gt_bboxes), boxes.device)
+    if use_kernel(backend, boxes.device):
+        flat = torch.ops.fgdkern.rasterize_boxes(boxes, counts, shapes, sizes)
+    else:
+        flat = rasterize_packed(boxes, counts, shapes, sizes)
+    return list(zip(flat[0::2], flat[1::2]))
