@@ -17,10 +17,20 @@ from fgdkern.reference.masks import rasterize_packed
 
 BACKENDS = ("auto", "cpp", "reference")
 OP_NAME = "fgdkern::rasterize_boxes"
-# Device types with a compiled kernel (looked up once, so torch.compile sees constants).
-KERNEL_DEVICES = frozenset(
-    ([] if not HAS_EXT or not torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, "CPU")
-     else ["cpu"]) + (["cuda"] if has_cuda_kernels() else []))
+
+
+def _kernel_devices() -> frozenset:
+    """Device types with a compiled kernel."""
+    devices = set()
+    if HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, "CPU"):
+        devices.add("cpu")
+    if has_cuda_kernels():
+        devices.add("cuda")
+    return frozenset(devices)
+
+
+# Looked up once, so that torch.compile sees a constant.
+KERNEL_DEVICES = _kernel_devices()
 
 if HAS_EXT:
     @torch.library.register_fake(OP_NAME)
@@ -52,7 +62,7 @@ def pack_boxes(gt_bboxes) -> tuple[Tensor, Tensor]:
             raise TypeError(f"gt_bboxes[{n}] must be a torch.Tensor, got {type(b).__name__}")
         if not _is_real(b):
             raise TypeError(f"gt_bboxes[{n}] must have a real dtype, got {b.dtype}")
-        if not (b.dim() == 2 and b.shape[1] == 4 or b.shape == (0,)):
+        if not ((b.dim() == 2 and b.shape[1] == 4) or b.shape == (0,)):
             raise ValueError(f"gt_bboxes[{n}] must be (K, 4) xyxy boxes, got shape {tuple(b.shape)}")
         if b.device != gt_bboxes[0].device:
             raise ValueError(f"gt_bboxes[{n}] is on {b.device} but gt_bboxes[0] is on "

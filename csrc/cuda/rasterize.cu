@@ -1,0 +1,156 @@
+// fgdkern::rasterize_boxes on CUDA: the fg/bg masks of every level (SPEC 1.1).
+// Inputs and outputs as in csrc/cpu/rasterize.cpp; three launches, each over
+// all levels and images. The float32 operations and their order are those of
+// the CPU kernel (IEEE division, no fast math), so the floats are the same.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <vector>
+
+namespace fgdkern {
+
+// Defined in csrc/cpu/rasterize.cpp.
+void check_rasterize_inputs(const at::Tensor& boxes, const at::Tensor& counts,
+                            const at::Tensor& img_shapes, at::IntArrayRef level_sizes);
+
+namespace {
+
+constexpr int kMaxLevels = 16;
+constexpr int kThreads = 256;
+// Integer extents saturate at +-2^61 (a NaN maps to -2^61), as on CPU.
+constexpr float kIndexLimit = 2305843009213693952.0f;
+
+// Per level: map size, first cell in the flat (level, image, row, col) index, outputs.
+struct Levels {
+  int count;
+  int64_t H[kMaxLevels], W[kMaxLevels], start[kMaxLevels + 1];
+  float* fg[kMaxLevels];
+  float* bg[kMaxLevels];
+};
+
+__device__ int64_t to_index(float x) {
+  return static_cast<int64_t>(fminf(fmaxf(x, -kIndexLimit), kIndexLimit));
+}
+
+__device__ int clip(int64_t x, int64_t lo, int64_t hi) {
+  return static_cast<int>(min(max(x, lo), hi));
+}
+
+// Image n owns boxes box_begin .. box_end - 1 (kept inside 0..K whatever the counts).
+__device__ int64_t box_begin(const int64_t* first, int64_t n, int64_t K) {
+  return min(max(first[n], int64_t{0}), K);
+}
+
+__device__ int64_t box_end(const int64_t* first, int64_t n, int64_t K) {
+  return min(max(first[n + 1], int64_t{0}), K);
+}
+
+// Pass 1, a thread per (level, image): reads the image's boxes first[n] ..
+// first[n + 1] - 1 and its (h, w); writes each box's painted cells, rows
+// r.x..r.y and columns r.z..r.w (clipped; empty when r.x > r.y or r.z > r.w),
+// and its value v from the unclipped extent.
+__global__ void box_paint_kernel(const float* boxes, const int64_t* first, const float* img_hw,
+                                 int64_t N, int64_t K, Levels lv, int4* range, float* value) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= lv.count * N) return;
+  const int64_t l = t / N, n = t % N, H = lv.H[l], W = lv.W[l];
+  const float h = img_hw[2 * n], w = img_hw[2 * n + 1];
+  const float fH = static_cast<float>(H), fW = static_cast<float>(W);
+  for (int64_t k = box_begin(first, n, K); k < box_end(first, n, K); ++k) {
+    const float* box = boxes + 4 * k;
+    const int64_t wmin = to_index(floorf(box[0] / w * fW));
+    const int64_t hmin = to_index(floorf(box[1] / h * fH));
+    const int64_t wmax = to_index(ceilf(box[2] / w * fW));
+    const int64_t hmax = to_index(ceilf(box[3] / h * fH));
+    value[l * K + k] =
+        1.0f / static_cast<float>(hmax + 1 - hmin) / static_cast<float>(wmax + 1 - wmin);
+    range[l * K + k] = make_int4(clip(hmin, 0, H), clip(hmax, -1, H - 1), clip(wmin, 0, W),
+                                 clip(wmax, -1, W - 1));
+  }
+}
+
+// Pass 2, a thread per cell of every level and image: reads the painted cells
+// and values of the image's boxes; writes fg, the largest v covering the cell.
+__global__ void paint_fg_kernel(const int4* range, const float* value, const int64_t* first,
+                                int64_t K, Levels lv) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= lv.start[lv.count]) return;
+  int l = 0;
+  while (t >= lv.start[l + 1]) ++l;
+  const int64_t cell = t - lv.start[l], W = lv.W[l], HW = lv.H[l] * W;
+  const int64_t n = cell / HW, i = cell % HW / W, j = cell % W;
+  float v = 0.0f;
+  for (int64_t k = l * K + box_begin(first, n, K); k < l * K + box_end(first, n, K); ++k) {
+    const int4 r = range[k];
+    if (r.x <= i && i <= r.y && r.z <= j && j <= r.w) v = fmaxf(v, value[k]);
+  }
+  lv.fg[l][cell] = v;
+}
+
+// Pass 3, a block per (level, image): reads fg; counts its zero cells N_bg (an
+// exact integer sum) and writes bg = 1 / N_bg where fg == 0, else 0.
+__global__ void normalize_bg_kernel(int64_t N, Levels lv) {
+  const int64_t l = blockIdx.x / N, n = blockIdx.x % N, HW = lv.H[l] * lv.W[l];
+  const float* fg = lv.fg[l] + n * HW;
+  float* bg = lv.bg[l] + n * HW;
+  int64_t n_bg = 0;
+  for (int64_t base = 0; base < HW; base += blockDim.x) {
+    const int64_t c = base + threadIdx.x;
+    n_bg += __syncthreads_count(c < HW && fg[c] == 0.0f);
+  }
+  const float inv = n_bg > 0 ? 1.0f / static_cast<float>(n_bg) : 0.0f;
+  for (int64_t c = threadIdx.x; c < HW; c += blockDim.x) bg[c] = fg[c] == 0.0f ? inv : 0.0f;
+}
+
+unsigned int blocks_for(int64_t threads) {
+  return static_cast<unsigned int>((threads + kThreads - 1) / kThreads);
+}
+
+std::vector<at::Tensor> rasterize_boxes_cuda(const at::Tensor& boxes, const at::Tensor& counts,
+                                             const at::Tensor& img_shapes,
+                                             at::IntArrayRef level_sizes) {
+  check_rasterize_inputs(boxes, counts, img_shapes, level_sizes);
+  const int64_t N = counts.size(0), K = boxes.size(0);
+  const int L = static_cast<int>(level_sizes.size() / 2);
+  TORCH_CHECK(L <= kMaxLevels, "rasterize_boxes: at most ", kMaxLevels, " levels on CUDA, got ", L);
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  const at::Tensor b = boxes.contiguous(), hw = img_shapes.contiguous();
+  const at::Tensor first = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
+  Levels lv{};
+  lv.count = L;
+  std::vector<at::Tensor> out;
+  for (int l = 0; l < L; ++l) {
+    lv.H[l] = level_sizes[2 * l];
+    lv.W[l] = level_sizes[2 * l + 1];
+    lv.start[l + 1] = lv.start[l] + N * lv.H[l] * lv.W[l];
+    out.push_back(at::empty({N, lv.H[l], lv.W[l]}, b.options()));
+    out.push_back(at::empty({N, lv.H[l], lv.W[l]}, b.options()));
+    lv.fg[l] = out[2 * l].data_ptr<float>();
+    lv.bg[l] = out[2 * l + 1].data_ptr<float>();
+  }
+  if (lv.start[L] == 0) return out;
+  const at::Tensor range = at::empty({L * K, 4}, b.options().dtype(at::kInt));
+  const at::Tensor value = at::empty({L * K}, b.options());
+  int4* range_ptr = reinterpret_cast<int4*>(range.data_ptr<int>());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  box_paint_kernel<<<blocks_for(L * N), kThreads, 0, stream>>>(
+      b.data_ptr<float>(), first.data_ptr<int64_t>(), hw.data_ptr<float>(), N, K, lv, range_ptr,
+      value.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  paint_fg_kernel<<<blocks_for(lv.start[L]), kThreads, 0, stream>>>(
+      range_ptr, value.data_ptr<float>(), first.data_ptr<int64_t>(), K, lv);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  normalize_bg_kernel<<<static_cast<unsigned int>(L * N), kThreads, 0, stream>>>(N, lv);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+}  // namespace fgdkern
+
+TORCH_LIBRARY_IMPL(fgdkern, CUDA, m) {
+  m.impl("rasterize_boxes", &fgdkern::rasterize_boxes_cuda);
+}
