@@ -39,7 +39,7 @@ def loop_attention(F, temp):
 def loop_channel_add(F, conv_mask, mlp):
     """GcBlock shift of every image, one scalar operation at a time."""
     N, C, H, W = F.shape
-    w, b = conv_mask.weight.detach().double().numpy().ravel(), float(conv_mask.bias)
+    w, b = conv_mask.weight.detach().double().numpy().ravel(), float(conv_mask.bias.detach())
     W1, b1 = mlp[0].weight.detach().double().numpy()[:, :, 0, 0], mlp[0].bias.detach().double().numpy()
     g, beta = mlp[1].weight.detach().double().numpy().ravel(), mlp[1].bias.detach().double().numpy().ravel()
     W2, b2 = mlp[3].weight.detach().double().numpy()[:, :, 0, 0], mlp[3].bias.detach().double().numpy()
