@@ -1,0 +1,62 @@
+"""The benchmark's eager-loop FGD (bench/baselines.py) against the package reference.
+
+Two independent implementations of SPEC 1: equal loss, equal gradients of the
+student features and of every parameter, bit-equal masks.
+"""
+import pytest
+import torch
+
+fgdkern = pytest.importorskip("fgdkern")
+if not hasattr(fgdkern, "MultiLevelFGDLoss"):
+    pytest.skip("fgdkern.MultiLevelFGDLoss does not exist yet", allow_module_level=True)
+
+from bench.baselines import EagerLoopMultiLevelFGD, paint_masks  # noqa: E402
+from tests.helpers import random_boxes, random_features, randomize  # noqa: E402
+
+SIZES = [(12, 18), (6, 9), (3, 5)]
+IMG = (96, 140)
+
+
+def _pair(Cs, Ct, dtype):
+    ms = randomize(fgdkern.MultiLevelFGDLoss(len(SIZES), Cs, Ct, temp=0.7, gamma_fgd=2e-3,
+                                             backend="reference")).to(dtype)
+    return ms, EagerLoopMultiLevelFGD.like(ms)
+
+
+def _loss_and_grads(loss_fn, S, T, boxes) -> dict:
+    """{"loss", "S<k>", parameter name: gradient}."""
+    S = [s.detach().requires_grad_() for s in S]
+    names, params = zip(*loss_fn.named_parameters())
+    loss = loss_fn(S, T, boxes, [IMG] * len(boxes))
+    grads = torch.autograd.grad(loss, S + list(params))
+    keys = ["loss", *(f"S{k}" for k in range(len(S))), *names]
+    return dict(zip(keys, [loss.detach(), *grads]))
+
+
+def _scale(name: str, values: dict) -> float:
+    """The magnitude a value is compared at. A conv_mask bias shifts every logit of a
+    softmax equally: its gradient is zero up to round-off, measured against its weight's."""
+    if name.endswith("conv_mask_s.bias") or name.endswith("conv_mask_t.bias"):
+        name = name.replace(".bias", ".weight")
+    return float(values[name].abs().max())
+
+
+@pytest.mark.parametrize("Cs,Ct", [(8, 8), (6, 8)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_eager_loop_matches_reference(Cs, Ct, dtype):
+    ms, eager = _pair(Cs, Ct, dtype)
+    assert [n for n, _ in eager.named_parameters()] == [n for n, _ in ms.named_parameters()]
+    S, T = random_features(3, Cs, Ct, SIZES, dtype=dtype, seed=1)
+    boxes = random_boxes(3, IMG, max_boxes=5, seed=2)
+    want, got = _loss_and_grads(ms, S, T, boxes), _loss_and_grads(eager, S, T, boxes)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5,
+                                   atol=1e-5 * _scale(name, want), msg=lambda m: f"{name}: {m}")
+
+
+def test_loop_painted_masks_equal_the_rasterizer():
+    boxes = random_boxes(4, IMG, max_boxes=8, seed=3)
+    want = fgdkern.rasterize_boxes(boxes, [IMG] * 4, SIZES)
+    for (H, W), (fg, bg) in zip(SIZES, want):
+        got_fg, got_bg = paint_masks(boxes, [IMG] * 4, 4, H, W, torch.device("cpu"))
+        assert torch.equal(got_fg, fg) and torch.equal(got_bg, bg)
