@@ -54,7 +54,8 @@ def _is_real(t: Tensor) -> bool:
 def pack_boxes(gt_bboxes) -> tuple[Tensor, Tensor]:
     """gt_bboxes: N (K_n, 4) tensors -> boxes (sum K_n, 4) float32 and counts (N,) int64."""
     if not isinstance(gt_bboxes, (list, tuple)):
-        raise TypeError(f"gt_bboxes must be a list of N (K, 4) tensors, got {type(gt_bboxes).__name__}")
+        raise TypeError("gt_bboxes must be a list of N (K, 4) tensors, "
+                        f"got {type(gt_bboxes).__name__}")
     if len(gt_bboxes) == 0:
         raise ValueError("gt_bboxes is an empty batch (N == 0)")
     for n, b in enumerate(gt_bboxes):
@@ -63,7 +64,8 @@ def pack_boxes(gt_bboxes) -> tuple[Tensor, Tensor]:
         if not _is_real(b):
             raise TypeError(f"gt_bboxes[{n}] must have a real dtype, got {b.dtype}")
         if not ((b.dim() == 2 and b.shape[1] == 4) or b.shape == (0,)):
-            raise ValueError(f"gt_bboxes[{n}] must be (K, 4) xyxy boxes, got shape {tuple(b.shape)}")
+            raise ValueError(f"gt_bboxes[{n}] must be (K, 4) xyxy boxes, "
+                             f"got shape {tuple(b.shape)}")
         if b.device != gt_bboxes[0].device:
             raise ValueError(f"gt_bboxes[{n}] is on {b.device} but gt_bboxes[0] is on "
                              f"{gt_bboxes[0].device}")
@@ -75,6 +77,7 @@ def pack_boxes(gt_bboxes) -> tuple[Tensor, Tensor]:
 
 
 def _shape_row(n: int, hw) -> list:
+    """img_shapes[n] -> [h, w] (numbers or 0-dim tensors)."""
     if isinstance(hw, Tensor):
         hw = hw.reshape(-1)
     if not isinstance(hw, (Sequence, Tensor)) or isinstance(hw, str) or len(hw) != 2:
@@ -92,7 +95,8 @@ def pack_image_shapes(img_shapes, N: int, device: torch.device) -> Tensor:
         if not _is_real(img_shapes):
             raise TypeError(f"img_shapes must have a real dtype, got {img_shapes.dtype}")
         if img_shapes.dim() != 2 or img_shapes.shape[1] != 2:
-            raise ValueError(f"img_shapes must be (N, 2) (h, w) rows, got shape {tuple(img_shapes.shape)}")
+            raise ValueError("img_shapes must be (N, 2) (h, w) rows, "
+                             f"got shape {tuple(img_shapes.shape)}")
         rows = img_shapes
     elif isinstance(img_shapes, (list, tuple)):
         rows = [_shape_row(n, hw) for n, hw in enumerate(img_shapes)]
@@ -120,7 +124,8 @@ def _positive_int(x) -> bool:
 def flat_level_sizes(level_sizes) -> list[int]:
     """[(H0, W0), (H1, W1), ...] -> [H0, W0, H1, W1, ...]."""
     if not isinstance(level_sizes, (list, tuple)):
-        raise TypeError(f"level_sizes must be a list of (H, W) pairs, got {type(level_sizes).__name__}")
+        raise TypeError("level_sizes must be a list of (H, W) pairs, "
+                        f"got {type(level_sizes).__name__}")
     flat = []
     for k, hw in enumerate(level_sizes):
         if not (isinstance(hw, Sequence) and len(hw) == 2 and all(_positive_int(x) for x in hw)):
@@ -131,8 +136,6 @@ def flat_level_sizes(level_sizes) -> list[int]:
 
 def use_kernel(backend: str, device: torch.device) -> bool:
     """True for the C++/CUDA op, False for the PyTorch form (SPEC 3 backends)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     available = device.type in KERNEL_DEVICES
     if backend == "cpp" and not available:
         raise RuntimeError(f"backend='cpp': the fgdkern extension has no rasterize_boxes kernel "
@@ -151,6 +154,8 @@ def rasterize_boxes(gt_bboxes, img_shapes, level_sizes, backend: str = "auto"
     device, else PyTorch), "cpp" (the compiled op, or an error) or "reference".
     The masks are on the boxes' device.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     sizes = flat_level_sizes(level_sizes)
     boxes, counts = pack_boxes(gt_bboxes)
     shapes = pack_image_shapes(img_shapes, len(gt_bboxes), boxes.device)
