@@ -21,13 +21,13 @@ def _ext_modules():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     force = os.environ.get("FORCE_CUDA") == "1"
     with_cuda = CUDA_HOME is not None and (force or torch.cuda.is_available())
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension(
             "fgdkern._C", sources,
             define_macros=[("WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
         )
     else:
         ext = CppExtension("fgdkern._C", sources, extra_compile_args={"cxx": cxx})
