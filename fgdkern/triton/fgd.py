@@ -3,50 +3,64 @@
 fgd_stats: reads S, T (+ fg, bg, w_s, w_t); writes pix (N, 4, HW) and chan (N, 8, C).
 fgd_grad:  reads S, T (+ pix_coef, chan_coef, K); writes dS (like S), dw_s, dw_t (C,).
 
-Each pass is one launch of a main kernel over every level of the pyramid,
-then one launch of a tiny combine kernel; S and T are read once per pass
-from DRAM, dS written once, and no float atomics are used (deterministic).
+Each pass is one launch of a main kernel over every level of the pyramid and
+one launch of a small combine kernel. S and T are read from DRAM once per
+pass, dS is written once, and no float atomics are used: the results are the
+same bit for bit from run to run (on one device; see "runs" below).
 
-Work split. A pixel block is BLOCK_HW consecutive pixels of one image of one
-level; a program takes a run of BLOCKS_PER_PROG consecutive blocks of one
-(level, image). The run length is chosen per launch so that there are about
-PROGRAMS_PER_SM programs per SM: few enough that the tiles a program reads in
-its first channel loop are still in L1/L2 when its second loop re-reads them
-(a reuse distance of programs * BLOCK_HW * C * 2 elements, ~17 MB at
-RetinaNet's 256 fp32 channels), and many enough to keep DRAM busy. For every
-block a program
-  1. loops over channel chunks, reducing over channels per pixel (gs, z for
-     fgd_stats; gp for fgd_grad), and
-  2. loops over the same chunks again, reducing over pixels per channel and
-     merging the block into the program's own partial rows in a workspace
-     (read-modify-write, with online-softmax rescaling and Chan's formula for
-     the second moment); fgd_grad also writes dS here.
-The combine kernel then merges the runs of each (level, image), or each level
-for dw, in a fixed order. Partials are one row set per program, not per
-block, so the workspace stays ~1% of the traffic.
+Blocks and runs. A block is BLOCK_HW consecutive pixels of one image of one
+level. A main-kernel program takes a run of BLOCKS_PER_PROG consecutive blocks
+of one (level, image); the run length is chosen per launch for about
+PROGRAMS_PER_SM programs per SM. For each block the program
+  1. loops over channel chunks, reducing over channels per pixel (gs and z
+     of fgd_stats, written to pix; gp of fgd_grad), then
+  2. loops over the same chunks again -- the block's tiles are still in L1/L2 --
+     reducing over pixels per channel and merging the block into the run's
+     partial rows in a float32 workspace (read-modify-write by the program
+     that owns them: online-softmax rescaling for the softmax-weighted sums,
+     Chan's formula for the second moment of D). fgd_grad writes dS here.
+Bounding the number of programs bounds the bytes read between a tile's two
+reads (programs * BLOCK_HW * C * 2 elements: ~17 MB for 264 programs at 256
+channels, well inside an H100's 50 MB L2), and one set of partial rows per
+run rather than per block keeps the workspace small (2 MB at 264 programs
+and 256 channels, next to the 83 MB of float32 S and T of RetinaNet at N=2). The
+combine kernel then merges the runs of each (level, image) -- for dw, of each
+level -- in a fixed order. The split into runs depends on the SM count, so
+devices with different SM counts may differ in the last bits.
 
-Levels share a launch through a per-level int64 table (columns COL_*):
-program ranges, sizes, and for every tensor its element offset from a base
-pointer of the same dtype plus its strides. The bases are level 0's S, T, dS
-and the float32 workspace (every float32 input and output is addressed from
-it), so S and T may have any strides and each level any shape.
+Tiles. A block is held as a [ROWS, SECTOR] grid of pixels (SECTOR pixels are
+32 bytes of one channel in NCHW) and a tile as [ROWS, BLOCK_C, SECTOR]: lanes
+read whole 32-byte sectors of several channels, and each thread keeps ROWS
+pixels of its channels, so most of each sum over pixels is in-thread rather
+than a shuffle across 32 lanes. When the channel stride is 1 (channels_last),
+C_CONTIG makes lanes span channels instead and a thread holds every pixel of
+its channel.
+
+Levels in one launch. A per-level int64 table (columns COL_*) holds program
+ranges, sizes, and for every tensor its element offset from a base pointer
+of the same dtype, plus its strides: the bases are level 0's S, T, dS and the
+float32 workspace, from which every float32 input and output is addressed.
+So S and T may have any strides (offsets inside one image are int32) and
+every level its own shape. Levels of different dtypes get one launch each.
 """
-from __future__ import annotations
 
 import functools
 import os
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-BLOCK_HW = 32          # pixels per block: a 128-byte row per channel in fp32 NCHW
-BLOCK_C = 64           # channels per chunk: tiles of [64, 32]
+# (BLOCK_C, BLOCK_HW, SECTOR) by (float32, channels contiguous): tiles
+# [BLOCK_HW // SECTOR, BLOCK_C, SECTOR] of 2048 elements, 16 per thread ("Tiles" above).
+BLOCKS = {(True, False): (64, 32, 8), (False, False): (32, 64, 16),
+          (True, True): (128, 16, 8), (False, True): (128, 16, 8)}
 COMBINE_BLOCK_C = 128  # channels per combine program
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 2
-INTERPRETER_PROGRAMS = 4  # under TRITON_INTERPRET: few programs, so runs merge in tests
+INTERPRETER_PROGRAMS = 4  # without CUDA: few programs, so that runs of several blocks are exercised
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Columns of the per-level table. A view of a feature map takes 5 columns:
@@ -106,29 +120,64 @@ def _program_run(table, L, BLOCKS_PER_PROG, NCOL: tl.constexpr, LEVELS: tl.const
 
 
 @triton.jit
-def _pixel_offsets(lv, col, n, p, W):
-    """Element offsets of pixels p of image n, channel 0, of the view at col; and the channel stride."""
-    off = tl.load(lv + col) + n * tl.load(lv + col + 1)
-    sh = tl.load(lv + col + 3)
-    sw = tl.load(lv + col + 4)
-    return off + (p // W) * sh + (p % W) * sw, tl.load(lv + col + 2)  # [BLOCK_HW], scalar
+def _block_pixels(b, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """Pixels of block b as a [BLOCK_HW // SECTOR, SECTOR] grid of int32 indices."""
+    grid = tl.arange(0, BLOCK_HW // SECTOR)[:, None] * SECTOR + tl.arange(0, SECTOR)[None, :]
+    return (b * BLOCK_HW + grid).to(tl.int32)
 
 
 @triton.jit
-def _tile_offsets(pix, sc, c, C_CONTIG: tl.constexpr):
-    """[BLOCK_C, BLOCK_HW] element offsets; C_CONTIG: the channel stride is 1 (channels_last)."""
+def _image_tile(base, lv, col, n, p, W, C_CONTIG: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Image n of the feature map whose view is at column col, at pixels p.
+
+    Returns a pointer to its channel 0, the int32 offsets of a tile
+    [ROWS, BLOCK_C, SECTOR] from the tile's first channel, and the channel
+    stride. C_CONTIG: the channel stride is 1 (channels_last), which lets the
+    compiler coalesce along C.
+    """
+    image = base + tl.load(lv + col) + n * tl.load(lv + col + 1)
+    sc = tl.load(lv + col + 2)
+    pix = (p // W) * tl.load(lv + col + 3).to(tl.int32) + (p % W) * tl.load(lv + col + 4).to(tl.int32)
     if C_CONTIG:
-        c_off = c.to(tl.int64)
+        c_off = tl.arange(0, BLOCK_C)
     else:
-        c_off = c * sc
-    return c_off[:, None] + pix[None, :]
+        c_off = tl.arange(0, BLOCK_C) * sc.to(tl.int32)
+    return image, c_off[None, :, None] + pix[:, None, :], sc
 
 
 @triton.jit
-def _load_tile(base, pix, sc, c, mask, C_CONTIG: tl.constexpr):
-    """[BLOCK_C, BLOCK_HW] float32 tile of a feature map, zero outside it."""
-    x = tl.load(base + _tile_offsets(pix, sc, c, C_CONTIG), mask=mask, other=0.0)
-    return x.to(tl.float32)
+def _load_tile(image, tile, sc, c0, mask):
+    """[ROWS, BLOCK_C, SECTOR] float32 tile of channels c0.. of an image, zero outside it."""
+    return tl.load(image + c0 * sc + tile, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _tile_mask(c_mask, p_mask):
+    return c_mask[None, :, None] & p_mask[:, None, :]
+
+
+@triton.jit
+def _per_pixel(v):
+    """[ROWS, SECTOR] -> [ROWS, 1, SECTOR], broadcast over channels."""
+    return v[:, None, :]
+
+
+@triton.jit
+def _per_channel(v):
+    """[BLOCK_C] -> [1, BLOCK_C, 1], broadcast over pixels."""
+    return v[None, :, None]
+
+
+@triton.jit
+def _sum_pixels(x):
+    """[ROWS, BLOCK_C, SECTOR] -> [BLOCK_C]: the ROWS axis is in-thread, SECTOR across lanes."""
+    return tl.sum(tl.sum(x, 0), 1)
+
+
+@triton.jit
+def _block_sum(v):
+    """[ROWS, SECTOR] -> scalar."""
+    return tl.sum(tl.sum(v, 1), 0)
 
 
 @triton.jit
@@ -154,40 +203,41 @@ def _chan_merge(n_a, sum_a, m2_a, n_b, sum_b, m2_b):
 
 @triton.jit
 def _block_softmax(logits, p_mask, m_run):
-    """Weights exp(logits - m) of one block, m the running maximum; and the rescale of older sums."""
-    m_block = tl.max(tl.where(p_mask, logits, float("-inf")), 0)
+    """Weights exp(logits - m) of one block [ROWS, SECTOR], m the running maximum; and the
+    factor that rescales sums taken with the previous maximum."""
+    m_block = tl.max(tl.max(tl.where(p_mask, logits, float("-inf")), 1), 0)
     m, alpha, _ = _rescale(m_run, m_block)
-    return m, alpha, tl.where(p_mask, tl.exp(logits - m), 0.0)  # scalar, scalar, [BLOCK_HW]
+    return m, alpha, tl.where(p_mask, tl.exp(logits - m), 0.0)
 
 
 # ------------------------------------------------------------------ fgd_stats
 @triton.jit
-def _pixel_stats(S, T, s_pix, s_sc, t_pix, t_sc, w_s, w_t, C, p_mask,
-                 C_CONTIG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """Sub-loop 1 of fgd_stats: gs_s, gs_t, z_s, z_t of one block, each [BLOCK_HW]."""
-    abs_s = tl.zeros([BLOCK_C, BLOCK_HW], tl.float32)
-    abs_t = tl.zeros([BLOCK_C, BLOCK_HW], tl.float32)
-    z_s = tl.zeros([BLOCK_C, BLOCK_HW], tl.float32)
-    z_t = tl.zeros([BLOCK_C, BLOCK_HW], tl.float32)
+def _pixel_stats(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, p_mask,
+                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """Sub-loop 1 of fgd_stats: gs_s, gs_t, z_s, z_t of one block, each [ROWS, SECTOR]."""
+    abs_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
+    abs_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
+    z_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
+    z_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_mask = c < C
-        mask = c_mask[:, None] & p_mask[None, :]
-        s = _load_tile(S, s_pix, s_sc, c, mask, C_CONTIG)              # [BLOCK_C, BLOCK_HW]
-        t = _load_tile(T, t_pix, t_sc, c, mask, C_CONTIG)
+        mask = _tile_mask(c_mask, p_mask)
+        s = _load_tile(s_img, s_tile, s_sc, c0, mask)                   # [ROWS, BLOCK_C, SECTOR]
+        t = _load_tile(t_img, t_tile, t_sc, c0, mask)
         abs_s += tl.abs(s)
         abs_t += tl.abs(t)
-        z_s += s * tl.load(w_s + c, mask=c_mask, other=0.0)[:, None]
-        z_t += t * tl.load(w_t + c, mask=c_mask, other=0.0)[:, None]
-    return tl.sum(abs_s, 0) / C, tl.sum(abs_t, 0) / C, tl.sum(z_s, 0), tl.sum(z_t, 0)
+        z_s += s * _per_channel(tl.load(w_s + c, mask=c_mask, other=0.0))
+        z_t += t * _per_channel(tl.load(w_t + c, mask=c_mask, other=0.0))
+    return tl.sum(abs_s, 1) / C, tl.sum(abs_t, 1) / C, tl.sum(z_s, 1), tl.sum(z_t, 1)
 
 
 @triton.jit
 def _merge_moments(sum_row, m2_row, c_mask, keep, n_run, n_block, d, p_mask):
-    """Fold one block's sum and block-centred second moment of D [BLOCK_C, BLOCK_HW] into the rows."""
-    sum_b = tl.sum(d, 1)                                                  # [BLOCK_C]
-    centred = tl.where(p_mask[None, :], d - (sum_b / n_block)[:, None], 0.0)
-    m2_b = tl.sum(centred * centred, 1)
+    """Fold one block's sum and block-centred second moment of D into the rows."""
+    sum_b = _sum_pixels(d)                                                # [BLOCK_C]
+    centred = tl.where(_per_pixel(p_mask), d - _per_channel(sum_b / n_block), 0.0)
+    m2_b = _sum_pixels(centred * centred)
     sum_a = tl.where(keep, tl.load(sum_row, mask=c_mask, other=0.0), 0.0)
     m2_a = tl.where(keep, tl.load(m2_row, mask=c_mask, other=0.0), 0.0)
     sum_ab, m2_ab = _chan_merge(n_run, sum_a, m2_a, n_block, sum_b, m2_b)
@@ -203,13 +253,14 @@ def fgd_stats_fwd_kernel(
     L,                # number of levels
     temp,             # temperature of the attention softmax
     BLOCKS_PER_PROG,  # pixel blocks per program (per run)
-    LEVELS: tl.constexpr, C_CONTIG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    LEVELS: tl.constexpr, C_CONTIG: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
     """Reads S, T, fg, bg, w_s, w_t of one run of blocks; writes pix rows and the run's partial chan rows."""
     lv, prog, n, blk_lo, blk_hi = _program_run(table, L, BLOCKS_PER_PROG, STATS_COLS, LEVELS, BLOCK_HW)
     C = tl.load(lv + COL_C)
     HW = tl.load(lv + COL_HW)
-    W = tl.load(lv + COL_W)
+    W = tl.load(lv + COL_W).to(tl.int32)
     fg_row = f32 + tl.load(lv + COL_FG) + n * HW
     bg_row = f32 + tl.load(lv + COL_BG) + n * HW
     w_s = f32 + tl.load(lv + COL_WS)
@@ -225,13 +276,13 @@ def fgd_stats_fwd_kernel(
     n_run = 0.0           # pixels merged so far
     for b in range(blk_lo, blk_hi):
         keep = b > blk_lo
-        p = b * BLOCK_HW + tl.arange(0, BLOCK_HW)           # [BLOCK_HW]
+        p = _block_pixels(b, BLOCK_HW, SECTOR)                # [ROWS, SECTOR]
         p_mask = p < HW
         n_block = tl.minimum(HW - b * BLOCK_HW, BLOCK_HW).to(tl.float32)
-        s_pix, s_sc = _pixel_offsets(lv, COL_S, n, p, W)
-        t_pix, t_sc = _pixel_offsets(lv, COL_T, n, p, W)
-        gs_s, gs_t, z_s, z_t = _pixel_stats(S, T, s_pix, s_sc, t_pix, t_sc, w_s, w_t, C, p_mask,
-                                            C_CONTIG, BLOCK_C, BLOCK_HW)
+        s_img, s_tile, s_sc = _image_tile(S, lv, COL_S, n, p, W, C_CONTIG, BLOCK_C)
+        t_img, t_tile, t_sc = _image_tile(T, lv, COL_T, n, p, W, C_CONTIG, BLOCK_C)
+        gs_s, gs_t, z_s, z_t = _pixel_stats(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C,
+                                            p_mask, BLOCK_C, BLOCK_HW, SECTOR)
         tl.store(pix + p, gs_s, mask=p_mask)
         tl.store(pix + HW + p, gs_t, mask=p_mask)
         tl.store(pix + 2 * HW + p, z_s, mask=p_mask)
@@ -239,27 +290,29 @@ def fgd_stats_fwd_kernel(
         m_zs, alpha_s, e_s = _block_softmax(z_s, p_mask, m_zs)
         m_zt, alpha_t, e_t = _block_softmax(z_t, p_mask, m_zt)
         m_a, alpha_a, e_a = _block_softmax(gs_t / temp, p_mask, m_a)
-        l_zs = l_zs * alpha_s + tl.sum(e_s, 0)
-        l_zt = l_zt * alpha_t + tl.sum(e_t, 0)
-        l_a = l_a * alpha_a + tl.sum(e_a, 0)
-        w_fg = tl.load(fg_row + p, mask=p_mask, other=0.0) * e_a
-        w_bg = tl.load(bg_row + p, mask=p_mask, other=0.0) * e_a
+        l_zs = l_zs * alpha_s + _block_sum(e_s)
+        l_zt = l_zt * alpha_t + _block_sum(e_t)
+        l_a = l_a * alpha_a + _block_sum(e_a)
+        e_s = _per_pixel(e_s)
+        e_t = _per_pixel(e_t)
+        w_fg = _per_pixel(tl.load(fg_row + p, mask=p_mask, other=0.0) * e_a)
+        w_bg = _per_pixel(tl.load(bg_row + p, mask=p_mask, other=0.0) * e_a)
         for c0 in range(0, C, BLOCK_C):  # sub-loop 2: per-channel sums over the block
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
-            mask = c_mask[:, None] & p_mask[None, :]
-            s = _load_tile(S, s_pix, s_sc, c, mask, C_CONTIG)          # [BLOCK_C, BLOCK_HW]
-            t = _load_tile(T, t_pix, t_sc, c, mask, C_CONTIG)
+            mask = _tile_mask(c_mask, p_mask)
+            s = _load_tile(s_img, s_tile, s_sc, c0, mask)               # [ROWS, BLOCK_C, SECTOR]
+            t = _load_tile(t_img, t_tile, t_sc, c0, mask)
             d = s - t
             d2 = d * d
             row = part + c
-            _accumulate(row, c_mask, keep, 1.0, tl.sum(tl.abs(s), 1))
-            _accumulate(row + C, c_mask, keep, 1.0, tl.sum(tl.abs(t), 1))
-            _accumulate(row + 2 * C, c_mask, keep, alpha_s, tl.sum(s * e_s[None, :], 1))
-            _accumulate(row + 3 * C, c_mask, keep, alpha_t, tl.sum(t * e_t[None, :], 1))
+            _accumulate(row, c_mask, keep, 1.0, _sum_pixels(tl.abs(s)))
+            _accumulate(row + C, c_mask, keep, 1.0, _sum_pixels(tl.abs(t)))
+            _accumulate(row + 2 * C, c_mask, keep, alpha_s, _sum_pixels(s * e_s))
+            _accumulate(row + 3 * C, c_mask, keep, alpha_t, _sum_pixels(t * e_t))
             _merge_moments(row + 4 * C, row + 5 * C, c_mask, keep, n_run, n_block, d, p_mask)
-            _accumulate(row + 6 * C, c_mask, keep, alpha_a, tl.sum(d2 * w_fg[None, :], 1))
-            _accumulate(row + 7 * C, c_mask, keep, alpha_a, tl.sum(d2 * w_bg[None, :], 1))
+            _accumulate(row + 6 * C, c_mask, keep, alpha_a, _sum_pixels(d2 * w_fg))
+            _accumulate(row + 7 * C, c_mask, keep, alpha_a, _sum_pixels(d2 * w_bg))
         n_run += n_block
         tl.debug_barrier()  # the next block re-reads rows that other threads stored
     scalars = f32 + tl.program_id(0) * N_SCALARS
@@ -332,20 +385,26 @@ def fgd_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.co
 
 # ------------------------------------------------------------------ fgd_grad
 @triton.jit
-def _context_grads(S, T, s_pix, s_sc, t_pix, t_sc, g_ctx_s, g_ctx_t, C, p_mask,
-                   C_CONTIG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """Sub-loop 1 of fgd_grad: gp_s = sum_c g_ctx_s S, gp_t = sum_c g_ctx_t T, each [BLOCK_HW]."""
-    gp_s = tl.zeros([BLOCK_C, BLOCK_HW], tl.float32)
-    gp_t = tl.zeros([BLOCK_C, BLOCK_HW], tl.float32)
+def _context_grads(s_img, s_tile, s_sc, t_img, t_tile, t_sc, g_ctx_s, g_ctx_t, C, p_mask,
+                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """Sub-loop 1 of fgd_grad: gp_s = sum_c g_ctx_s S, gp_t = sum_c g_ctx_t T, each [ROWS, SECTOR]."""
+    gp_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
+    gp_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_mask = c < C
-        mask = c_mask[:, None] & p_mask[None, :]
-        s = _load_tile(S, s_pix, s_sc, c, mask, C_CONTIG)              # [BLOCK_C, BLOCK_HW]
-        t = _load_tile(T, t_pix, t_sc, c, mask, C_CONTIG)
-        gp_s += s * tl.load(g_ctx_s + c, mask=c_mask, other=0.0)[:, None]
-        gp_t += t * tl.load(g_ctx_t + c, mask=c_mask, other=0.0)[:, None]
-    return tl.sum(gp_s, 0), tl.sum(gp_t, 0)
+        mask = _tile_mask(c_mask, p_mask)
+        s = _load_tile(s_img, s_tile, s_sc, c0, mask)                   # [ROWS, BLOCK_C, SECTOR]
+        t = _load_tile(t_img, t_tile, t_sc, c0, mask)
+        gp_s += s * _per_channel(tl.load(g_ctx_s + c, mask=c_mask, other=0.0))
+        gp_t += t * _per_channel(tl.load(g_ctx_t + c, mask=c_mask, other=0.0))
+    return tl.sum(gp_s, 1), tl.sum(gp_t, 1)
+
+
+@triton.jit
+def _coef(row, c, c_mask):
+    """One row of chan_coef at channels c, broadcast over pixels: [1, BLOCK_C, 1]."""
+    return _per_channel(tl.load(row + c, mask=c_mask, other=0.0))
 
 
 @triton.jit
@@ -355,13 +414,14 @@ def fgd_grad_bwd_kernel(
     f32,              # float32 workspace (partial dw rows): base of pix_coef, chan_coef, K, dw
     L,                # number of levels
     BLOCKS_PER_PROG,  # pixel blocks per program (per run)
-    LEVELS: tl.constexpr, C_CONTIG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    LEVELS: tl.constexpr, C_CONTIG: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
     """Reads S, T and the coefficients of one run of blocks; writes dS and the run's partial dw rows."""
     lv, prog, n, blk_lo, blk_hi = _program_run(table, L, BLOCKS_PER_PROG, GRAD_COLS, LEVELS, BLOCK_HW)
     C = tl.load(lv + COL_C)
     HW = tl.load(lv + COL_HW)
-    W = tl.load(lv + COL_W)
+    W = tl.load(lv + COL_W).to(tl.int32)
     pc = f32 + tl.load(lv + COL_PC) + n * 5 * HW   # rows a_sign, fgA, bgA, p_s, p_t
     cc = f32 + tl.load(lv + COL_CC) + n * 9 * C    # rows b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, g_ctx_t, w_s, w_t
     K_s = tl.load(f32 + tl.load(lv + COL_K) + n * 2)
@@ -369,41 +429,35 @@ def fgd_grad_bwd_kernel(
     part = f32 + tl.load(lv + COL_PART) + prog * 2 * C  # rows dw_s, dw_t
     for b in range(blk_lo, blk_hi):
         keep = b > blk_lo
-        p = b * BLOCK_HW + tl.arange(0, BLOCK_HW)           # [BLOCK_HW]
+        p = _block_pixels(b, BLOCK_HW, SECTOR)                # [ROWS, SECTOR]
         p_mask = p < HW
-        s_pix, s_sc = _pixel_offsets(lv, COL_S, n, p, W)
-        t_pix, t_sc = _pixel_offsets(lv, COL_T, n, p, W)
-        ds_pix, ds_sc = _pixel_offsets(lv, COL_DS, n, p, W)
-        a_sign = tl.load(pc + p, mask=p_mask, other=0.0)
-        fgA = tl.load(pc + HW + p, mask=p_mask, other=0.0)
-        bgA = tl.load(pc + 2 * HW + p, mask=p_mask, other=0.0)
+        s_img, s_tile, s_sc = _image_tile(S, lv, COL_S, n, p, W, C_CONTIG, BLOCK_C)
+        t_img, t_tile, t_sc = _image_tile(T, lv, COL_T, n, p, W, C_CONTIG, BLOCK_C)
+        ds_img, ds_tile, ds_sc = _image_tile(dS, lv, COL_DS, n, p, W, C_CONTIG, BLOCK_C)
         p_s = tl.load(pc + 3 * HW + p, mask=p_mask, other=0.0)
-        p_t = tl.load(pc + 4 * HW + p, mask=p_mask, other=0.0)
-        gp_s, gp_t = _context_grads(S, T, s_pix, s_sc, t_pix, t_sc, cc + 5 * C, cc + 6 * C, C, p_mask,
-                                    C_CONTIG, BLOCK_C, BLOCK_HW)
-        dz_s = p_s * (gp_s - K_s)                             # [BLOCK_HW]
-        dz_t = p_t * (gp_t - K_t)
+        gp_s, gp_t = _context_grads(s_img, s_tile, s_sc, t_img, t_tile, t_sc, cc + 5 * C, cc + 6 * C,
+                                    C, p_mask, BLOCK_C, BLOCK_HW, SECTOR)
+        dz_s = _per_pixel(p_s * (gp_s - K_s))
+        dz_t = _per_pixel(tl.load(pc + 4 * HW + p, mask=p_mask, other=0.0) * (gp_t - K_t))
+        a_sign = _per_pixel(tl.load(pc + p, mask=p_mask, other=0.0))
+        fgA = _per_pixel(tl.load(pc + HW + p, mask=p_mask, other=0.0))
+        bgA = _per_pixel(tl.load(pc + 2 * HW + p, mask=p_mask, other=0.0))
+        p_s = _per_pixel(p_s)
         for c0 in range(0, C, BLOCK_C):  # sub-loop 2: dS, and per-channel sums for dw
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
-            mask = c_mask[:, None] & p_mask[None, :]
-            s = _load_tile(S, s_pix, s_sc, c, mask, C_CONTIG)          # [BLOCK_C, BLOCK_HW]
-            t = _load_tile(T, t_pix, t_sc, c, mask, C_CONTIG)
-            b_sign = tl.load(cc + c, mask=c_mask, other=0.0)[:, None]  # [BLOCK_C, 1]
-            k_d = tl.load(cc + C + c, mask=c_mask, other=0.0)[:, None]
-            k_const = tl.load(cc + 2 * C + c, mask=c_mask, other=0.0)[:, None]
-            k_fg = tl.load(cc + 3 * C + c, mask=c_mask, other=0.0)[:, None]
-            k_bg = tl.load(cc + 4 * C + c, mask=c_mask, other=0.0)[:, None]
-            g_ctx_s = tl.load(cc + 5 * C + c, mask=c_mask, other=0.0)[:, None]
-            w_s = tl.load(cc + 7 * C + c, mask=c_mask, other=0.0)[:, None]
+            mask = _tile_mask(c_mask, p_mask)
+            s = _load_tile(s_img, s_tile, s_sc, c0, mask)               # [ROWS, BLOCK_C, SECTOR]
+            t = _load_tile(t_img, t_tile, t_sc, c0, mask)
             sign_s = (s > 0).to(tl.float32) - (s < 0).to(tl.float32)
-            grad = (sign_s * (a_sign[None, :] + b_sign)
-                    + (s - t) * (k_d + k_fg * fgA[None, :] + k_bg * bgA[None, :])
-                    + k_const + p_s[None, :] * g_ctx_s + w_s * dz_s[None, :])
-            tl.store(dS + _tile_offsets(ds_pix, ds_sc, c, C_CONTIG),
-                     grad.to(dS.dtype.element_ty), mask=mask)
-            _accumulate(part + c, c_mask, keep, 1.0, tl.sum(s * dz_s[None, :], 1))
-            _accumulate(part + C + c, c_mask, keep, 1.0, tl.sum(t * dz_t[None, :], 1))
+            grad = (sign_s * (a_sign + _coef(cc, c, c_mask))
+                    + (s - t) * (_coef(cc + C, c, c_mask) + _coef(cc + 3 * C, c, c_mask) * fgA
+                                 + _coef(cc + 4 * C, c, c_mask) * bgA)
+                    + _coef(cc + 2 * C, c, c_mask) + p_s * _coef(cc + 5 * C, c, c_mask)
+                    + _coef(cc + 7 * C, c, c_mask) * dz_s)
+            tl.store(ds_img + c0 * ds_sc + ds_tile, grad.to(dS.dtype.element_ty), mask=mask)
+            _accumulate(part + c, c_mask, keep, 1.0, _sum_pixels(s * dz_s))
+            _accumulate(part + C + c, c_mask, keep, 1.0, _sum_pixels(t * dz_t))
         tl.debug_barrier()  # the next block re-reads rows that other threads stored
 
 
@@ -471,6 +525,16 @@ def _check_float32(name: str, xs: list[Tensor], shapes: list[tuple], device) -> 
     return [x.contiguous() for x in xs]
 
 
+def _check_int32_spans(xs: list[Tensor], block_c: int) -> None:
+    """Offsets inside one image are int32 in the kernels."""
+    for x in xs:
+        N, C, H, W = x.shape
+        span = (max(C, block_c) - 1) * x.stride(1) + (H - 1) * x.stride(2) + (W - 1) * x.stride(3)
+        if span >= 2 ** 31:
+            raise ValueError(f"one image of a {tuple(x.shape)} feature map spans {span} elements; "
+                             "the Triton kernels address at most 2**31 - 1 within an image")
+
+
 def _offset(x: Tensor, base: Tensor) -> int:
     """Element offset of x from base (same dtype, any allocation)."""
     q, r = divmod(x.data_ptr() - base.data_ptr(), x.element_size())
@@ -503,33 +567,40 @@ def _target_programs(device: torch.device) -> int:
     return PROGRAMS_PER_SM * _sm_count(index)
 
 
-class _Plan:
-    """Runs of whole pixel blocks, one program each: nsplit[l] runs per image of level l."""
+class _Launch:
+    """One launch over levels of one dtype: block sizes, and runs of whole pixel blocks
+    (nsplit[l] per image of level l), one main-kernel program per run."""
 
-    def __init__(self, S: list[Tensor], programs: int | None):
-        blocks = [triton.cdiv(s.shape[2] * s.shape[3], BLOCK_HW) for s in S]
+    def __init__(self, S: list[Tensor], T: list[Tensor], views: list[Tensor], programs: Optional[int]):
+        """views: every feature map the main kernel addresses (S, T and dS)."""
+        self.S, self.T = S, T
+        self.c_contig = all(x.stride(1) == 1 or x.shape[1] == 1 for x in views)
+        self.block_c, self.block_hw, self.sector = BLOCKS[S[0].dtype == torch.float32, self.c_contig]
+        _check_int32_spans(views, self.block_c)
+        blocks = [triton.cdiv(s.shape[2] * s.shape[3], self.block_hw) for s in S]
         target = programs or _target_programs(S[0].device)
         self.blocks_per_prog = triton.cdiv(sum(s.shape[0] * b for s, b in zip(S, blocks)), target)
         self.nsplit = [triton.cdiv(b, self.blocks_per_prog) for b in blocks]
         self.level_programs = [s.shape[0] * k for s, k in zip(S, self.nsplit)]
-        self.prog0 = _starts(self.level_programs)
         self.programs = sum(self.level_programs)
         self.levels = max(2, triton.next_power_of_2(len(S)))
 
-    def rows(self, S, T, comb_counts, part_counts, part_base, extra) -> list[list[int]]:
-        """The table's common columns (COL_PROG0..COL_PART), then each level's extra columns."""
-        comb0 = _starts(comb_counts)
+    def table(self, ncol, comb_counts, part_counts, part_base, extra) -> Tensor:
+        """The level table: common columns COL_PROG0..COL_PART, then each level's extra columns."""
+        prog0, comb0 = _starts(self.level_programs), _starts(comb_counts)
         part0 = [part_base + k for k in _starts(part_counts)]
         rows = []
-        for l, (s, t) in enumerate(zip(S, T)):
+        for l, (s, t) in enumerate(zip(self.S, self.T)):
             N, C, H, W = s.shape
-            rows.append([self.prog0[l], self.nsplit[l], comb0[l], N, C, H * W, W,
-                         *_view(s, S[0]), *_view(t, T[0]), part0[l], *extra[l]])
-        return rows
+            rows.append([prog0[l], self.nsplit[l], comb0[l], N, C, H * W, W,
+                         *_view(s, self.S[0]), *_view(t, self.T[0]), part0[l], *extra[l]])
+        assert all(len(row) == ncol for row in rows)
+        return torch.tensor(rows, dtype=torch.int64, device=self.S[0].device)
 
-
-def _channels_contiguous(xs: list[Tensor]) -> bool:
-    return all(x.stride(1) == 1 or x.shape[1] == 1 for x in xs)
+    def main_args(self) -> dict:
+        """Keyword arguments of a main kernel."""
+        return dict(LEVELS=self.levels, C_CONTIG=self.c_contig, BLOCK_C=self.block_c,
+                    BLOCK_HW=self.block_hw, SECTOR=self.sector, num_warps=NUM_WARPS)
 
 
 def _by_dtype(S: list[Tensor]) -> list[list[int]]:
@@ -541,52 +612,44 @@ def _by_dtype(S: list[Tensor]) -> list[list[int]]:
 
 
 def _stats_launch(S, T, fg, bg, w_s, w_t, temp, programs):
-    plan = _Plan(S, programs)
-    device = S[0].device
+    run = _Launch(S, T, S + T, programs)
     pix = [s.new_empty((s.shape[0], 4, s.shape[2] * s.shape[3]), dtype=torch.float32) for s in S]
     chan = [s.new_empty((s.shape[0], 8, s.shape[1]), dtype=torch.float32) for s in S]
-    part_counts = [k * 8 * s.shape[1] for k, s in zip(plan.level_programs, S)]
-    ws = torch.empty(plan.programs * N_SCALARS.value + sum(part_counts), dtype=torch.float32,
-                     device=device)
+    part_counts = [k * 8 * s.shape[1] for k, s in zip(run.level_programs, S)]
+    n_scalars = run.programs * N_SCALARS.value
+    ws = torch.empty(n_scalars + sum(part_counts), dtype=torch.float32, device=S[0].device)
     extra = [[_offset(x, ws) for x in xs] for xs in zip(fg, bg, w_s, w_t, pix, chan)]
     comb_counts = [s.shape[0] * triton.cdiv(s.shape[1], COMBINE_BLOCK_C) for s in S]
-    rows = plan.rows(S, T, comb_counts, part_counts, plan.programs * N_SCALARS.value, extra)
-    table = torch.tensor(rows, dtype=torch.int64, device=device)
-    fgd_stats_fwd_kernel[(plan.programs,)](
-        table, S[0], T[0], ws, len(S), float(temp), plan.blocks_per_prog,
-        LEVELS=plan.levels, C_CONTIG=_channels_contiguous(S + T),
-        BLOCK_C=BLOCK_C, BLOCK_HW=BLOCK_HW, num_warps=NUM_WARPS)
-    fgd_stats_combine_kernel[(sum(comb_counts),)](
-        table, ws, len(S), LEVELS=plan.levels, BLOCK_C=COMBINE_BLOCK_C, num_warps=NUM_WARPS)
+    table = run.table(STATS_COLS.value, comb_counts, part_counts, n_scalars, extra)
+    fgd_stats_fwd_kernel[(run.programs,)](table, S[0], T[0], ws, len(S), float(temp),
+                                          run.blocks_per_prog, **run.main_args())
+    fgd_stats_combine_kernel[(sum(comb_counts),)](table, ws, len(S), LEVELS=run.levels,
+                                                  BLOCK_C=COMBINE_BLOCK_C, num_warps=NUM_WARPS)
     return pix, chan
 
 
 def _grad_launch(S, T, pix_coef, chan_coef, K, programs):
-    plan = _Plan(S, programs)
-    device = S[0].device
     dS = [torch.empty_like(s) for s in S]
+    run = _Launch(S, T, S + T + dS, programs)
     dw_s = [s.new_empty((s.shape[1],), dtype=torch.float32) for s in S]
     dw_t = [s.new_empty((s.shape[1],), dtype=torch.float32) for s in S]
-    part_counts = [k * 2 * s.shape[1] for k, s in zip(plan.level_programs, S)]
-    ws = torch.empty(sum(part_counts), dtype=torch.float32, device=device)
+    part_counts = [k * 2 * s.shape[1] for k, s in zip(run.level_programs, S)]
+    ws = torch.empty(sum(part_counts), dtype=torch.float32, device=S[0].device)
     extra = [[_offset(x, ws) for x in xs[:5]] + _view(xs[5], dS[0])
              for xs in zip(pix_coef, chan_coef, K, dw_s, dw_t, dS)]
     comb_counts = [triton.cdiv(s.shape[1], COMBINE_BLOCK_C) for s in S]
-    table = torch.tensor(plan.rows(S, T, comb_counts, part_counts, 0, extra), dtype=torch.int64,
-                         device=device)
-    fgd_grad_bwd_kernel[(plan.programs,)](
-        table, S[0], T[0], dS[0], ws, len(S), plan.blocks_per_prog,
-        LEVELS=plan.levels, C_CONTIG=_channels_contiguous(S + T + dS),
-        BLOCK_C=BLOCK_C, BLOCK_HW=BLOCK_HW, num_warps=NUM_WARPS)
-    fgd_grad_combine_kernel[(sum(comb_counts),)](
-        table, ws, len(S), LEVELS=plan.levels, BLOCK_C=COMBINE_BLOCK_C, num_warps=NUM_WARPS)
+    table = run.table(GRAD_COLS.value, comb_counts, part_counts, 0, extra)
+    fgd_grad_bwd_kernel[(run.programs,)](table, S[0], T[0], dS[0], ws, len(S), run.blocks_per_prog,
+                                         **run.main_args())
+    fgd_grad_combine_kernel[(sum(comb_counts),)](table, ws, len(S), LEVELS=run.levels,
+                                                 BLOCK_C=COMBINE_BLOCK_C, num_warps=NUM_WARPS)
     return dS, dw_s, dw_t
 
 
 @_host_copy_if_interpreted
 def fgd_stats(S: list[Tensor], T: list[Tensor], fg: list[Tensor], bg: list[Tensor],
               w_s: list[Tensor], w_t: list[Tensor], temp: float, *,
-              programs: int | None = None) -> list[Tensor]:
+              programs: Optional[int] = None) -> list[Tensor]:
     """[pix_0..pix_{L-1}, chan_0..chan_{L-1}] of fgd_passes.fgd_stats.
 
     programs: about how many main-kernel programs to use (default: PROGRAMS_PER_SM per SM).
@@ -609,7 +672,7 @@ def fgd_stats(S: list[Tensor], T: list[Tensor], fg: list[Tensor], bg: list[Tenso
 
 @_host_copy_if_interpreted
 def fgd_grad(S: list[Tensor], T: list[Tensor], pix_coef: list[Tensor], chan_coef: list[Tensor],
-             K: list[Tensor], *, programs: int | None = None) -> list[Tensor]:
+             K: list[Tensor], *, programs: Optional[int] = None) -> list[Tensor]:
     """[dS_0.., dw_s_0.., dw_t_0..] of fgd_passes.fgd_grad (programs: as in fgd_stats)."""
     _check_features(S, T)
     device = S[0].device
