@@ -1,0 +1,212 @@
+"""Benchmark cases and the implementations timed on them, shared by
+test_bench_fgd.py (pytest-benchmark) and report.py.
+
+A Case is a batch of FPN features with boxes (deterministic for its seed). An
+implementation name ("eager_loop", "reference", "compile", "cpp", "triton")
+and a case make a Runner: two zero-argument callables, ``fwd`` (the loss under
+torch.no_grad(), no autograd graph) and ``fwd+bwd`` (the loss with the student
+features and every loss parameter requiring grad, then torch.autograd.grad of
+the loss w.r.t. them; the teacher is detached).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+import fgdkern
+from baselines import EagerLoopMultiLevelFGD, compile_works, compiled_reference
+
+IMPLEMENTATIONS = ("eager_loop", "reference", "compile", "cpp", "triton")
+# Implementations whose time on CPU is dominated by unfused passes over the features.
+SLOW_ON_CPU = frozenset({"eager_loop", "reference", "compile"})
+MODES = ("fwd", "fwd+bwd")
+REASON_CHARS = 160
+# Box sides are log-uniform between these fractions of the image side.
+MIN_BOX_SIDE, MAX_BOX_SIDE = 0.03, 0.6
+
+
+@dataclass(frozen=True)
+class Case:
+    """N images of size ``image`` (h, w), one FPN level per stride, C channels."""
+    name: str
+    N: int
+    channels: int
+    image: tuple[int, int]
+    strides: tuple[int, ...]
+    boxes_per_image: int
+    heavy: bool = False  # minutes for the slow implementations on CPU
+    seed: int = 0
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        h, w = self.image
+        return [(math.ceil(h / s), math.ceil(w / s)) for s in self.strides]
+
+    @property
+    def elements(self) -> int:
+        """Elements of one feature pyramid (S or T): sum over levels of N*C*H*W."""
+        return sum(self.N * self.channels * H * W for H, W in self.sizes)
+
+    def describe(self) -> str:
+        maps = ", ".join(f"{H}x{W}" for H, W in self.sizes)
+        return f"N={self.N} C={self.channels} maps {maps}, {self.boxes_per_image} boxes/image"
+
+
+CASES = {
+    "small": Case("small", 2, 64, (256, 384), (8, 16, 32), 5),
+    "retinanet": Case("retinanet", 2, 256, (800, 1216), (8, 16, 32, 64, 128), 7),
+    "faster_rcnn": Case("faster_rcnn", 2, 256, (800, 1216), (4, 8, 16, 32, 64), 7, heavy=True),
+}
+# A case small enough to find out in a second whether an implementation runs at all.
+PROBE = Case("probe", 2, 8, (64, 96), (8, 16), 3)
+
+
+def sweeps(quick: bool) -> dict[str, list[tuple[int, Case]]]:
+    """(x, case) series showing how the cost grows with H*W, with C and with boxes per image."""
+    base = CASES["retinanet"]
+    one_level = replace(base, name="one_level", strides=(8,))
+    maps = [(13, 19), (25, 38), (50, 76), (100, 152)] + ([] if quick else [(200, 304)])
+    channels = [32, 64, 128, 256] + ([] if quick else [512])
+    boxes = [1, 3, 10, 30, 100]
+    return {
+        "H*W": [(H * W, replace(one_level, name=f"map {H}x{W}", image=(8 * H, 8 * W)))
+                for H, W in maps],
+        "C": [(C, replace(one_level, name=f"C={C}", image=(400, 608), channels=C))
+              for C in channels],
+        "boxes per image": [(K, replace(base, name=f"{K} boxes", boxes_per_image=K))
+                            for K in boxes],
+    }
+
+
+def random_boxes(case: Case, generator: torch.Generator) -> list[Tensor]:
+    """Per image (K, 4) xyxy pixel boxes inside the image, log-uniform sides."""
+    h, w = case.image
+    K = case.boxes_per_image
+    out = []
+    for _ in range(case.N):
+        log_side = torch.empty(K, 2).uniform_(math.log(MIN_BOX_SIDE), math.log(MAX_BOX_SIDE),
+                                              generator=generator)
+        side = log_side.exp() * torch.tensor([w, h])
+        corner = torch.rand(K, 2, generator=generator) * (torch.tensor([w, h]) - side)
+        out.append(torch.cat([corner, corner + side], 1).floor())
+    return out
+
+
+def make_inputs(case: Case, device: torch.device, dtype=torch.float32):
+    """(feats_S, feats_T, gt_bboxes, img_shapes) of a case, on ``device``."""
+    g = torch.Generator().manual_seed(case.seed)
+    shape = [(case.N, case.channels, H, W) for H, W in case.sizes]
+    feats_S = [torch.randn(s, generator=g).to(device, dtype) for s in shape]
+    feats_T = [(torch.randn(s, generator=g) * 1.5 + 0.3).to(device, dtype) for s in shape]
+    gt_bboxes = [b.to(device) for b in random_boxes(case, g)]
+    return feats_S, feats_T, gt_bboxes, [case.image] * case.N
+
+
+def loss_module(case: Case, backend: str, device: torch.device) -> torch.nn.Module:
+    """MultiLevelFGDLoss (class defaults) with parameters fixed by the case's seed."""
+    torch.manual_seed(case.seed)
+    ms = fgdkern.MultiLevelFGDLoss(len(case.strides), case.channels, case.channels,
+                                   backend=backend)
+    return ms.to(device)
+
+
+class Unavailable(RuntimeError):
+    """The implementation cannot run on this device (the message says why)."""
+
+
+def build_loss(impl: str, case: Case, device: torch.device) -> torch.nn.Module:
+    """The loss module of ``impl``: all built from the same parameter values."""
+    if impl == "eager_loop":
+        return EagerLoopMultiLevelFGD.like(loss_module(case, "reference", device))
+    if impl == "compile":
+        return compiled_reference(loss_module(case, "reference", device))
+    if impl == "triton" and (device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise Unavailable("triton is timed on CUDA only, never in the interpreter "
+                          "(TRITON_INTERPRET=1)")
+    if impl == "cpp" and device.type != "cpu":
+        raise Unavailable("cpp runs on CPU tensors only")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {impl!r}; one of {IMPLEMENTATIONS}")
+    return loss_module(case, impl, device)
+
+
+@dataclass
+class Runner:
+    impl: str
+    case: Case
+    calls: dict[str, Callable[[], object]]  # mode -> zero-argument call
+
+
+def make_runner(impl: str, case: Case, device: torch.device) -> Runner:
+    loss = build_loss(impl, case, device)
+    feats_S, feats_T, gt_bboxes, img_shapes = make_inputs(case, device)
+    S_grad = [S.detach().requires_grad_() for S in feats_S]
+    params = list(loss.parameters())
+
+    def forward() -> Tensor:
+        with torch.no_grad():
+            return loss(feats_S, feats_T, gt_bboxes, img_shapes)
+
+    def forward_backward() -> tuple[Tensor, ...]:
+        value = loss(S_grad, feats_T, gt_bboxes, img_shapes)
+        return torch.autograd.grad(value, S_grad + params)
+
+    return Runner(impl, case, {"fwd": forward, "fwd+bwd": forward_backward})
+
+
+@functools.cache
+def unavailable_reason(impl: str, device_type: str) -> str | None:
+    """None when ``impl`` runs both modes on the probe case on this device, else why not.
+
+    torch.compile is probed on a tiny function instead (compiling the loss takes
+    10-40 s per shape here); a failure at a real case is reported where it happens.
+    """
+    if impl == "compile":
+        return compile_works()
+    try:
+        runner = make_runner(impl, PROBE, torch.device(device_type))
+        for call in runner.calls.values():
+            call()
+    except Exception as exc:  # any failure means: skip it, say why
+        return f"{type(exc).__name__}: {str(exc)[:REASON_CHARS]}".splitlines()[0]
+    return None
+
+
+def available(device: torch.device, impls=IMPLEMENTATIONS, report=print) -> list[str]:
+    """The implementations that run here; ``report`` is told the reason for each skipped one."""
+    out = []
+    for impl in impls:
+        reason = unavailable_reason(impl, device.type)
+        if reason is None:
+            out.append(impl)
+        else:
+            report(f"skipping {impl}: {reason}")
+    return out
+
+
+def synchronized(call: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``call`` followed by a device synchronisation on CUDA (so a timer sees the work)."""
+    if device.type != "cuda":
+        return call
+
+    def run():
+        out = call()
+        torch.cuda.synchronize(device)
+        return out
+    return run
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def feature_bytes(case: Case, mode: str, dtype=torch.float32) -> int:
+    """Minimum bytes moved: fwd reads S and T once; fwd+bwd reads them twice and writes dS."""
+    passes = {"fwd": 2, "fwd+bwd": 5}[mode]
+    return passes * case.elements * torch.tensor([], dtype=dtype).element_size()
