@@ -1,0 +1,121 @@
+"""The PNG of a bench/report.py run: speedup, time and GB/s per implementation and
+case, and the sweeps of forward+backward time over H*W, C and boxes per image.
+
+    python bench/plot.py bench/results/<device>-<date>.json   (writes the .png beside it)
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
+
+COLORS = {"eager_loop": "#7f7f7f", "reference": "#1f77b4", "compile": "#9467bd",
+          "cpp": "#d62728", "triton": "#2ca02c"}
+BAR_PANELS = [("speedup_vs_eager_loop", "speedup vs eager loop (x, log)", True),
+              ("median_ms", "median time (ms, log)", True),
+              ("gb_per_s", "GB/s of the minimum bytes", False)]
+# Shown relative to its first point: the growth with the number of boxes is the point.
+RELATIVE_SWEEP = "boxes per image"
+SWEEP_LABELS = {"H*W": "H*W of the one level (N=2, C=256)",
+                "C": "channels C (one 50x76 level, N=2)",
+                "boxes per image": "boxes per image (5-level pyramid, N=2)"}
+
+
+def _names(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["name"] for r in rows))
+
+
+def short(v: float) -> str:
+    """A bar label: whole numbers from 100 up, else three significant digits."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def log_axis(axis) -> None:
+    """Log scale with ticks at 1, 2, 5 x 10^k written as plain numbers."""
+    axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def bar_panel(ax, entries: list[dict], key: str, title: str, log: bool) -> None:
+    """Grouped bars: one group per (case, mode), one bar per implementation."""
+    groups = list(dict.fromkeys((e["case"], e["mode"]) for e in entries))
+    names = _names(entries)
+    width = 0.8 / len(names)
+    values = {(e["case"], e["mode"], e["name"]): e.get(key) for e in entries}
+    for k, name in enumerate(names):
+        xs = [g + (k - (len(names) - 1) / 2) * width for g in range(len(groups))]
+        ys = [values.get((*group, name)) for group in groups]
+        shown = [(x, y) for x, y in zip(xs, ys) if y]
+        if shown:
+            ax.bar(*zip(*shown), width, label=name, color=COLORS.get(name))
+            for x, y in shown:
+                ax.annotate(short(y), (x, y), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(groups)), [f"{c}\n{m}" for c, m in groups], fontsize=8)
+    ax.set_title(title)
+    if log:
+        ax.set_yscale("log")
+        log_axis(ax.yaxis)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def sweep_panel(ax, rows: list[dict], sweep: str, relative: bool) -> None:
+    """Median forward+backward time against the swept quantity, one line per implementation;
+    ``relative``: divided by the time at the smallest value of each line."""
+    for name in _names(rows):
+        points = sorted((r["x"], r["median_ms"]) for r in rows if r["name"] == name)
+        xs, ys = zip(*points)
+        ys = [y / ys[0] for y in ys] if relative else ys
+        ax.plot(xs, ys, "o-", label=name, color=COLORS.get(name))
+    ax.set_xscale("log")
+    log_axis(ax.xaxis)
+    if relative:
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(f"fwd+bwd time / time at {rows[0]['x'] if rows else ''} (median)")
+    else:
+        ax.set_yscale("log")
+        log_axis(ax.yaxis)
+        ax.set_ylabel("fwd+bwd median ms")
+    ax.set_xlabel(SWEEP_LABELS.get(sweep, sweep))
+    ax.set_title(f"cost vs {sweep}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+
+
+def headline(meta: dict) -> str:
+    where = meta["device_name"]
+    if meta["device"] == "cpu":
+        where += f", {meta['cpu_threads']} threads"
+    quick = " (--quick)" if meta["quick"] else ""
+    return f"FGD loss on {meta['device'].upper()}: {where} - torch {meta['torch']} - {meta['date']}{quick}"
+
+
+def plot_report(report: dict, path: Path) -> None:
+    meta, entries, sweeps = report["metadata"], report["results"], report["sweeps"]
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    for ax, (key, title, log) in zip(axes[0], BAR_PANELS):
+        shown = [e for e in entries if key != "speedup_vs_eager_loop" or e["name"] != "eager_loop"]
+        bar_panel(ax, shown, key, title, log)
+    copy_gbs = meta["copy_bandwidth_gbs"]
+    axes[0, 2].axhline(copy_gbs, color="k", ls="--", lw=1, label=f"copy {copy_gbs:.1f} GB/s")
+    axes[0, 0].axhline(1, color="k", lw=0.8)
+    for ax in axes[0]:
+        ax.legend(fontsize=8)
+    for ax, sweep in zip(axes[1], SWEEP_LABELS):
+        sweep_panel(ax, [r for r in sweeps if r["sweep"] == sweep], sweep,
+                    relative=sweep == RELATIVE_SWEEP)
+    fig.suptitle(headline(meta))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1])
+    plot_report(json.loads(source.read_text()), source.with_suffix(".png"))
