@@ -17,9 +17,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 COLORS = {"eager_loop": "#7f7f7f", "reference": "#1f77b4", "compile": "#9467bd",
           "cpp": "#d62728", "triton": "#2ca02c"}
-BAR_PANELS = [("speedup_vs_eager_loop", "speedup vs eager loop (x, log)", True),
-              ("median_ms", "median time (ms, log)", True),
-              ("gb_per_s", "GB/s of the minimum bytes", False)]
+BAR_PANELS = [("speedup_vs_eager_loop", "speedup vs eager loop (x)"),
+              ("median_ms", "median time (ms)"), ("gb_per_s", "GB/s of the minimum bytes")]
 # Shown relative to its first point: the growth with the number of boxes is the point.
 RELATIVE_SWEEP = "boxes per image"
 SWEEP_LABELS = {"H*W": "H*W of the one level (N=2, C=256)",
@@ -43,8 +42,8 @@ def log_axis(axis) -> None:
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
-def bar_panel(ax, entries: list[dict], key: str, title: str, log: bool) -> None:
-    """Grouped bars: one group per (case, mode), one bar per implementation."""
+def bar_panel(ax, entries: list[dict], key: str, title: str) -> None:
+    """Grouped bars on a log axis: one group per (case, mode), one bar per implementation."""
     groups = list(dict.fromkeys((e["case"], e["mode"]) for e in entries))
     names = _names(entries)
     width = 0.8 / len(names)
@@ -56,13 +55,16 @@ def bar_panel(ax, entries: list[dict], key: str, title: str, log: bool) -> None:
         if shown:
             ax.bar(*zip(*shown), width, label=name, color=COLORS.get(name))
             for x, y in shown:
-                ax.annotate(short(y), (x, y), ha="center", va="bottom", fontsize=7)
+                ax.annotate(short(y), (x, y), ha="center", va="bottom", fontsize=7, rotation=90,
+                            xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(groups)), [f"{c}\n{m}" for c, m in groups], fontsize=8)
     ax.set_title(title)
-    if log:
-        ax.set_yscale("log")
-        log_axis(ax.yaxis)
+    ax.set_yscale("log")
+    log_axis(ax.yaxis)
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top * 2.5)  # room for the labels
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def sweep_panel(ax, rows: list[dict], sweep: str, relative: bool) -> None:
@@ -99,14 +101,12 @@ def headline(meta: dict) -> str:
 def plot_report(report: dict, path: Path) -> None:
     meta, entries, sweeps = report["metadata"], report["results"], report["sweeps"]
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
-    for ax, (key, title, log) in zip(axes[0], BAR_PANELS):
-        shown = [e for e in entries if key != "speedup_vs_eager_loop" or e["name"] != "eager_loop"]
-        bar_panel(ax, shown, key, title, log)
     copy_gbs = meta["copy_bandwidth_gbs"]
-    axes[0, 2].axhline(copy_gbs, color="k", ls="--", lw=1, label=f"copy {copy_gbs:.1f} GB/s")
     axes[0, 0].axhline(1, color="k", lw=0.8)
-    for ax in axes[0]:
-        ax.legend(fontsize=8)
+    axes[0, 2].axhline(copy_gbs, color="k", ls="--", lw=1, label=f"copy {copy_gbs:.1f} GB/s")
+    for ax, (key, title) in zip(axes[0], BAR_PANELS):
+        shown = [e for e in entries if key != "speedup_vs_eager_loop" or e["name"] != "eager_loop"]
+        bar_panel(ax, shown, key, title)
     for ax, sweep in zip(axes[1], SWEEP_LABELS):
         sweep_panel(ax, [r for r in sweeps if r["sweep"] == sweep], sweep,
                     relative=sweep == RELATIVE_SWEEP)
