@@ -120,6 +120,12 @@ def _program_run(table, L, BLOCKS_PER_PROG, NCOL: tl.constexpr, LEVELS: tl.const
 
 
 @triton.jit
+def _level_shape(lv):
+    """C, H * W and W of a level."""
+    return tl.load(lv + COL_C), tl.load(lv + COL_HW), tl.load(lv + COL_W).to(tl.int32)
+
+
+@triton.jit
 def _block_pixels(b, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """Pixels of block b as a [BLOCK_HW // SECTOR, SECTOR] grid of int32 indices."""
     grid = tl.arange(0, BLOCK_HW // SECTOR)[:, None] * SECTOR + tl.arange(0, SECTOR)[None, :]
@@ -212,24 +218,29 @@ def _block_softmax(logits, p_mask, m_run):
 
 # ------------------------------------------------------------------ fgd_stats
 @triton.jit
-def _pixel_stats(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, p_mask,
-                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
-    """Sub-loop 1 of fgd_stats: gs_s, gs_t, z_s, z_t of one block, each [ROWS, SECTOR]."""
+def _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, p_mask, ABS: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """Sub-loop 1: per pixel sum_c w_s S, sum_c w_t T and, if ABS, sum_c |S|, sum_c |T|.
+
+    Each [ROWS, SECTOR]; w_s, w_t point to C weights (conv_mask weights for z,
+    g_ctx for gp).
+    """
+    ws_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
+    wt_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     abs_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     abs_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    z_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    z_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_mask = c < C
         mask = _tile_mask(c_mask, p_mask)
         s = _load_tile(s_img, s_tile, s_sc, c0, mask)                   # [ROWS, BLOCK_C, SECTOR]
         t = _load_tile(t_img, t_tile, t_sc, c0, mask)
-        abs_s += tl.abs(s)
-        abs_t += tl.abs(t)
-        z_s += s * _per_channel(tl.load(w_s + c, mask=c_mask, other=0.0))
-        z_t += t * _per_channel(tl.load(w_t + c, mask=c_mask, other=0.0))
-    return tl.sum(abs_s, 1) / C, tl.sum(abs_t, 1) / C, tl.sum(z_s, 1), tl.sum(z_t, 1)
+        ws_s += s * _per_channel(tl.load(w_s + c, mask=c_mask, other=0.0))
+        wt_t += t * _per_channel(tl.load(w_t + c, mask=c_mask, other=0.0))
+        if ABS:
+            abs_s += tl.abs(s)
+            abs_t += tl.abs(t)
+    return tl.sum(ws_s, 1), tl.sum(wt_t, 1), tl.sum(abs_s, 1), tl.sum(abs_t, 1)
 
 
 @triton.jit
@@ -258,9 +269,7 @@ def fgd_stats_fwd_kernel(
 ):
     """Reads S, T, fg, bg, w_s, w_t of one run of blocks; writes pix rows and the run's partial chan rows."""
     lv, prog, n, blk_lo, blk_hi = _program_run(table, L, BLOCKS_PER_PROG, STATS_COLS, LEVELS, BLOCK_HW)
-    C = tl.load(lv + COL_C)
-    HW = tl.load(lv + COL_HW)
-    W = tl.load(lv + COL_W).to(tl.int32)
+    C, HW, W = _level_shape(lv)
     fg_row = f32 + tl.load(lv + COL_FG) + n * HW
     bg_row = f32 + tl.load(lv + COL_BG) + n * HW
     w_s = f32 + tl.load(lv + COL_WS)
@@ -281,8 +290,10 @@ def fgd_stats_fwd_kernel(
         n_block = tl.minimum(HW - b * BLOCK_HW, BLOCK_HW).to(tl.float32)
         s_img, s_tile, s_sc = _image_tile(S, lv, COL_S, n, p, W, C_CONTIG, BLOCK_C)
         t_img, t_tile, t_sc = _image_tile(T, lv, COL_T, n, p, W, C_CONTIG, BLOCK_C)
-        gs_s, gs_t, z_s, z_t = _pixel_stats(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C,
-                                            p_mask, BLOCK_C, BLOCK_HW, SECTOR)
+        z_s, z_t, abs_s, abs_t = _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C,
+                                               p_mask, True, BLOCK_C, BLOCK_HW, SECTOR)
+        gs_s = abs_s / C
+        gs_t = abs_t / C
         tl.store(pix + p, gs_s, mask=p_mask)
         tl.store(pix + HW + p, gs_t, mask=p_mask)
         tl.store(pix + 2 * HW + p, z_s, mask=p_mask)
@@ -330,8 +341,7 @@ def fgd_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.co
     """Reads the partial rows and scalars of one image's runs; writes chan[n, :, c] of one channel block."""
     pid = tl.program_id(0)
     lv = _find_level(table, pid, L, COL_COMB0, STATS_COLS, LEVELS)
-    C = tl.load(lv + COL_C)
-    HW = tl.load(lv + COL_HW)
+    C, HW, _ = _level_shape(lv)
     nsplit = tl.load(lv + COL_NSPLIT)
     local = pid - tl.load(lv + COL_COMB0)
     n_cblocks = tl.cdiv(C, BLOCK_C)
@@ -385,23 +395,6 @@ def fgd_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.co
 
 # ------------------------------------------------------------------ fgd_grad
 @triton.jit
-def _context_grads(s_img, s_tile, s_sc, t_img, t_tile, t_sc, g_ctx_s, g_ctx_t, C, p_mask,
-                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
-    """Sub-loop 1 of fgd_grad: gp_s = sum_c g_ctx_s S, gp_t = sum_c g_ctx_t T, each [ROWS, SECTOR]."""
-    gp_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    gp_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_mask = c < C
-        mask = _tile_mask(c_mask, p_mask)
-        s = _load_tile(s_img, s_tile, s_sc, c0, mask)                   # [ROWS, BLOCK_C, SECTOR]
-        t = _load_tile(t_img, t_tile, t_sc, c0, mask)
-        gp_s += s * _per_channel(tl.load(g_ctx_s + c, mask=c_mask, other=0.0))
-        gp_t += t * _per_channel(tl.load(g_ctx_t + c, mask=c_mask, other=0.0))
-    return tl.sum(gp_s, 1), tl.sum(gp_t, 1)
-
-
-@triton.jit
 def _coef(row, c, c_mask):
     """One row of chan_coef at channels c, broadcast over pixels: [1, BLOCK_C, 1]."""
     return _per_channel(tl.load(row + c, mask=c_mask, other=0.0))
@@ -419,9 +412,7 @@ def fgd_grad_bwd_kernel(
 ):
     """Reads S, T and the coefficients of one run of blocks; writes dS and the run's partial dw rows."""
     lv, prog, n, blk_lo, blk_hi = _program_run(table, L, BLOCKS_PER_PROG, GRAD_COLS, LEVELS, BLOCK_HW)
-    C = tl.load(lv + COL_C)
-    HW = tl.load(lv + COL_HW)
-    W = tl.load(lv + COL_W).to(tl.int32)
+    C, HW, W = _level_shape(lv)
     pc = f32 + tl.load(lv + COL_PC) + n * 5 * HW   # rows a_sign, fgA, bgA, p_s, p_t
     cc = f32 + tl.load(lv + COL_CC) + n * 9 * C    # rows b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, g_ctx_t, w_s, w_t
     K_s = tl.load(f32 + tl.load(lv + COL_K) + n * 2)
@@ -435,8 +426,8 @@ def fgd_grad_bwd_kernel(
         t_img, t_tile, t_sc = _image_tile(T, lv, COL_T, n, p, W, C_CONTIG, BLOCK_C)
         ds_img, ds_tile, ds_sc = _image_tile(dS, lv, COL_DS, n, p, W, C_CONTIG, BLOCK_C)
         p_s = tl.load(pc + 3 * HW + p, mask=p_mask, other=0.0)
-        gp_s, gp_t = _context_grads(s_img, s_tile, s_sc, t_img, t_tile, t_sc, cc + 5 * C, cc + 6 * C,
-                                    C, p_mask, BLOCK_C, BLOCK_HW, SECTOR)
+        gp_s, gp_t, _, _ = _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, cc + 5 * C, cc + 6 * C,
+                                         C, p_mask, False, BLOCK_C, BLOCK_HW, SECTOR)
         dz_s = _per_pixel(p_s * (gp_s - K_s))
         dz_t = _per_pixel(tl.load(pc + 4 * HW + p, mask=p_mask, other=0.0) * (gp_t - K_t))
         a_sign = _per_pixel(tl.load(pc + p, mask=p_mask, other=0.0))
@@ -449,12 +440,16 @@ def fgd_grad_bwd_kernel(
             mask = _tile_mask(c_mask, p_mask)
             s = _load_tile(s_img, s_tile, s_sc, c0, mask)               # [ROWS, BLOCK_C, SECTOR]
             t = _load_tile(t_img, t_tile, t_sc, c0, mask)
+            b_sign = _coef(cc, c, c_mask)                                 # [1, BLOCK_C, 1]
+            k_d = _coef(cc + C, c, c_mask)
+            k_const = _coef(cc + 2 * C, c, c_mask)
+            k_fg = _coef(cc + 3 * C, c, c_mask)
+            k_bg = _coef(cc + 4 * C, c, c_mask)
+            g_ctx_s = _coef(cc + 5 * C, c, c_mask)
+            w_s = _coef(cc + 7 * C, c, c_mask)
             sign_s = (s > 0).to(tl.float32) - (s < 0).to(tl.float32)
-            grad = (sign_s * (a_sign + _coef(cc, c, c_mask))
-                    + (s - t) * (_coef(cc + C, c, c_mask) + _coef(cc + 3 * C, c, c_mask) * fgA
-                                 + _coef(cc + 4 * C, c, c_mask) * bgA)
-                    + _coef(cc + 2 * C, c, c_mask) + p_s * _coef(cc + 5 * C, c, c_mask)
-                    + _coef(cc + 7 * C, c, c_mask) * dz_s)
+            grad = (sign_s * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
+                    + k_const + p_s * g_ctx_s + w_s * dz_s)
             tl.store(ds_img + c0 * ds_sc + ds_tile, grad.to(dS.dtype.element_ty), mask=mask)
             _accumulate(part + c, c_mask, keep, 1.0, _sum_pixels(s * dz_s))
             _accumulate(part + C + c, c_mask, keep, 1.0, _sum_pixels(t * dz_t))
