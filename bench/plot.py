@@ -19,8 +19,8 @@ COLORS = {"eager_loop": "#7f7f7f", "reference": "#1f77b4", "compile": "#9467bd",
           "cpp": "#d62728", "triton": "#2ca02c"}
 BAR_PANELS = [("speedup_vs_eager_loop", "speedup vs eager loop (x)"),
               ("median_ms", "median time (ms)"), ("gb_per_s", "GB/s of the minimum bytes")]
-# Shown relative to its first point: the growth with the number of boxes is the point.
-RELATIVE_SWEEP = "boxes per image"
+# Shown as time added over its first point: what each further box costs is the point.
+ADDED_SWEEP = "boxes per image"
 SWEEP_LABELS = {"H*W": "H*W of the one level (N=2, C=256)",
                 "C": "channels C (one 50x76 level, N=2)",
                 "boxes per image": "boxes per image (5-level pyramid, N=2)"}
@@ -67,22 +67,20 @@ def bar_panel(ax, entries: list[dict], key: str, title: str) -> None:
     ax.legend(fontsize=8)
 
 
-def sweep_panel(ax, rows: list[dict], sweep: str, relative: bool) -> None:
-    """Median forward+backward time against the swept quantity, one line per implementation;
-    ``relative``: divided by the time at the smallest value of each line."""
+def sweep_panel(ax, rows: list[dict], sweep: str, added: bool) -> None:
+    """Median forward+backward time against the swept quantity, one line per implementation.
+    ``added``: linear axes, and the time added over each line's first point."""
     for name in _names(rows):
-        points = sorted((r["x"], r["median_ms"]) for r in rows if r["name"] == name)
-        xs, ys = zip(*points)
-        ys = [y / ys[0] for y in ys] if relative else ys
+        xs, ys = zip(*sorted((r["x"], r["median_ms"]) for r in rows if r["name"] == name))
+        ys = [y - ys[0] for y in ys] if added else ys
         ax.plot(xs, ys, "o-", label=name, color=COLORS.get(name))
-    ax.set_xscale("log")
-    log_axis(ax.xaxis)
-    if relative:
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel(f"fwd+bwd time / time at {rows[0]['x'] if rows else ''} (median)")
+    if added:
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylabel(f"fwd+bwd median ms added over x = {min(r['x'] for r in rows)}")
     else:
-        ax.set_yscale("log")
-        log_axis(ax.yaxis)
+        for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+            scale("log")
+            log_axis(axis)
         ax.set_ylabel("fwd+bwd median ms")
     ax.set_xlabel(SWEEP_LABELS.get(sweep, sweep))
     ax.set_title(f"cost vs {sweep}")
@@ -93,7 +91,8 @@ def sweep_panel(ax, rows: list[dict], sweep: str, relative: bool) -> None:
 def headline(meta: dict) -> str:
     where = meta["device_name"]
     if meta["device"] == "cpu":
-        where += f", {meta['cpu_threads']} threads"
+        threads = meta["cpu_threads"]
+        where += f", {threads} thread{'s' if threads != 1 else ''}"
     quick = " (--quick)" if meta["quick"] else ""
     return f"FGD loss on {meta['device'].upper()}: {where} - torch {meta['torch']} - {meta['date']}{quick}"
 
@@ -109,7 +108,7 @@ def plot_report(report: dict, path: Path) -> None:
         bar_panel(ax, shown, key, title)
     for ax, sweep in zip(axes[1], SWEEP_LABELS):
         sweep_panel(ax, [r for r in sweeps if r["sweep"] == sweep], sweep,
-                    relative=sweep == RELATIVE_SWEEP)
+                    added=sweep == ADDED_SWEEP)
     fig.suptitle(headline(meta))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
