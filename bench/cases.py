@@ -40,7 +40,7 @@ class Case:
     image: tuple[int, int]
     strides: tuple[int, ...]
     boxes_per_image: int
-    heavy: bool = False  # minutes for the slow implementations on CPU
+    heavy: bool = False  # seconds per call for the slow implementations on CPU
     seed: int = 0
 
     @property
