@@ -29,12 +29,17 @@ level -- in a fixed order. The split into runs depends on the SM count, so
 devices with different SM counts may differ in the last bits.
 
 Tiles. A block is held as a [ROWS, SECTOR] grid of pixels (SECTOR pixels are
-32 bytes of one channel in NCHW) and a tile as [ROWS, BLOCK_C, SECTOR]: lanes
-read whole 32-byte sectors of several channels, and each thread keeps ROWS
-pixels of its channels, so most of each sum over pixels is in-thread rather
-than a shuffle across 32 lanes. When the channel stride is 1 (channels_last),
-C_CONTIG makes lanes span channels instead and a thread holds every pixel of
-its channel.
+32 bytes of one channel in NCHW) and a tile as [ROWS, BLOCK_C, SECTOR]: each
+thread keeps ROWS pixels of its channels, so most of each sum over pixels is
+in-thread rather than a shuffle across lanes. Tiles are loaded and stored
+flat, [ROWS * BLOCK_C, SECTOR] (_tile_grid), and reshaped for the math: the
+compiler gives lanes to the axis whose offsets it can prove contiguous, and
+the flat form leaves it one candidate, whatever the Triton version's
+tie-breaking. The launch passes LAYOUT: PIX_DENSE (the offset of pixel p is
+p, as in NCHW: lanes read 32-byte sectors of several channels), CHANNELS_DENSE
+(channel stride 1, channels_last: lanes span channels and a thread holds
+every pixel of its channel), or GENERAL (other views: correct, with lanes
+where the compiler's defaults put them).
 
 Levels in one launch. A per-level int64 table (columns COL_*) holds program
 ranges, sizes, and for every tensor its element offset from a base pointer
@@ -53,10 +58,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# (BLOCK_C, BLOCK_HW, SECTOR) by (float32, channels contiguous): tiles
-# [BLOCK_HW // SECTOR, BLOCK_C, SECTOR] of 2048 elements, 16 per thread ("Tiles" above).
-BLOCKS = {(True, False): (64, 32, 8), (False, False): (32, 64, 16),
-          (True, True): (128, 16, 8), (False, True): (128, 16, 8)}
+# (BLOCK_C, BLOCK_HW, SECTOR) by (float32, LAYOUT == CHANNELS_DENSE): tiles of 1024
+# elements, 8 per thread, which compile without register spills ("Tiles" above).
+BLOCKS = {(True, False): (32, 32, 8), (False, False): (16, 64, 16),
+          (True, True): (128, 8, 8), (False, True): (128, 8, 8)}
 COMBINE_BLOCK_C = 128  # channels per combine program
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 2
@@ -92,6 +97,9 @@ COL_DWT = tl.constexpr(22)
 COL_DS = tl.constexpr(23)
 GRAD_COLS = tl.constexpr(28)
 
+GENERAL = tl.constexpr(0)        # LAYOUT of the feature maps of a launch, see _image_tile
+PIX_DENSE = tl.constexpr(1)
+CHANNELS_DENSE = tl.constexpr(2)
 N_SCALARS = tl.constexpr(8)   # fgd_stats per-program scalars: m, l of z_s, z_t, A; pixel count
 
 
@@ -133,33 +141,62 @@ def _block_pixels(b, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
 
 
 @triton.jit
-def _image_tile(base, lv, col, n, p, W, C_CONTIG: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Image n of the feature map whose view is at column col, at pixels p.
+def _tile_grid(b, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """Channel [ROWS * BLOCK_C, 1] and pixel [ROWS * BLOCK_C, SECTOR] of every element of a
+    tile of block b as it is loaded: flat, row r * BLOCK_C + c holding channel c at pixels
+    r * SECTOR + (0..SECTOR-1) of the block. Loads and stores use this 2-D form, in which
+    the only contiguous axis the compiler can see is the one it should give to lanes;
+    the math reshapes it to [ROWS, BLOCK_C, SECTOR] (the same registers)."""
+    i = tl.arange(0, BLOCK_HW // SECTOR * BLOCK_C)
+    pix = (b * BLOCK_HW + (i // BLOCK_C) * SECTOR)[:, None] + tl.arange(0, SECTOR)[None, :]
+    return (i % BLOCK_C)[:, None], pix.to(tl.int32)
 
-    Returns a pointer to its channel 0, the int32 offsets of a tile
-    [ROWS, BLOCK_C, SECTOR] from the tile's first channel, and the channel
-    stride. C_CONTIG: the channel stride is 1 (channels_last), which lets the
-    compiler coalesce along C.
+
+@triton.jit
+def _image_tile(base, lv, col, n, tile_c, tile_p, W, LAYOUT: tl.constexpr):
+    """Image n of the feature map whose view is at column col.
+
+    Returns a pointer to its channel 0, the int32 offsets of the flat tile
+    (_tile_grid) from the tile's first channel, and the channel stride. LAYOUT
+    (the same for every view of a launch) says which offsets are contiguous:
+    PIX_DENSE, the offset of pixel p is p (NCHW); CHANNELS_DENSE, the channel
+    stride is 1 (channels_last); GENERAL, any strides.
     """
     image = base + tl.load(lv + col) + n * tl.load(lv + col + 1)
     sc = tl.load(lv + col + 2)
-    pix = (p // W) * tl.load(lv + col + 3).to(tl.int32) + (p % W) * tl.load(lv + col + 4).to(tl.int32)
-    if C_CONTIG:
-        c_off = tl.arange(0, BLOCK_C)
+    if LAYOUT == PIX_DENSE:
+        pix = tile_p
     else:
-        c_off = tl.arange(0, BLOCK_C) * sc.to(tl.int32)
-    return image, c_off[None, :, None] + pix[:, None, :], sc
+        sh = tl.load(lv + col + 3).to(tl.int32)
+        sw = tl.load(lv + col + 4).to(tl.int32)
+        pix = (tile_p // W) * sh + (tile_p % W) * sw
+    if LAYOUT == CHANNELS_DENSE:
+        c_off = tile_c
+    else:
+        c_off = tile_c * sc.to(tl.int32)
+    return image, c_off + pix, sc
 
 
 @triton.jit
-def _load_tile(image, tile, sc, c0, mask):
+def _tile_mask(tile_c, tile_in, c0, C):
+    """Flat-tile mask of channels c0.., tile_in marking the pixels inside the map."""
+    return (tile_c < C - c0) & tile_in
+
+
+@triton.jit
+def _load_tile(image, tile, sc, c0, mask,
+               BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """[ROWS, BLOCK_C, SECTOR] float32 tile of channels c0.. of an image, zero outside it."""
-    return tl.load(image + c0 * sc + tile, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(image + c0 * sc + tile, mask=mask, other=0.0).to(tl.float32)
+    return tl.reshape(x, [BLOCK_HW // SECTOR, BLOCK_C, SECTOR])
 
 
 @triton.jit
-def _tile_mask(c_mask, p_mask):
-    return c_mask[None, :, None] & p_mask[:, None, :]
+def _store_tile(image, tile, sc, c0, mask, x,
+                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """Stores a [ROWS, BLOCK_C, SECTOR] tile as channels c0.. of an image, in its dtype."""
+    x = tl.reshape(x, [BLOCK_HW // SECTOR * BLOCK_C, SECTOR])
+    tl.store(image + c0 * sc + tile, x.to(image.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -218,8 +255,9 @@ def _block_softmax(logits, p_mask, m_run):
 
 # ------------------------------------------------------------------ fgd_stats
 @triton.jit
-def _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, p_mask, ABS: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+def _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, tile_c, tile_in,
+                  ABS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+                  SECTOR: tl.constexpr):
     """Sub-loop 1: per pixel sum_c w_s S, sum_c w_t T and, if ABS, sum_c |S|, sum_c |T|.
 
     Each [ROWS, SECTOR]; w_s, w_t point to C weights (conv_mask weights for z,
@@ -232,9 +270,9 @@ def _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, p_mask,
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_mask = c < C
-        mask = _tile_mask(c_mask, p_mask)
-        s = _load_tile(s_img, s_tile, s_sc, c0, mask)                   # [ROWS, BLOCK_C, SECTOR]
-        t = _load_tile(t_img, t_tile, t_sc, c0, mask)
+        mask = _tile_mask(tile_c, tile_in, c0, C)
+        s = _load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)  # [ROWS, BLOCK_C, SECTOR]
+        t = _load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
         ws_s += s * _per_channel(tl.load(w_s + c, mask=c_mask, other=0.0))
         wt_t += t * _per_channel(tl.load(w_t + c, mask=c_mask, other=0.0))
         if ABS:
@@ -264,11 +302,12 @@ def fgd_stats_fwd_kernel(
     L,                # number of levels
     temp,             # temperature of the attention softmax
     BLOCKS_PER_PROG,  # pixel blocks per program (per run)
-    LEVELS: tl.constexpr, C_CONTIG: tl.constexpr,
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
-    """Reads S, T, fg, bg, w_s, w_t of one run of blocks; writes pix rows and the run's partial chan rows."""
-    lv, prog, n, blk_lo, blk_hi = _program_run(table, L, BLOCKS_PER_PROG, STATS_COLS, LEVELS, BLOCK_HW)
+    """Reads S, T, fg, bg, w_s, w_t of a run of blocks; writes pix and its partial chan rows."""
+    lv, prog, n, blk_lo, blk_hi = _program_run(table, L, BLOCKS_PER_PROG, STATS_COLS, LEVELS,
+                                               BLOCK_HW)
     C, HW, W = _level_shape(lv)
     fg_row = f32 + tl.load(lv + COL_FG) + n * HW
     bg_row = f32 + tl.load(lv + COL_BG) + n * HW
@@ -287,11 +326,13 @@ def fgd_stats_fwd_kernel(
         keep = b > blk_lo
         p = _block_pixels(b, BLOCK_HW, SECTOR)                # [ROWS, SECTOR]
         p_mask = p < HW
+        tile_c, tile_p = _tile_grid(b, BLOCK_C, BLOCK_HW, SECTOR)
+        tile_in = tile_p < HW
         n_block = tl.minimum(HW - b * BLOCK_HW, BLOCK_HW).to(tl.float32)
-        s_img, s_tile, s_sc = _image_tile(S, lv, COL_S, n, p, W, C_CONTIG, BLOCK_C)
-        t_img, t_tile, t_sc = _image_tile(T, lv, COL_T, n, p, W, C_CONTIG, BLOCK_C)
-        z_s, z_t, abs_s, abs_t = _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C,
-                                               p_mask, True, BLOCK_C, BLOCK_HW, SECTOR)
+        s_img, s_tile, s_sc = _image_tile(S, lv, COL_S, n, tile_c, tile_p, W, LAYOUT)
+        t_img, t_tile, t_sc = _image_tile(T, lv, COL_T, n, tile_c, tile_p, W, LAYOUT)
+        z_s, z_t, abs_s, abs_t = _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t,
+                                               C, tile_c, tile_in, True, BLOCK_C, BLOCK_HW, SECTOR)
         gs_s = abs_s / C
         gs_t = abs_t / C
         tl.store(pix + p, gs_s, mask=p_mask)
@@ -311,9 +352,9 @@ def fgd_stats_fwd_kernel(
         for c0 in range(0, C, BLOCK_C):  # sub-loop 2: per-channel sums over the block
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
-            mask = _tile_mask(c_mask, p_mask)
-            s = _load_tile(s_img, s_tile, s_sc, c0, mask)               # [ROWS, BLOCK_C, SECTOR]
-            t = _load_tile(t_img, t_tile, t_sc, c0, mask)
+            mask = _tile_mask(tile_c, tile_in, c0, C)
+            s = _load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            t = _load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
             d = s - t
             d2 = d * d
             row = part + c
@@ -338,7 +379,7 @@ def fgd_stats_fwd_kernel(
 
 @triton.jit
 def fgd_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Reads the partial rows and scalars of one image's runs; writes chan[n, :, c] of one channel block."""
+    """Reads the partial rows and scalars of the runs of an image; writes chan[n, :, c_block]."""
     pid = tl.program_id(0)
     lv = _find_level(table, pid, L, COL_COMB0, STATS_COLS, LEVELS)
     C, HW, _ = _level_shape(lv)
@@ -375,8 +416,9 @@ def fgd_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.co
         ctx_t = ctx_t * keep_t + tl.load(row + 3 * C, mask=c_mask, other=0.0) * take_t
         l_zt = l_zt * keep_t + tl.load(sc + 3) * take_t
         n_b = tl.load(sc + 6)
-        sum_d, m2_d = _chan_merge(n_run, sum_d, m2_d, n_b, tl.load(row + 4 * C, mask=c_mask, other=0.0),
-                                  tl.load(row + 5 * C, mask=c_mask, other=0.0))
+        sum_b = tl.load(row + 4 * C, mask=c_mask, other=0.0)
+        m2_b = tl.load(row + 5 * C, mask=c_mask, other=0.0)
+        sum_d, m2_d = _chan_merge(n_run, sum_d, m2_d, n_b, sum_b, m2_b)
         n_run += n_b
         m_a, keep_a, take_a = _rescale(m_a, tl.load(sc + 4))
         x_fg = x_fg * keep_a + tl.load(row + 6 * C, mask=c_mask, other=0.0) * take_a
@@ -407,14 +449,16 @@ def fgd_grad_bwd_kernel(
     f32,              # float32 workspace (partial dw rows): base of pix_coef, chan_coef, K, dw
     L,                # number of levels
     BLOCKS_PER_PROG,  # pixel blocks per program (per run)
-    LEVELS: tl.constexpr, C_CONTIG: tl.constexpr,
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
-    """Reads S, T and the coefficients of one run of blocks; writes dS and the run's partial dw rows."""
-    lv, prog, n, blk_lo, blk_hi = _program_run(table, L, BLOCKS_PER_PROG, GRAD_COLS, LEVELS, BLOCK_HW)
+    """Reads S, T and the coefficients of a run of blocks; writes dS and its partial dw rows."""
+    lv, prog, n, blk_lo, blk_hi = _program_run(table, L, BLOCKS_PER_PROG, GRAD_COLS, LEVELS,
+                                               BLOCK_HW)
     C, HW, W = _level_shape(lv)
     pc = f32 + tl.load(lv + COL_PC) + n * 5 * HW   # rows a_sign, fgA, bgA, p_s, p_t
-    cc = f32 + tl.load(lv + COL_CC) + n * 9 * C    # rows b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, g_ctx_t, w_s, w_t
+    cc = f32 + tl.load(lv + COL_CC) + n * 9 * C    # rows b_sign, k_d, k_const, k_fg, k_bg,
+                                                   #      g_ctx_s, g_ctx_t, w_s, w_t
     K_s = tl.load(f32 + tl.load(lv + COL_K) + n * 2)
     K_t = tl.load(f32 + tl.load(lv + COL_K) + n * 2 + 1)
     part = f32 + tl.load(lv + COL_PART) + prog * 2 * C  # rows dw_s, dw_t
@@ -422,12 +466,15 @@ def fgd_grad_bwd_kernel(
         keep = b > blk_lo
         p = _block_pixels(b, BLOCK_HW, SECTOR)                # [ROWS, SECTOR]
         p_mask = p < HW
-        s_img, s_tile, s_sc = _image_tile(S, lv, COL_S, n, p, W, C_CONTIG, BLOCK_C)
-        t_img, t_tile, t_sc = _image_tile(T, lv, COL_T, n, p, W, C_CONTIG, BLOCK_C)
-        ds_img, ds_tile, ds_sc = _image_tile(dS, lv, COL_DS, n, p, W, C_CONTIG, BLOCK_C)
+        tile_c, tile_p = _tile_grid(b, BLOCK_C, BLOCK_HW, SECTOR)
+        tile_in = tile_p < HW
+        s_img, s_tile, s_sc = _image_tile(S, lv, COL_S, n, tile_c, tile_p, W, LAYOUT)
+        t_img, t_tile, t_sc = _image_tile(T, lv, COL_T, n, tile_c, tile_p, W, LAYOUT)
+        ds_img, ds_tile, ds_sc = _image_tile(dS, lv, COL_DS, n, tile_c, tile_p, W, LAYOUT)
         p_s = tl.load(pc + 3 * HW + p, mask=p_mask, other=0.0)
-        gp_s, gp_t, _, _ = _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, cc + 5 * C, cc + 6 * C,
-                                         C, p_mask, False, BLOCK_C, BLOCK_HW, SECTOR)
+        gp_s, gp_t, _, _ = _channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, cc + 5 * C,
+                                         cc + 6 * C, C, tile_c, tile_in, False, BLOCK_C, BLOCK_HW,
+                                         SECTOR)
         dz_s = _per_pixel(p_s * (gp_s - K_s))
         dz_t = _per_pixel(tl.load(pc + 4 * HW + p, mask=p_mask, other=0.0) * (gp_t - K_t))
         a_sign = _per_pixel(tl.load(pc + p, mask=p_mask, other=0.0))
@@ -437,9 +484,9 @@ def fgd_grad_bwd_kernel(
         for c0 in range(0, C, BLOCK_C):  # sub-loop 2: dS, and per-channel sums for dw
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
-            mask = _tile_mask(c_mask, p_mask)
-            s = _load_tile(s_img, s_tile, s_sc, c0, mask)               # [ROWS, BLOCK_C, SECTOR]
-            t = _load_tile(t_img, t_tile, t_sc, c0, mask)
+            mask = _tile_mask(tile_c, tile_in, c0, C)
+            s = _load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            t = _load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
             b_sign = _coef(cc, c, c_mask)                                 # [1, BLOCK_C, 1]
             k_d = _coef(cc + C, c, c_mask)
             k_const = _coef(cc + 2 * C, c, c_mask)
@@ -450,7 +497,7 @@ def fgd_grad_bwd_kernel(
             sign_s = (s > 0).to(tl.float32) - (s < 0).to(tl.float32)
             grad = (sign_s * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
                     + k_const + p_s * g_ctx_s + w_s * dz_s)
-            tl.store(ds_img + c0 * ds_sc + ds_tile, grad.to(dS.dtype.element_ty), mask=mask)
+            _store_tile(ds_img, ds_tile, ds_sc, c0, mask, grad, BLOCK_C, BLOCK_HW, SECTOR)
             _accumulate(part + c, c_mask, keep, 1.0, _sum_pixels(s * dz_s))
             _accumulate(part + C + c, c_mask, keep, 1.0, _sum_pixels(t * dz_t))
         tl.debug_barrier()  # the next block re-reads rows that other threads stored
@@ -490,12 +537,14 @@ def _host_copy_if_interpreted(fn):
 
 def _check_features(S: list[Tensor], T: list[Tensor]) -> None:
     if len(S) == 0 or len(S) != len(T):
-        raise ValueError(f"S and T must be lists of one tensor per level, got {len(S)} and {len(T)}")
+        raise ValueError(f"S and T must be lists of one tensor per level, got {len(S)} and "
+                         f"{len(T)}")
     device = S[0].device
     for k, (s, t) in enumerate(zip(S, T)):
         for name, x in ((f"S[{k}]", s), (f"T[{k}]", t)):
             if x.dim() != 4 or x.numel() == 0:
-                raise ValueError(f"{name} must be a non-empty (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+                raise ValueError(f"{name} must be a non-empty (N, C, H, W) tensor, got shape "
+                                 f"{tuple(x.shape)}")
             if x.device != device:
                 raise ValueError(f"{name} is on {x.device}, S[0] is on {device}")
         if s.dtype not in SUPPORTED_DTYPES:
@@ -506,8 +555,8 @@ def _check_features(S: list[Tensor], T: list[Tensor]) -> None:
             raise ValueError(f"T[{k}] has shape {tuple(t.shape)}, S[{k}] {tuple(s.shape)}")
 
 
-def _check_float32(name: str, xs: list[Tensor], shapes: list[tuple], device) -> list[Tensor]:
-    """Each xs[k] float32 of shapes[k] on device; returned contiguous."""
+def _float32_levels(name: str, xs: list[Tensor], shapes: list[tuple], device) -> list[Tensor]:
+    """xs, checked to be float32 of shapes[k] on device, contiguous."""
     if len(xs) != len(shapes):
         raise ValueError(f"{name} has {len(xs)} levels, S has {len(shapes)}")
     for k, (x, shape) in enumerate(zip(xs, shapes)):
@@ -562,15 +611,29 @@ def _target_programs(device: torch.device) -> int:
     return PROGRAMS_PER_SM * _sm_count(index)
 
 
+def _layout(views: list[Tensor]) -> int:
+    """The LAYOUT of _image_tile that holds for every view."""
+    def pix_dense(x):
+        N, C, H, W = x.shape
+        return (W == 1 or x.stride(3) == 1) and (H == 1 or x.stride(2) == W)
+    if all(x.stride(1) == 1 or x.shape[1] == 1 for x in views):
+        return CHANNELS_DENSE.value
+    if all(pix_dense(x) for x in views):
+        return PIX_DENSE.value
+    return GENERAL.value
+
+
 class _Launch:
     """One launch over levels of one dtype: block sizes, and runs of whole pixel blocks
     (nsplit[l] per image of level l), one main-kernel program per run."""
 
-    def __init__(self, S: list[Tensor], T: list[Tensor], views: list[Tensor], programs: Optional[int]):
+    def __init__(self, S: list[Tensor], T: list[Tensor], views: list[Tensor],
+                 programs: Optional[int]):
         """views: every feature map the main kernel addresses (S, T and dS)."""
         self.S, self.T = S, T
-        self.c_contig = all(x.stride(1) == 1 or x.shape[1] == 1 for x in views)
-        self.block_c, self.block_hw, self.sector = BLOCKS[S[0].dtype == torch.float32, self.c_contig]
+        self.layout = _layout(views)
+        fp32 = S[0].dtype == torch.float32
+        self.block_c, self.block_hw, self.sector = BLOCKS[fp32, self.layout == CHANNELS_DENSE.value]
         _check_int32_spans(views, self.block_c)
         blocks = [triton.cdiv(s.shape[2] * s.shape[3], self.block_hw) for s in S]
         target = programs or _target_programs(S[0].device)
@@ -594,7 +657,7 @@ class _Launch:
 
     def main_args(self) -> dict:
         """Keyword arguments of a main kernel."""
-        return dict(LEVELS=self.levels, C_CONTIG=self.c_contig, BLOCK_C=self.block_c,
+        return dict(LEVELS=self.levels, LAYOUT=self.layout, BLOCK_C=self.block_c,
                     BLOCK_HW=self.block_hw, SECTOR=self.sector, num_warps=NUM_WARPS)
 
 
@@ -650,16 +713,18 @@ def fgd_stats(S: list[Tensor], T: list[Tensor], fg: list[Tensor], bg: list[Tenso
     programs: about how many main-kernel programs to use (default: PROGRAMS_PER_SM per SM).
     """
     _check_features(S, T)
+    device = S[0].device
     maps = [(s.shape[0], s.shape[2], s.shape[3]) for s in S]
     chans = [(s.shape[1],) for s in S]
-    fg, bg = (_check_float32(name, x, maps, S[0].device) for name, x in (("fg", fg), ("bg", bg)))
-    w_s, w_t = (_check_float32(name, x, chans, S[0].device) for name, x in (("w_s", w_s), ("w_t", w_t)))
+    fg = _float32_levels("fg", fg, maps, device)
+    bg = _float32_levels("bg", bg, maps, device)
+    w_s = _float32_levels("w_s", w_s, chans, device)
+    w_t = _float32_levels("w_t", w_t, chans, device)
     L = len(S)
     out: list[Tensor] = [None] * (2 * L)  # type: ignore[list-item]
     for idx in _by_dtype(S):
-        pick = lambda xs: [xs[k] for k in idx]  # noqa: E731
-        pix, chan = _stats_launch(pick(S), pick(T), pick(fg), pick(bg), pick(w_s), pick(w_t),
-                                  temp, programs)
+        group = [[xs[k] for k in idx] for xs in (S, T, fg, bg, w_s, w_t)]
+        pix, chan = _stats_launch(*group, temp, programs)
         for k, p, c in zip(idx, pix, chan):
             out[k], out[L + k] = p, c
     return out
@@ -671,16 +736,16 @@ def fgd_grad(S: list[Tensor], T: list[Tensor], pix_coef: list[Tensor], chan_coef
     """[dS_0.., dw_s_0.., dw_t_0..] of fgd_passes.fgd_grad (programs: as in fgd_stats)."""
     _check_features(S, T)
     device = S[0].device
-    pix_coef = _check_float32("pix_coef", pix_coef,
+    pix_coef = _float32_levels("pix_coef", pix_coef,
                               [(s.shape[0], 5, s.shape[2] * s.shape[3]) for s in S], device)
-    chan_coef = _check_float32("chan_coef", chan_coef, [(s.shape[0], 9, s.shape[1]) for s in S], device)
-    K = _check_float32("K", K, [(s.shape[0], 2) for s in S], device)
+    chan_coef = _float32_levels("chan_coef", chan_coef, [(s.shape[0], 9, s.shape[1]) for s in S],
+                                device)
+    K = _float32_levels("K", K, [(s.shape[0], 2) for s in S], device)
     L = len(S)
     out: list[Tensor] = [None] * (3 * L)  # type: ignore[list-item]
     for idx in _by_dtype(S):
-        pick = lambda xs: [xs[k] for k in idx]  # noqa: E731
-        dS, dw_s, dw_t = _grad_launch(pick(S), pick(T), pick(pix_coef), pick(chan_coef), pick(K),
-                                      programs)
+        group = [[xs[k] for k in idx] for xs in (S, T, pix_coef, chan_coef, K)]
+        dS, dw_s, dw_t = _grad_launch(*group, programs)
         for k, d, a, b in zip(idx, dS, dw_s, dw_t):
             out[k], out[L + k], out[2 * L + k] = d, a, b
     return out
