@@ -112,10 +112,12 @@ def test_repeatable_bit_for_bit():
     K = kernels()
     args = make_inputs(2, 40, [(9, 9), (2, 3)], device=DEVICE)
     coefs = make_coefs(args[0])
+    def both(programs):
+        return (K.fgd_stats(*args, 0.5, programs=programs)
+                + K.fgd_grad(*args[:2], *coefs, programs=programs))
+
     for programs in (1, 5):
-        first = K.fgd_stats(*args, 0.5, programs=programs) + K.fgd_grad(*args[:2], *coefs, programs=programs)
-        again = K.fgd_stats(*args, 0.5, programs=programs) + K.fgd_grad(*args[:2], *coefs, programs=programs)
-        assert all(torch.equal(x, y) for x, y in zip(first, again))
+        assert all(torch.equal(x, y) for x, y in zip(both(programs), both(programs)))
 
 
 def _bad(args, k, value):
@@ -152,3 +154,17 @@ def test_grad_argument_checks():
         kernels().fgd_grad(S, T, pix, [chan[0][:, :8]], K)
     with pytest.raises(TypeError, match=r"K\[0\]"):
         kernels().fgd_grad(S, T, pix, chan, [K[0].double()])
+
+
+def test_layout_chosen_for_views():
+    """The LAYOUT constexpr holds for every view of a launch (it decides the addressing)."""
+    K = kernels()
+    x = torch.empty(2, 8, 5, 6, device=DEVICE)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    sliced = torch.empty(2, 16, 5, 6, device=DEVICE)[:, ::2]
+    cropped = torch.empty(2, 8, 5, 9, device=DEVICE)[..., :6]
+    assert K._layout([x, x[:, :3]]) == K.PIX_DENSE.value
+    assert K._layout([cl, torch.empty(2, 8, 1, 1, device=DEVICE)]) == K.CHANNELS_DENSE.value
+    assert K._layout([x, sliced]) == K.PIX_DENSE.value  # channel stride alone does not matter
+    assert K._layout([x, cropped]) == K.GENERAL.value
+    assert K._layout([x, cl]) == K.GENERAL.value
