@@ -48,7 +48,8 @@ float32 workspace, from which every float32 input and output is addressed.
 So S and T may have any strides (offsets inside one image are int32) and
 every level its own shape. Levels of different dtypes get one launch each.
 """
-
+# No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
+# tl.constexpr annotations of kernel arguments as objects, not strings.
 import functools
 import os
 from typing import Optional
@@ -213,7 +214,7 @@ def _per_channel(v):
 
 @triton.jit
 def _sum_pixels(x):
-    """[ROWS, BLOCK_C, SECTOR] -> [BLOCK_C]: the ROWS axis is in-thread, SECTOR across lanes."""
+    """[ROWS, BLOCK_C, SECTOR] -> [BLOCK_C], summing the in-thread ROWS axis first."""
     return tl.sum(tl.sum(x, 0), 1)
 
 
