@@ -115,81 +115,134 @@ struct GradCols : Loop<6, 7, 0, 2, true> {
 };
 
 // ----------------------------------------------------------------- sweeps
-// Channels outer: lanes are 16 pixels of one channel row (unit pixel stride).
-template <bool kFull, class L, typename scalar_t>
-FGD_INLINE void pixel_lanes(const L& f, const scalar_t* s, const scalar_t* t, scalar_t* ds,
-                            int64_t p, int64_t n, const Vecs<L::kChanIn>& chan,
-                            Vecs<L::kChanOut>& acc) {
+// A sweep steps over kGroup rows of the outer dimension at once (channels, or
+// pixels), so that the inputs and sums of the inner dimension are loaded and
+// stored once per group. Within a group, contributions add up in row order.
+constexpr int kGroup = 4;
+constexpr int64_t kAheadRows = 4;  // channel rows prefetched ahead (channels outer)
+
+template <typename scalar_t, int G>
+struct Rows {  // G channel rows of the tile, each a run of pixels with unit stride
+  std::array<const scalar_t*, G> s, t, s_next, t_next;
+  std::array<scalar_t*, G> ds;
+};
+
+// Channels outer: lanes are 16 pixels of G channel rows.
+template <bool kFull, int G, class L, typename scalar_t>
+FGD_INLINE void pixel_lanes(const L& f, const Rows<scalar_t, G>& r, int64_t p, int64_t n,
+                            const std::array<Vecs<L::kChanIn>, G>& chan,
+                            std::array<Vecs<L::kChanOut>, G>& acc) {
   Vecs<L::kPixIn> pix;
   for (int k = 0; k < L::kPixIn; ++k) pix[k] = load<true, kFull>(f.pix_in[k] + p, 1, n);
-  Vecs<L::kPixOut> pix_add;
-  Vecs<L::kChanOut> chan_add;
-  const Vec out = f(load<true, kFull>(s + p, 1, n), load<true, kFull>(t + p, 1, n), pix, chan,
-                    pix_add, chan_add);
+  const Mask live = first_lanes(n);
+  Vecs<L::kPixOut> pix_sum{};
+  for (int g = 0; g < G; ++g) {
+    __builtin_prefetch(r.s_next[g] + p);
+    __builtin_prefetch(r.t_next[g] + p);
+    Vecs<L::kPixOut> pix_add;
+    Vecs<L::kChanOut> chan_add;
+    const Vec out = f(load<true, kFull>(r.s[g] + p, 1, n), load<true, kFull>(r.t[g] + p, 1, n),
+                      pix, chan[g], pix_add, chan_add);
+    for (int k = 0; k < L::kPixOut; ++k) pix_sum[k] += pix_add[k];
+    for (int k = 0; k < L::kChanOut; ++k) {
+      acc[g][k] += kFull ? chan_add[k] : keep(live, chan_add[k]);
+    }
+    if constexpr (L::kWrites) store<true, kFull>(r.ds[g] + p, 1, n, out);
+  }
   for (int k = 0; k < L::kPixOut; ++k) {
     float* sum = f.pix_out[k] + p;
-    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + pix_add[k]);
+    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + pix_sum[k]);
   }
-  const Mask live = first_lanes(n);
-  for (int k = 0; k < L::kChanOut; ++k) acc[k] += kFull ? chan_add[k] : keep(live, chan_add[k]);
-  if constexpr (L::kWrites) store<true, kFull>(ds + p, 1, n, out);
+}
+
+template <int G, class L, typename scalar_t>
+FGD_INLINE void channel_rows(const L& f, const Tile<scalar_t>& x, int64_t c) {
+  Rows<scalar_t, G> r;
+  std::array<Vecs<L::kChanIn>, G> chan;
+  for (int g = 0; g < G; ++g) {
+    const int64_t next = std::min(c + g + kAheadRows, x.C - 1);
+    r.s[g] = x.S.pixel(x.p0) + (c + g) * x.S.sc;
+    r.t[g] = x.T.pixel(x.p0) + (c + g) * x.T.sc;
+    r.s_next[g] = x.S.pixel(x.p0) + next * x.S.sc;
+    r.t_next[g] = x.T.pixel(x.p0) + next * x.T.sc;
+    r.ds[g] = L::kWrites ? x.dS.pixel(x.p0) + (c + g) * x.dS.sc : nullptr;
+    for (int k = 0; k < L::kChanIn; ++k) chan[g][k] = splat(f.chan_in[k][c + g]);
+  }
+  std::array<Vecs<L::kChanOut>, G> acc{};
+  int64_t p = 0;
+  for (; p + kLanes <= x.np; p += kLanes) pixel_lanes<true, G>(f, r, p, kLanes, chan, acc);
+  if (p < x.np) pixel_lanes<false, G>(f, r, p, x.np - p, chan, acc);
+  for (int g = 0; g < G; ++g) {
+    for (int k = 0; k < L::kChanOut; ++k) f.chan_out[k][c + g] += lane_sum(acc[g][k]);
+  }
 }
 
 template <class L, typename scalar_t>
 FGD_INLINE void sweep_channels_outer(const L& f, const Tile<scalar_t>& x) {
-  const scalar_t* s0 = x.S.pixel(x.p0);
-  const scalar_t* t0 = x.T.pixel(x.p0);
-  scalar_t* d0 = L::kWrites ? x.dS.pixel(x.p0) : nullptr;
-  for (int64_t c = 0; c < x.C; ++c) {
-    Vecs<L::kChanIn> chan;
-    for (int k = 0; k < L::kChanIn; ++k) chan[k] = splat(f.chan_in[k][c]);
-    Vecs<L::kChanOut> acc{};
-    const scalar_t* s = s0 + c * x.S.sc;
-    const scalar_t* t = t0 + c * x.T.sc;
-    scalar_t* ds = L::kWrites ? d0 + c * x.dS.sc : nullptr;
-    int64_t p = 0;
-    for (; p + kLanes <= x.np; p += kLanes) pixel_lanes<true>(f, s, t, ds, p, kLanes, chan, acc);
-    if (p < x.np) pixel_lanes<false>(f, s, t, ds, p, x.np - p, chan, acc);
-    for (int k = 0; k < L::kChanOut; ++k) f.chan_out[k][c] += lane_sum(acc[k]);
+  int64_t c = 0;
+  for (; c + kGroup <= x.C; c += kGroup) channel_rows<kGroup>(f, x, c);
+  for (; c < x.C; ++c) channel_rows<1>(f, x, c);
+}
+
+template <typename scalar_t, int G>
+struct Pixels {  // G pixels of the tile, each a run of channels with strides sc
+  std::array<const scalar_t*, G> s, t;
+  std::array<scalar_t*, G> ds;
+  int64_t s_sc, t_sc, ds_sc;
+};
+
+// Pixels outer: lanes are 16 channels of G pixels (unit channel stride when kUnit).
+template <bool kUnit, bool kFull, int G, class L, typename scalar_t>
+FGD_INLINE void channel_lanes(const L& f, const Pixels<scalar_t, G>& q, int64_t c, int64_t n,
+                              const std::array<Vecs<L::kPixIn>, G>& pix,
+                              std::array<Vecs<L::kPixOut>, G>& acc) {
+  Vecs<L::kChanIn> chan;
+  for (int k = 0; k < L::kChanIn; ++k) chan[k] = load<true, kFull>(f.chan_in[k] + c, 1, n);
+  const Mask live = first_lanes(n);
+  Vecs<L::kChanOut> chan_sum{};
+  for (int g = 0; g < G; ++g) {
+    Vecs<L::kPixOut> pix_add;
+    Vecs<L::kChanOut> chan_add;
+    const Vec out = f(load<kUnit, kFull>(q.s[g] + c * q.s_sc, q.s_sc, n),
+                      load<kUnit, kFull>(q.t[g] + c * q.t_sc, q.t_sc, n), pix[g], chan, pix_add,
+                      chan_add);
+    for (int k = 0; k < L::kChanOut; ++k) chan_sum[k] += chan_add[k];
+    for (int k = 0; k < L::kPixOut; ++k) {
+      acc[g][k] += kFull ? pix_add[k] : keep(live, pix_add[k]);
+    }
+    if constexpr (L::kWrites) store<kUnit, kFull>(q.ds[g] + c * q.ds_sc, q.ds_sc, n, out);
+  }
+  for (int k = 0; k < L::kChanOut; ++k) {
+    float* sum = f.chan_out[k] + c;
+    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + chan_sum[k]);
   }
 }
 
-// Pixels outer: lanes are 16 channels of one pixel (unit stride when kUnit).
-template <bool kUnit, bool kFull, class L, typename scalar_t>
-FGD_INLINE void channel_lanes(const L& f, const Tile<scalar_t>& x, const scalar_t* s,
-                              const scalar_t* t, scalar_t* ds, int64_t c, int64_t n,
-                              const Vecs<L::kPixIn>& pix, Vecs<L::kPixOut>& acc) {
-  Vecs<L::kChanIn> chan;
-  for (int k = 0; k < L::kChanIn; ++k) chan[k] = load<true, kFull>(f.chan_in[k] + c, 1, n);
-  Vecs<L::kPixOut> pix_add;
-  Vecs<L::kChanOut> chan_add;
-  const Vec out = f(load<kUnit, kFull>(s + c * x.S.sc, x.S.sc, n),
-                    load<kUnit, kFull>(t + c * x.T.sc, x.T.sc, n), pix, chan, pix_add, chan_add);
-  for (int k = 0; k < L::kChanOut; ++k) {
-    float* sum = f.chan_out[k] + c;
-    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + chan_add[k]);
+template <bool kUnit, int G, class L, typename scalar_t>
+FGD_INLINE void pixel_columns(const L& f, const Tile<scalar_t>& x, int64_t p) {
+  Pixels<scalar_t, G> q;
+  q.s_sc = x.S.sc, q.t_sc = x.T.sc, q.ds_sc = x.dS.sc;
+  std::array<Vecs<L::kPixIn>, G> pix;
+  for (int g = 0; g < G; ++g) {
+    q.s[g] = x.S.pixel(x.p0 + p + g);
+    q.t[g] = x.T.pixel(x.p0 + p + g);
+    q.ds[g] = L::kWrites ? x.dS.pixel(x.p0 + p + g) : nullptr;
+    for (int k = 0; k < L::kPixIn; ++k) pix[g][k] = splat(f.pix_in[k][p + g]);
   }
-  const Mask live = first_lanes(n);
-  for (int k = 0; k < L::kPixOut; ++k) acc[k] += kFull ? pix_add[k] : keep(live, pix_add[k]);
-  if constexpr (L::kWrites) store<kUnit, kFull>(ds + c * x.dS.sc, x.dS.sc, n, out);
+  std::array<Vecs<L::kPixOut>, G> acc{};
+  int64_t c = 0;
+  for (; c + kLanes <= x.C; c += kLanes) channel_lanes<kUnit, true, G>(f, q, c, kLanes, pix, acc);
+  if (c < x.C) channel_lanes<kUnit, false, G>(f, q, c, x.C - c, pix, acc);
+  for (int g = 0; g < G; ++g) {
+    for (int k = 0; k < L::kPixOut; ++k) f.pix_out[k][p + g] += lane_sum(acc[g][k]);
+  }
 }
 
 template <bool kUnit, class L, typename scalar_t>
 FGD_INLINE void sweep_pixels_outer(const L& f, const Tile<scalar_t>& x) {
-  for (int64_t p = 0; p < x.np; ++p) {
-    Vecs<L::kPixIn> pix;
-    for (int k = 0; k < L::kPixIn; ++k) pix[k] = splat(f.pix_in[k][p]);
-    Vecs<L::kPixOut> acc{};
-    const scalar_t* s = x.S.pixel(x.p0 + p);
-    const scalar_t* t = x.T.pixel(x.p0 + p);
-    scalar_t* ds = L::kWrites ? x.dS.pixel(x.p0 + p) : nullptr;
-    int64_t c = 0;
-    for (; c + kLanes <= x.C; c += kLanes) {
-      channel_lanes<kUnit, true>(f, x, s, t, ds, c, kLanes, pix, acc);
-    }
-    if (c < x.C) channel_lanes<kUnit, false>(f, x, s, t, ds, c, x.C - c, pix, acc);
-    for (int k = 0; k < L::kPixOut; ++k) f.pix_out[k][p] += lane_sum(acc[k]);
-  }
+  int64_t p = 0;
+  for (; p + kGroup <= x.np; p += kGroup) pixel_columns<kUnit, kGroup>(f, x, p);
+  for (; p < x.np; ++p) pixel_columns<kUnit, 1>(f, x, p);
 }
 
 template <Order kOrder, class L, typename scalar_t>
@@ -202,7 +255,8 @@ FGD_INLINE void sweep(const L& f, const Tile<scalar_t>& x) {
 }
 
 // ----------------------------------------------------------- work items
-constexpr int64_t kTileBytes = 256 * 1024;  // S and T of one block, counted as float32
+// S and T of one block, counted as float32: the second sweep re-reads it from L2.
+constexpr int64_t kTileBytes = 512 * 1024;
 constexpr int64_t kMaxBlock = 1024;
 
 // Pixels per block: a tile of about kTileBytes, a multiple of the lane count.
@@ -291,6 +345,7 @@ void for_each_block(const std::vector<LevelT>& levels, int64_t scratch_floats,
                     const Kernel& kernel) {
   const std::vector<Block> blocks = plan_blocks(levels);
   at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     std::vector<float> scratch(scratch_floats);
     for (int64_t i = begin; i < end; ++i) {
       const LevelT& lv = levels[blocks[i].level];
