@@ -67,20 +67,37 @@ CASES = {
 PROBE = Case("probe", 2, 8, (64, 96), (8, 16), 3)
 
 
-def sweeps(quick: bool) -> dict[str, list[tuple[int, Case]]]:
-    """(x, case) series showing how the cost grows with H*W, with C and with boxes per image."""
+@dataclass(frozen=True)
+class Sweep:
+    """Cases that differ in one quantity: ``points`` are (x, case), ``axis`` names x."""
+    axis: str
+    points: list[tuple[int, Case]]
+
+
+# Channels of the boxes sweep: features light enough that what the boxes cost shows.
+BOXES_SWEEP_CHANNELS = 32
+
+
+def sweeps(quick: bool) -> dict[str, Sweep]:
+    """How the cost grows with H*W, with C and with the boxes per image."""
     base = CASES["retinanet"]
-    one_level = replace(base, name="one_level", strides=(8,))
+    one_level = replace(base, strides=(8,))
     maps = [(13, 19), (25, 38), (50, 76), (100, 152)] + ([] if quick else [(200, 304)])
+    at_50x76 = replace(one_level, image=(400, 608))
     channels = [32, 64, 128, 256] + ([] if quick else [512])
-    boxes = [1, 3, 10, 30, 100]
+    pyramid = replace(base, channels=BOXES_SWEEP_CHANNELS)
     return {
-        "H*W": [(H * W, replace(one_level, name=f"map {H}x{W}", image=(8 * H, 8 * W)))
-                for H, W in maps],
-        "C": [(C, replace(one_level, name=f"C={C}", image=(400, 608), channels=C))
-              for C in channels],
-        "boxes per image": [(K, replace(base, name=f"{K} boxes", boxes_per_image=K))
-                            for K in boxes],
+        "H*W": Sweep(f"H*W of one level (N={base.N}, C={base.channels})", [
+            (H * W, replace(one_level, name=f"map {H}x{W}", image=(8 * H, 8 * W)))
+            for H, W in maps]),
+        "C": Sweep(f"channels C (one {at_50x76.sizes[0][0]}x{at_50x76.sizes[0][1]} level, "
+                   f"N={base.N})", [(C, replace(at_50x76, name=f"C={C}", channels=C))
+                                    for C in channels]),
+        "boxes per image": Sweep(
+            f"boxes per image ({len(base.strides)}-level pyramid, N={base.N}, "
+            f"C={BOXES_SWEEP_CHANNELS})", [(K, replace(pyramid, name=f"{K} boxes",
+                                                         boxes_per_image=K))
+                                           for K in (1, 3, 10, 30, 100)]),
     }
 
 

@@ -21,9 +21,6 @@ BAR_PANELS = [("speedup_vs_eager_loop", "speedup vs eager loop (x)"),
               ("median_ms", "median time (ms)"), ("gb_per_s", "GB/s of the minimum bytes")]
 # Shown as time added over its first point: what each further box costs is the point.
 ADDED_SWEEP = "boxes per image"
-SWEEP_LABELS = {"H*W": "H*W of the one level (N=2, C=256)",
-                "C": "channels C (one 50x76 level, N=2)",
-                "boxes per image": "boxes per image (5-level pyramid, N=2)"}
 
 
 def _names(rows: list[dict]) -> list[str]:
@@ -62,12 +59,13 @@ def bar_panel(ax, entries: list[dict], key: str, title: str) -> None:
     ax.set_yscale("log")
     log_axis(ax.yaxis)
     bottom, top = ax.get_ylim()
-    ax.set_ylim(bottom, top * 2.5)  # room for the labels
+    ax.set_ylim(bottom, top * 5)  # room for the value labels and the legend
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    handles = ax.get_legend_handles_labels()[0]
+    ax.legend(fontsize=8, loc="upper left", ncol=min(len(handles), 3))
 
 
-def sweep_panel(ax, rows: list[dict], sweep: str, added: bool) -> None:
+def sweep_panel(ax, rows: list[dict], sweep: str, axis_label: str, added: bool) -> None:
     """Median forward+backward time against the swept quantity, one line per implementation.
     ``added``: linear axes, and the time added over each line's first point."""
     for name in _names(rows):
@@ -82,7 +80,7 @@ def sweep_panel(ax, rows: list[dict], sweep: str, added: bool) -> None:
             scale("log")
             log_axis(axis)
         ax.set_ylabel("fwd+bwd median ms")
-    ax.set_xlabel(SWEEP_LABELS.get(sweep, sweep))
+    ax.set_xlabel(axis_label)
     ax.set_title(f"cost vs {sweep}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -106,8 +104,8 @@ def plot_report(report: dict, path: Path) -> None:
     for ax, (key, title) in zip(axes[0], BAR_PANELS):
         shown = [e for e in entries if key != "speedup_vs_eager_loop" or e["name"] != "eager_loop"]
         bar_panel(ax, shown, key, title)
-    for ax, sweep in zip(axes[1], SWEEP_LABELS):
-        sweep_panel(ax, [r for r in sweeps if r["sweep"] == sweep], sweep,
+    for ax, (sweep, label) in zip(axes[1], meta["sweep_axes"].items()):
+        sweep_panel(ax, [r for r in sweeps if r["sweep"] == sweep], sweep, label,
                     added=sweep == ADDED_SWEEP)
     fig.suptitle(headline(meta))
     fig.tight_layout()

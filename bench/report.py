@@ -50,7 +50,7 @@ class Plan:
 def make_plan(quick: bool, device: torch.device) -> Plan:
     if device.type == "cuda":
         return Plan(quick, warmup=5, reps=20 if quick else 100, sweep_reps=10 if quick else 30)
-    return Plan(quick, warmup=2, reps=5 if quick else 15, sweep_reps=3 if quick else 7)
+    return Plan(quick, warmup=2, reps=5 if quick else 15, sweep_reps=5 if quick else 9)
 
 
 # ------------------------------------------------------------------------ timing
@@ -231,20 +231,23 @@ def add_ratios(entries: list[dict], copy_gbs: float) -> None:
 
 
 def run_sweeps(impls, device: torch.device, plan: Plan, log) -> list[dict]:
-    """Forward+backward time over each sweep of cases.sweeps (compile is left out: it
-    would compile every point anew)."""
+    """Forward+backward time over each sweep of cases.sweeps, all points of a sweep timed
+    in turns (so a drift of the load does not bend the curves). compile is left out: it
+    would compile every point anew."""
     impls = [i for i in impls if i != "compile"]
     rows = []
     for sweep, series in cases.sweeps(plan.quick).items():
         log(f"sweep over {sweep}")
-        for x, case in series:
-            calls, _ = ready_calls(impls, case, ["fwd+bwd"], device, plan, log)
-            for (impl, mode), times in interleaved_ms(calls, device, plan.sweep_reps).items():
-                rows.append(dict(sweep=sweep, x=x, case=case.name, name=impl, mode=mode,
-                                 **summary(times)))
-                log(f"  {case.name:<14} {impl:<10} {rows[-1]['median_ms']:10.2f} ms")
-            del calls
-            release(device)
+        calls = {}
+        for x, case in series.points:
+            ready, _ = ready_calls(impls, case, ["fwd+bwd"], device, plan, log)
+            calls.update({(x, case.name, impl): call for (impl, _), call in ready.items()})
+        for (x, name, impl), times in interleaved_ms(calls, device, plan.sweep_reps).items():
+            rows.append(dict(sweep=sweep, x=x, case=name, name=impl, mode="fwd+bwd",
+                             **summary(times)))
+            log(f"  {name:<14} {impl:<10} {rows[-1]['median_ms']:10.2f} ms")
+        del calls
+        release(device)
     return rows
 
 
@@ -286,7 +289,8 @@ def metadata(device: torch.device, plan: Plan, copy_gbs: float, now: datetime.da
         git_commit=_git("rev-parse", "HEAD"), git_dirty=bool(_git("status", "--porcelain")),
         quick=plan.quick, warmup=plan.warmup, reps=plan.reps, sweep_reps=plan.sweep_reps,
         feature_dtype="float32", copy_bandwidth_gbs=copy_gbs,
-        cases={c.name: c.describe() for c in cases.CASES.values()})
+        cases={c.name: c.describe() for c in cases.CASES.values()},
+        sweep_axes={name: sweep.axis for name, sweep in cases.sweeps(plan.quick).items()})
 
 
 # ------------------------------------------------------------------------ output
