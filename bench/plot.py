@@ -92,7 +92,8 @@ def headline(meta: dict) -> str:
         threads = meta["cpu_threads"]
         where += f", {threads} thread{'s' if threads != 1 else ''}"
     quick = " (--quick)" if meta["quick"] else ""
-    return f"FGD loss on {meta['device'].upper()}: {where} - torch {meta['torch']} - {meta['date']}{quick}"
+    return (f"FGD loss on {meta['device'].upper()}: {where} - torch {meta['torch']} - "
+            f"{meta['date']}{quick}")
 
 
 def plot_report(report: dict, path: Path) -> None:
