@@ -11,6 +11,9 @@
 #include <cstring>
 #include <type_traits>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #endif
@@ -52,38 +55,84 @@ FGD_INLINE Vec vsign(Vec x) {
 FGD_INLINE Mask first_lanes(int64_t n) {
   Mask lane;
   for (int32_t l = 0; l < kLanes; ++l) lane[l] = l;
-  return lane < static_cast<int32_t>(n);
+  return (lane - static_cast<int32_t>(n)) >> 31;  // all ones where lane < n
 }
 
 // x where the mask is set, else 0 (also when x is not finite).
-FGD_INLINE Vec keep(Mask m, Vec x) { return m ? x : Vec{}; }
+FGD_INLINE Vec keep(Mask m, Vec x) { return reinterpret_cast<Vec>(reinterpret_cast<Mask>(x) & m); }
+
+// ------------------------------------------------- element types <-> float
+// Exact conversions of 16 lanes, written on the bits so that they vectorise:
+// bfloat16 is the top half of a float; float16 goes through Giesen's
+// renormalisation, whose float operations never see a denormal (so they stay
+// exact under FlushDenormals below). Both round to nearest even, like c10.
+using Bits = uint32_t __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+using Bits16 = uint16_t __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+
+template <typename scalar_t>
+using Storage = std::conditional_t<std::is_same_v<scalar_t, float>, Vec, Bits16>;
+
+FGD_INLINE Vec as_vec(Bits b) { return reinterpret_cast<Vec>(b); }
+FGD_INLINE Bits as_bits(Vec v) { return reinterpret_cast<Bits>(v); }
+FGD_INLINE Bits splat_bits(uint32_t x) { return Bits{} + x; }
+
+FGD_INLINE Vec widen(Vec v, float) { return v; }
+
+FGD_INLINE Vec widen(Bits16 h, c10::BFloat16) {
+  return as_vec(__builtin_convertvector(h, Bits) << 16);
+}
+
+FGD_INLINE Vec widen(Bits16 h16, c10::Half) {
+  const Bits h = __builtin_convertvector(h16, Bits);
+  const Bits exponent = h & 0x7c00u, magnitude = ((h & 0x7fffu) << 13) + ((127u - 15u) << 23);
+  const Bits inf_nan = magnitude + ((128u - 16u) << 23);
+  const Vec subnormal = as_vec(magnitude + (1u << 23)) - as_vec(splat_bits(113u << 23));
+  const Bits f = exponent == 0x7c00u ? inf_nan : exponent == 0u ? as_bits(subnormal) : magnitude;
+  return as_vec(f | ((h & 0x8000u) << 16));
+}
+
+FGD_INLINE Vec narrow(Vec v, float) { return v; }
+
+FGD_INLINE Bits16 narrow(Vec v, c10::BFloat16) {
+  const Bits u = as_bits(v), rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return __builtin_convertvector(v != v ? splat_bits(0x7fc0u) : rounded, Bits16);
+}
+
+FGD_INLINE Bits16 narrow(Vec v, c10::Half) {
+  const Bits sign = as_bits(v) & 0x80000000u, f = as_bits(v) ^ sign;
+  const Bits inf_nan = f > (255u << 23) ? splat_bits(0x7e00u) : splat_bits(0x7c00u);
+  const Bits subnormal = as_bits(as_vec(f) + as_vec(splat_bits(126u << 23))) - (126u << 23);
+  const Bits normal = (f + ((15u - 127u) << 23) + 0xfffu + ((f >> 13) & 1u)) >> 13;
+  const Bits h = f >= (143u << 23) ? inf_nan : f < (113u << 23) ? subnormal : normal;
+  return __builtin_convertvector(h | (sign >> 16), Bits16);
+}
 
 // x[i * step] for i < n as floats; the other lanes are 0. kFull: n == kLanes.
 template <bool kUnit, bool kFull, typename scalar_t>
 FGD_INLINE Vec load(const scalar_t* x, int64_t step, int64_t n) {
-  Vec v;
-  if constexpr (kUnit && kFull && std::is_same_v<scalar_t, float>) {
+  static_assert(sizeof(Storage<scalar_t>) == kLanes * sizeof(scalar_t));
+  Storage<scalar_t> v{};
+  if constexpr (kUnit && kFull) {
     std::memcpy(&v, x, sizeof v);
   } else {
-    float a[kLanes];
-    for (int64_t i = 0; i < kLanes; ++i) {
-      a[i] = (kFull || i < n) ? static_cast<float>(x[kUnit ? i : i * step]) : 0.0f;
+    for (int64_t i = 0; i < (kFull ? kLanes : n); ++i) {
+      std::memcpy(reinterpret_cast<char*>(&v) + i * sizeof(scalar_t), x + (kUnit ? i : i * step),
+                  sizeof(scalar_t));
     }
-    std::memcpy(&v, a, sizeof v);
   }
-  return v;
+  return widen(v, scalar_t{});
 }
 
 // x[i * step] = v[i] for i < n, converted to scalar_t.
 template <bool kUnit, bool kFull, typename scalar_t>
 FGD_INLINE void store(scalar_t* x, int64_t step, int64_t n, Vec v) {
-  if constexpr (kUnit && kFull && std::is_same_v<scalar_t, float>) {
-    std::memcpy(x, &v, sizeof v);
+  const Storage<scalar_t> w = narrow(v, scalar_t{});
+  if constexpr (kUnit && kFull) {
+    std::memcpy(x, &w, sizeof w);
   } else {
-    float a[kLanes];
-    std::memcpy(a, &v, sizeof v);
     for (int64_t i = 0; i < (kFull ? kLanes : n); ++i) {
-      x[kUnit ? i : i * step] = static_cast<scalar_t>(a[i]);
+      std::memcpy(x + (kUnit ? i : i * step), reinterpret_cast<const char*>(&w) + i * sizeof(scalar_t),
+                  sizeof(scalar_t));
     }
   }
 }

@@ -16,6 +16,8 @@ pytestmark = pytest.mark.skipif(
     not torch._C._dispatch_has_kernel_for_dispatch_key("fgdkern::fgd_stats_cpp", "CPU"),
     reason="C++ kernels not built")
 
+FLOAT_MIN = torch.finfo(torch.float32).tiny  # below it, the kernels flush denormals to zero
+
 
 def stats(*args):
     return torch.ops.fgdkern.fgd_stats_cpp(*args)
@@ -128,3 +130,42 @@ def test_grad_rejects_bad_coefficients(which, bad, message):
     coefs[which][0] = bad(coefs[which][0])
     with pytest.raises(RuntimeError, match=message):
         grad(S, T, *coefs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_reads_are_exact(dtype):
+    """Every 16-bit pattern (subnormals, inf, nan included) is read as its float value.
+
+    bfloat16 subnormals are float denormals, which the kernels flush to zero.
+    """
+    bits = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16)
+    S = bits.view(dtype).reshape(1, 1, 256, 256)
+    one = torch.ones(1)
+    pix = stats([S], [torch.zeros_like(S)], [torch.zeros(1, 256, 256)], [torch.zeros(1, 256, 256)],
+                [one], [one], 0.5)[0]
+    value = S.float().flatten()
+    value[value.abs() < FLOAT_MIN] = 0
+    torch.testing.assert_close(pix[0, 0], value.abs(), rtol=0, atol=0, equal_nan=True)  # gs_s
+    torch.testing.assert_close(pix[0, 2], value, rtol=0, atol=0, equal_nan=True)        # z_s
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_writes_round_like_torch(dtype):
+    """dS = k_const when S = T = 0 and g_ctx_s = w_s = 0: the float -> dtype rounding alone."""
+    g = torch.Generator().manual_seed(8)
+    grid = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    halfway = (grid[:-1] + grid[1:]) / 2  # ties round to even
+    wild = torch.randn(4096, generator=g) * torch.logspace(-40, 38, 4096)
+    special = torch.tensor([0.0, -0.0, 65504.0, 65519.0, 65520.0, 1e-8, 6e-8, 3e-8, float("inf"),
+                            -float("inf"), float("nan"), 3.4e38, 1e-39])
+    values = torch.cat([grid, halfway, wild, special])
+    C = values.numel()
+    S = torch.zeros(1, C, 1, 1, dtype=dtype)
+    chan = torch.zeros(1, 9, C)
+    chan[0, 2] = values  # k_const
+    dS = grad([S], [S], [torch.zeros(1, 5, 1)], [chan], [torch.zeros(1, 2)])[0]
+    want = values.to(dtype)
+    want[values.abs() < FLOAT_MIN] = 0  # float denormals are flushed before rounding
+    assert torch.equal(dS.flatten().view(torch.int16)[~values.isnan()],
+                       want.view(torch.int16)[~values.isnan()])
+    assert dS.flatten()[values.isnan()].isnan().all()
