@@ -1,7 +1,8 @@
-// Small inline helpers of the fused FGD CPU passes (csrc/cpu/fgd.cpp): a
-// 16-lane float vector, loads and stores that convert any element type to and
-// from float, fixed-order lane sums, and the merges of per-block partials
-// (online softmax, Chan's second moment). Every order of summation here is
+// Inline helpers of the fused FGD CPU passes (csrc/cpu/fgd.cpp): a 16-lane
+// float vector, loads and stores that convert any element type to and from
+// float, fixed-order lane sums, the merges of per-block partials (online
+// softmax, Chan's second moment), and the per-element math of the four sweeps
+// (StatsRows, StatsCols, GradRows, GradCols). Every order of summation here is
 // fixed, so results never depend on how work is split across threads.
 #pragma once
 
@@ -205,6 +206,70 @@ struct Moments {
     mean += delta * (n / total);
     m2 += m2_block + delta * delta * (count * n / total);
     count = total;
+  }
+};
+
+// -------------------------------------------- the math of the four sweeps
+// What one sweep over a tile reads and adds up. Per element (c, p) a loop
+// gets s = S[c, p], t = T[c, p], its per-pixel inputs at p and per-channel
+// inputs at c; it returns dS[c, p] (when kWrites) and contributions to sums
+// over channels per pixel (pix_out[k][p] +=) and over pixels per channel
+// (chan_out[k][c] +=).
+template <int kPixIn_, int kChanIn_, int kPixOut_, int kChanOut_, bool kWrites_ = false>
+struct Loop {
+  static constexpr int kPixIn = kPixIn_, kChanIn = kChanIn_;
+  static constexpr int kPixOut = kPixOut_, kChanOut = kChanOut_;
+  static constexpr bool kWrites = kWrites_;
+  std::array<const float*, kPixIn> pix_in{};
+  std::array<const float*, kChanIn> chan_in{};
+  std::array<float*, kPixOut> pix_out{};
+  std::array<float*, kChanOut> chan_out{};
+};
+
+// fgd_stats, first sweep: per pixel |S|, |T|, w_s S, w_t T (-> gs, z);
+// per channel |S|, |T|, D (-> gc, sum_d).
+struct StatsRows : Loop<0, 2, 4, 3> {
+  FGD_INLINE Vec operator()(Vec s, Vec t, const Vecs<0>&, const Vecs<2>& w, Vecs<4>& pix,
+                            Vecs<3>& chan) const {
+    const Vec abs_s = vabs(s), abs_t = vabs(t);
+    pix = {abs_s, abs_t, w[0] * s, w[1] * t};
+    chan = {abs_s, abs_t, s - t};
+    return Vec{};
+  }
+};
+
+// fgd_stats, second sweep, with per-pixel weights e_s = exp(z_s - m),
+// e_t = exp(z_t - m), a_fg = fg exp(gs_t / temp - m), a_bg likewise, and the
+// block mean of D per channel: per channel ctx_s, ctx_t, m2_d, x_fg, x_bg.
+struct StatsCols : Loop<4, 1, 0, 5> {
+  FGD_INLINE Vec operator()(Vec s, Vec t, const Vecs<4>& e, const Vecs<1>& mean_d, Vecs<0>&,
+                            Vecs<5>& chan) const {
+    const Vec D = s - t, centred = D - mean_d[0], D2 = D * D;
+    chan = {e[0] * s, e[1] * t, centred * centred, e[2] * D2, e[3] * D2};
+    return Vec{};
+  }
+};
+
+// fgd_grad, first sweep: per pixel gp_s = g_ctx_s . S, gp_t = g_ctx_t . T.
+struct GradRows : Loop<0, 2, 2, 0> {
+  FGD_INLINE Vec operator()(Vec s, Vec t, const Vecs<0>&, const Vecs<2>& g_ctx, Vecs<2>& gp,
+                            Vecs<0>&) const {
+    gp = {g_ctx[0] * s, g_ctx[1] * t};
+    return Vec{};
+  }
+};
+
+// fgd_grad, second sweep: dS, and per channel dz_s S, dz_t T (-> dw_s, dw_t).
+// Pixel inputs: a_sign, fgA, bgA, p_s, dz_s, dz_t; channel inputs: b_sign,
+// k_d, k_const, k_fg, k_bg, g_ctx_s, w_s.
+struct GradCols : Loop<6, 7, 0, 2, true> {
+  FGD_INLINE Vec operator()(Vec s, Vec t, const Vecs<6>& px, const Vecs<7>& ch, Vecs<0>&,
+                            Vecs<2>& dw) const {
+    const auto& [a_sign, fgA, bgA, p_s, dz_s, dz_t] = px;
+    const auto& [b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, w_s] = ch;
+    dw = {dz_s * s, dz_t * t};
+    return vsign(s) * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA) + k_const +
+           p_s * g_ctx_s + w_s * dz_s;
   }
 };
 
