@@ -51,143 +51,132 @@ struct Tile {
 enum class Order { kChannelsOuter, kPixelsOuter, kPixelsOuterStrided };
 
 // ----------------------------------------------------------------- sweeps
-// A sweep steps over kGroup rows of the outer dimension at once (channels, or
-// pixels), so that the inputs and sums of the inner dimension are loaded and
-// stored once per group. Within a group, contributions add up in row order.
+// A sweep runs a loop over a tile along one of two axes: lanes are 16
+// consecutive elements of the inner axis (pixels when kPixInner, else
+// channels), and the outer axis is taken kGroup lines at a time, so that the
+// inner inputs and sums are loaded and stored once per group. Within a group,
+// contributions add up in line order.
 constexpr int kGroup = 4;
-constexpr int64_t kAheadRows = 4;  // channel rows prefetched ahead (channels outer)
+constexpr int64_t kAheadLines = 4;  // lines prefetched ahead
 
-template <typename scalar_t, int G>
-struct Rows {  // G channel rows of the tile, each a run of pixels with unit stride
-  std::array<const scalar_t*, G> s, t, s_next, t_next;
-  std::array<scalar_t*, G> ds;
+// Which of a loop's inputs and sums run along the inner and the outer axis.
+template <bool kPixInner, class L>
+struct Axes {
+  static constexpr int kInnerIn = kPixInner ? L::kPixIn : L::kChanIn;
+  static constexpr int kOuterIn = kPixInner ? L::kChanIn : L::kPixIn;
+  static constexpr int kInnerOut = kPixInner ? L::kPixOut : L::kChanOut;
+  static constexpr int kOuterOut = kPixInner ? L::kChanOut : L::kPixOut;
+  using OuterIn = std::array<Vecs<kOuterIn>, kGroup>;
+  using OuterSums = std::array<Vecs<kOuterOut>, kGroup>;
+
+  static FGD_INLINE const auto& inner_in(const L& f) {
+    if constexpr (kPixInner) return f.pix_in; else return f.chan_in;
+  }
+  static FGD_INLINE const auto& outer_in(const L& f) {
+    if constexpr (kPixInner) return f.chan_in; else return f.pix_in;
+  }
+  static FGD_INLINE const auto& inner_out(const L& f) {
+    if constexpr (kPixInner) return f.pix_out; else return f.chan_out;
+  }
+  static FGD_INLINE const auto& outer_out(const L& f) {
+    if constexpr (kPixInner) return f.chan_out; else return f.pix_out;
+  }
+  static FGD_INLINE Vec apply(const L& f, Vec s, Vec t, const Vecs<kInnerIn>& inner,
+                              const Vecs<kOuterIn>& outer, Vecs<kInnerOut>& inner_add,
+                              Vecs<kOuterOut>& outer_add) {
+    if constexpr (kPixInner) return f(s, t, inner, outer, inner_add, outer_add);
+    else return f(s, t, outer, inner, outer_add, inner_add);
+  }
 };
 
-// Channels outer: lanes are 16 pixels of G channel rows.
-template <bool kFull, int G, class L, typename scalar_t>
-FGD_INLINE void pixel_lanes(const L& f, const Rows<scalar_t, G>& r, int64_t p, int64_t n,
-                            const std::array<Vecs<L::kChanIn>, G>& chan,
-                            std::array<Vecs<L::kChanOut>, G>& acc) {
-  Vecs<L::kPixIn> pix;
-  for (int k = 0; k < L::kPixIn; ++k) pix[k] = load<true, kFull>(f.pix_in[k] + p, 1, n);
-  const Mask live = first_lanes(n);
-  Vecs<L::kPixOut> pix_sum{};
-  for (int g = 0; g < G; ++g) {
-    __builtin_prefetch(r.s_next[g] + p);
-    __builtin_prefetch(r.t_next[g] + p);
-    Vecs<L::kPixOut> pix_add;
-    Vecs<L::kChanOut> chan_add;
-    const Vec out = f(load<true, kFull>(r.s[g] + p, 1, n), load<true, kFull>(r.t[g] + p, 1, n),
-                      pix, chan[g], pix_add, chan_add);
-    for (int k = 0; k < L::kPixOut; ++k) pix_sum[k] += pix_add[k];
-    for (int k = 0; k < L::kChanOut; ++k) {
-      acc[g][k] += kFull ? chan_add[k] : keep(live, chan_add[k]);
-    }
-    if constexpr (L::kWrites) store<true, kFull>(r.ds[g] + p, 1, n, out);
-  }
-  for (int k = 0; k < L::kPixOut; ++k) {
-    float* sum = f.pix_out[k] + p;
-    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + pix_sum[k]);
-  }
-}
-
-template <int G, class L, typename scalar_t>
-FGD_INLINE void channel_rows(const L& f, const Tile<scalar_t>& x, int64_t c) {
-  Rows<scalar_t, G> r;
-  std::array<Vecs<L::kChanIn>, G> chan;
-  for (int g = 0; g < G; ++g) {
-    const int64_t next = std::min(c + g + kAheadRows, x.C - 1);
-    r.s[g] = x.S.pixel(x.p0) + (c + g) * x.S.sc;
-    r.t[g] = x.T.pixel(x.p0) + (c + g) * x.T.sc;
-    r.s_next[g] = x.S.pixel(x.p0) + next * x.S.sc;
-    r.t_next[g] = x.T.pixel(x.p0) + next * x.T.sc;
-    r.ds[g] = L::kWrites ? x.dS.pixel(x.p0) + (c + g) * x.dS.sc : nullptr;
-    for (int k = 0; k < L::kChanIn; ++k) chan[g][k] = splat(f.chan_in[k][c + g]);
-  }
-  std::array<Vecs<L::kChanOut>, G> acc{};
-  int64_t p = 0;
-  for (; p + kLanes <= x.np; p += kLanes) pixel_lanes<true, G>(f, r, p, kLanes, chan, acc);
-  if (p < x.np) pixel_lanes<false, G>(f, r, p, x.np - p, chan, acc);
-  for (int g = 0; g < G; ++g) {
-    for (int k = 0; k < L::kChanOut; ++k) f.chan_out[k][c + g] += lane_sum(acc[g][k]);
-  }
-}
-
-template <class L, typename scalar_t>
-FGD_INLINE void sweep_channels_outer(const L& f, const Tile<scalar_t>& x) {
-  int64_t c = 0;
-  for (; c + kGroup <= x.C; c += kGroup) channel_rows<kGroup>(f, x, c);
-  for (; c < x.C; ++c) channel_rows<1>(f, x, c);
-}
-
-template <typename scalar_t, int G>
-struct Pixels {  // G pixels of the tile, each a run of channels with strides sc
-  std::array<const scalar_t*, G> s, t;
-  std::array<scalar_t*, G> ds;
-  int64_t s_sc, t_sc, ds_sc;
+// Up to kGroup lines of S, T and dS along the inner axis: element i of line g
+// at s[g][i * s_step]; s_next, t_next: the lines kAheadLines further on.
+template <typename scalar_t>
+struct Lines {
+  std::array<const scalar_t*, kGroup> s, t, s_next, t_next;
+  std::array<scalar_t*, kGroup> ds;
+  int64_t s_step, t_step, ds_step;
 };
 
-// Pixels outer: lanes are 16 channels of G pixels (unit channel stride when kUnit).
-template <bool kUnit, bool kFull, int G, class L, typename scalar_t>
-FGD_INLINE void channel_lanes(const L& f, const Pixels<scalar_t, G>& q, int64_t c, int64_t n,
-                              const std::array<Vecs<L::kPixIn>, G>& pix,
-                              std::array<Vecs<L::kPixOut>, G>& acc) {
-  Vecs<L::kChanIn> chan;
-  for (int k = 0; k < L::kChanIn; ++k) chan[k] = load<true, kFull>(f.chan_in[k] + c, 1, n);
+template <bool kUnit>
+FGD_INLINE int64_t at(int64_t i, int64_t step) { return kUnit ? i : i * step; }
+
+// Elements i .. i + n - 1 of G lines (n == kLanes when kFull).
+template <bool kPixInner, bool kUnit, bool kFull, int G, class L, typename scalar_t>
+FGD_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64_t n,
+                      const typename Axes<kPixInner, L>::OuterIn& outer,
+                      typename Axes<kPixInner, L>::OuterSums& acc) {
+  using A = Axes<kPixInner, L>;
+  Vecs<A::kInnerIn> inner;
+  for (int k = 0; k < A::kInnerIn; ++k) inner[k] = load<true, kFull>(A::inner_in(f)[k] + i, 1, n);
   const Mask live = first_lanes(n);
-  Vecs<L::kChanOut> chan_sum{};
+  Vecs<A::kInnerOut> inner_sum{};
   for (int g = 0; g < G; ++g) {
-    Vecs<L::kPixOut> pix_add;
-    Vecs<L::kChanOut> chan_add;
-    const Vec out = f(load<kUnit, kFull>(q.s[g] + c * q.s_sc, q.s_sc, n),
-                      load<kUnit, kFull>(q.t[g] + c * q.t_sc, q.t_sc, n), pix[g], chan, pix_add,
-                      chan_add);
-    for (int k = 0; k < L::kChanOut; ++k) chan_sum[k] += chan_add[k];
-    for (int k = 0; k < L::kPixOut; ++k) {
-      acc[g][k] += kFull ? pix_add[k] : keep(live, pix_add[k]);
+    __builtin_prefetch(r.s_next[g] + at<kUnit>(i, r.s_step));
+    __builtin_prefetch(r.t_next[g] + at<kUnit>(i, r.t_step));
+    Vecs<A::kInnerOut> inner_add;
+    Vecs<A::kOuterOut> outer_add;
+    const Vec out = A::apply(f, load<kUnit, kFull>(r.s[g] + at<kUnit>(i, r.s_step), r.s_step, n),
+                             load<kUnit, kFull>(r.t[g] + at<kUnit>(i, r.t_step), r.t_step, n),
+                             inner, outer[g], inner_add, outer_add);
+    for (int k = 0; k < A::kInnerOut; ++k) inner_sum[k] += inner_add[k];
+    for (int k = 0; k < A::kOuterOut; ++k) {
+      acc[g][k] += kFull ? outer_add[k] : keep(live, outer_add[k]);
     }
-    if constexpr (L::kWrites) store<kUnit, kFull>(q.ds[g] + c * q.ds_sc, q.ds_sc, n, out);
+    if constexpr (L::kWrites) {
+      store<kUnit, kFull>(r.ds[g] + at<kUnit>(i, r.ds_step), r.ds_step, n, out);
+    }
   }
-  for (int k = 0; k < L::kChanOut; ++k) {
-    float* sum = f.chan_out[k] + c;
-    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + chan_sum[k]);
-  }
-}
-
-template <bool kUnit, int G, class L, typename scalar_t>
-FGD_INLINE void pixel_columns(const L& f, const Tile<scalar_t>& x, int64_t p) {
-  Pixels<scalar_t, G> q;
-  q.s_sc = x.S.sc, q.t_sc = x.T.sc, q.ds_sc = x.dS.sc;
-  std::array<Vecs<L::kPixIn>, G> pix;
-  for (int g = 0; g < G; ++g) {
-    q.s[g] = x.S.pixel(x.p0 + p + g);
-    q.t[g] = x.T.pixel(x.p0 + p + g);
-    q.ds[g] = L::kWrites ? x.dS.pixel(x.p0 + p + g) : nullptr;
-    for (int k = 0; k < L::kPixIn; ++k) pix[g][k] = splat(f.pix_in[k][p + g]);
-  }
-  std::array<Vecs<L::kPixOut>, G> acc{};
-  int64_t c = 0;
-  for (; c + kLanes <= x.C; c += kLanes) channel_lanes<kUnit, true, G>(f, q, c, kLanes, pix, acc);
-  if (c < x.C) channel_lanes<kUnit, false, G>(f, q, c, x.C - c, pix, acc);
-  for (int g = 0; g < G; ++g) {
-    for (int k = 0; k < L::kPixOut; ++k) f.pix_out[k][p + g] += lane_sum(acc[g][k]);
+  for (int k = 0; k < A::kInnerOut; ++k) {
+    float* sum = A::inner_out(f)[k] + i;
+    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + inner_sum[k]);
   }
 }
 
-template <bool kUnit, class L, typename scalar_t>
-FGD_INLINE void sweep_pixels_outer(const L& f, const Tile<scalar_t>& x) {
-  int64_t p = 0;
-  for (; p + kGroup <= x.np; p += kGroup) pixel_columns<kUnit, kGroup>(f, x, p);
-  for (; p < x.np; ++p) pixel_columns<kUnit, 1>(f, x, p);
+// Line j of a plane in the tile: channel j (kPixInner) or pixel j.
+template <bool kPixInner, typename scalar_t, typename T>
+FGD_INLINE scalar_t* line(const Plane<scalar_t>& F, const Tile<T>& x, int64_t j) {
+  return kPixInner ? F.pixel(x.p0) + j * F.sc : F.pixel(x.p0 + j);
+}
+
+// Outer lines o .. o + G - 1, all of the inner axis.
+template <bool kPixInner, bool kUnit, int G, class L, typename scalar_t>
+FGD_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o) {
+  using A = Axes<kPixInner, L>;
+  const int64_t n_outer = kPixInner ? x.C : x.np, n_inner = kPixInner ? x.np : x.C;
+  Lines<scalar_t> r;
+  r.s_step = kPixInner ? 1 : x.S.sc;
+  r.t_step = kPixInner ? 1 : x.T.sc;
+  r.ds_step = kPixInner ? 1 : x.dS.sc;
+  typename A::OuterIn outer;
+  for (int g = 0; g < G; ++g) {
+    const int64_t ahead = std::min(o + g + kAheadLines, n_outer - 1);
+    r.s[g] = line<kPixInner>(x.S, x, o + g);
+    r.t[g] = line<kPixInner>(x.T, x, o + g);
+    r.s_next[g] = line<kPixInner>(x.S, x, ahead);
+    r.t_next[g] = line<kPixInner>(x.T, x, ahead);
+    r.ds[g] = L::kWrites ? line<kPixInner>(x.dS, x, o + g) : nullptr;
+    for (int k = 0; k < A::kOuterIn; ++k) outer[g][k] = splat(A::outer_in(f)[k][o + g]);
+  }
+  typename A::OuterSums acc{};
+  int64_t i = 0;
+  for (; i + kLanes <= n_inner; i += kLanes) {
+    lanes<kPixInner, kUnit, true, G>(f, r, i, kLanes, outer, acc);
+  }
+  if (i < n_inner) lanes<kPixInner, kUnit, false, G>(f, r, i, n_inner - i, outer, acc);
+  for (int g = 0; g < G; ++g) {
+    for (int k = 0; k < A::kOuterOut; ++k) A::outer_out(f)[k][o + g] += lane_sum(acc[g][k]);
+  }
 }
 
 template <Order kOrder, class L, typename scalar_t>
 FGD_INLINE void sweep(const L& f, const Tile<scalar_t>& x) {
-  if constexpr (kOrder == Order::kChannelsOuter) {
-    sweep_channels_outer(f, x);
-  } else {
-    sweep_pixels_outer<kOrder == Order::kPixelsOuter>(f, x);
-  }
+  constexpr bool kPixInner = kOrder == Order::kChannelsOuter;
+  constexpr bool kUnit = kOrder != Order::kPixelsOuterStrided;
+  const int64_t n_outer = kPixInner ? x.C : x.np;
+  int64_t o = 0;
+  for (; o + kGroup <= n_outer; o += kGroup) group<kPixInner, kUnit, kGroup>(f, x, o);
+  for (; o < n_outer; ++o) group<kPixInner, kUnit, 1>(f, x, o);
 }
 
 // ----------------------------------------------------------- work items
