@@ -21,6 +21,10 @@
 
 #include "fgd_math.h"
 
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#warning "fgdkern: built without -fopenmp, so at::parallel_for runs the FGD passes on one thread"
+#endif
+
 namespace fgdkern::cpu {
 namespace {
 

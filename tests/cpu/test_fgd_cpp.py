@@ -3,8 +3,9 @@
 Results independent of the thread count (bit for bit), a RetinaNet-like case
 with many pixel blocks per image, softmax logits far from zero and a D with a
 large mean (the block merges), mixed layouts and non-flattenable views (the
-strided sweep), and the kernels' own input checks. Each case is compared with
-the PyTorch contract, fgdkern.reference.fgd_passes.
+strided sweep), levels of different dtypes, and the kernels' own input checks
+are compared with the PyTorch contract, fgdkern.reference.fgd_passes; the
+float16 / bfloat16 reads and writes with torch's own conversions, bit for bit.
 """
 import pytest
 import torch
@@ -47,6 +48,7 @@ def check_both(S, T, fg, bg, w_s, w_t, temp=0.5):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_thread_count_does_not_change_a_bit(layout):
+    # (an extension built without -fopenmp runs at::parallel_for on one thread)
     # C = 24: blocks of 1024 pixels, so the 64 x 50 level has 4 blocks per image
     args = make_inputs(3, 24, [(64, 50), (13, 7), (1, 1)], layout=layout)
     coefs = make_coefs(args[0])
