@@ -7,6 +7,7 @@ extension entirely (the package then runs on its pure-PyTorch paths).
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -21,18 +22,23 @@ def _ext_modules():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     force = os.environ.get("FORCE_CUDA") == "1"
     with_cuda = CUDA_HOME is not None and (force or torch.cuda.is_available())
-    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    # The C++ standard is the one torch.utils.cpp_extension picks for this torch.
+    # OpenMP: at::parallel_for is inline, so without it the kernels run on one thread.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx = ["-O3", *openmp]
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension(
             "fgdkern._C", sources,
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+            extra_link_args=openmp,
         )
     else:
-        ext = CppExtension("fgdkern._C", sources, extra_compile_args={"cxx": cxx})
-    print(f"fgdkern: building fgdkern._C with_cuda={with_cuda} (CUDA_HOME={CUDA_HOME}, "
-          f"torch {torch.__version__}, {len(sources)} sources)")
+        ext = CppExtension("fgdkern._C", sources, extra_compile_args={"cxx": cxx},
+                           extra_link_args=openmp)
+    print(f"fgdkern: building fgdkern._C with_cuda={with_cuda} openmp={bool(openmp)} "
+          f"(CUDA_HOME={CUDA_HOME}, torch {torch.__version__}, {len(sources)} sources)")
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
