@@ -88,11 +88,15 @@ def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
 def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: str,
                       validate: bool = True) -> list[FGDTerms]:
     """Unweighted FGD terms of every level; ``levels`` are FGDLoss modules (parameters)."""
-    checking = validate and not _checks.is_compiling()
-    for k, (m, S, T) in enumerate(zip(levels, feats_S, feats_T)):
-        if not _checks.is_compiling():
-            _checks.check_pair(S, T, m.student_channels, m.teacher_channels,
-                               f"[{k}]" if len(levels) > 1 else "")
+    compiling = _checks.is_compiling()
+    checking = validate and not compiling
+    suffix = [f"[{k}]" if len(levels) > 1 else "" for k in range(len(levels))]
+    if not compiling:
+        for m, S, T, sfx in zip(levels, feats_S, feats_T, suffix):
+            _checks.check_pair(S, T, m.student_channels, m.teacher_channels, sfx)
+            if S.device != feats_S[0].device:
+                raise ValueError(f"preds_S{sfx} is on {S.device} but preds_S[0] on "
+                                 f"{feats_S[0].device}: every level must be on one device")
     S_list = [S if m.align is None else m.align(S) for m, S in zip(levels, feats_S)]
     T_list = [T.detach() for T in feats_T]
     pairs = [_same_dtype(S, T) for S, T in zip(S_list, T_list)]
@@ -105,9 +109,9 @@ def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: 
     impl = resolve_backend(backend, device, S_list[0].dtype)
     if impl == "reference":
         if checking:
-            for k, (S, T) in enumerate(zip(S_list, T_list)):
-                _checks.check_finite(f"preds_S[{k}]", S)
-                _checks.check_finite(f"preds_T[{k}]", T)
+            for S, T, sfx in zip(S_list, T_list, suffix):
+                _checks.check_finite(f"preds_S{sfx}", S)
+                _checks.check_finite(f"preds_T{sfx}", T)
         return [fgd_reference(S, T, f, b, m, temp) for S, T, f, b, m in
                 zip(S_list, T_list, fg, bg, levels)]
     w_s = [m.conv_mask_s.weight.reshape(-1).float() for m in levels]
@@ -117,16 +121,16 @@ def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: 
     with torch.autocast(device.type, enabled=False):
         pix, chan = fused.fgd_stats(impl, S_list, T_list, fg, bg, w_s, w_t, b_s, b_t, temp)
         if checking:
-            _check_stats_finite(pix)
+            _check_stats_finite(pix, suffix)
         return [fused.fgd_terms(p, c, m.channel_add_conv_s, m.channel_add_conv_t, temp)
                 for p, c, m in zip(pix, chan, levels)]
 
 
-def _check_stats_finite(pix: list[Tensor]) -> None:
+def _check_stats_finite(pix: list[Tensor], suffix: list[str]) -> None:
     """A non-finite value in S (T) makes its per-pixel mean |S| (|T|) non-finite: one sync."""
     bad = torch.stack([~torch.isfinite(p[:, :2]).all((0, 2)) for p in pix]).cpu()
-    for k, (bad_s, bad_t) in enumerate(bad.tolist()):
-        for name, flag in ((f"preds_S[{k}]", bad_s), (f"preds_T[{k}]", bad_t)):
+    for sfx, (bad_s, bad_t) in zip(suffix, bad.tolist()):
+        for name, flag in ((f"preds_S{sfx}", bad_s), (f"preds_T{sfx}", bad_t)):
             if flag:
                 raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
 

@@ -307,6 +307,16 @@ def test_multi_level_bad_containers():
         ms(S, T[:1], boxes, shapes)
 
 
+def test_multi_level_names_the_bad_level():
+    ms, S, T, boxes, shapes = build(1, 4, 4, [(4, 6), (2, 3)])
+    bad = T[1].clone()
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"preds_T\[1\] contains non-finite"):
+        ms(S, [T[0], bad], boxes, shapes)
+    with pytest.raises(ValueError, match=r"preds_S\[1\] has 3 channels"):
+        ms([S[0], S[1][:, :3]], T, boxes, shapes)
+
+
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch, one_level):
     m, S, T, boxes, shapes = one_level
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
