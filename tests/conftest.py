@@ -31,16 +31,15 @@ def _seed():
 
 
 def _fused_backends():
-    from fgdkern._ext import HAS_EXT
-    from fgdkern.ops.fgd import triton_available
+    from fgdkern.losses.fgd import fused_backend_available
 
     interp_ok = HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1"
-    has_cpp = HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "fgdkern::fgd_stats_cpp", "CPU")
     return [
-        pytest.param("cpp", marks=pytest.mark.skipif(not has_cpp, reason="C++ kernels not built")),
+        pytest.param("cpp", marks=pytest.mark.skipif(
+            not fused_backend_available("cpp"), reason="C++ kernels not built")),
         pytest.param("triton", marks=pytest.mark.skipif(
-            not (triton_available() and interp_ok), reason="needs triton on CUDA or TRITON_INTERPRET=1")),
+            not (fused_backend_available("triton") and interp_ok),
+            reason="needs triton on CUDA or TRITON_INTERPRET=1")),
     ]
 
 
