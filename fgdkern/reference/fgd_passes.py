@@ -21,10 +21,11 @@ twice in total and dS written once: the minimum for this loss.
 Shapes below are for one level; every function takes lists over levels.
 N images, C channels, HW = H * W pixels, D = S - T computed in float32.
 
-fgd_stats(S, T, fg, bg, w_s, w_t, temp) -> [pix_0..pix_{L-1}, chan_0..chan_{L-1}]
+fgd_stats(S, T, fg, bg, w_s, w_t, temps) -> [pix_0..pix_{L-1}, chan_0..chan_{L-1}]
     S, T: (N, C, H, W), any float dtype and strides (S and T same dtype);
     fg, bg: (N, H, W) float32; w_s, w_t: (C,) float32 (conv_mask weights; the
-    biases do not matter: a softmax is shift invariant); temp: float.
+    biases do not matter: a softmax is shift invariant); temps: one float per
+    level (each level's own temperature).
     pix  (N, 4, HW) float32, rows:
         0 gs_s = mean_c |S|          1 gs_t = mean_c |T|
         2 z_s  = sum_c w_s[c] S      3 z_t  = sum_c w_t[c] T
@@ -58,10 +59,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PIX_ROWS = ("gs_s", "gs_t", "z_s", "z_t")
-CHAN_ROWS = ("gc_s", "gc_t", "ctx_s", "ctx_t", "sum_d", "m2_d", "x_fg", "x_bg")
-PIX_COEF_ROWS = ("a_sign", "fgA", "bgA", "p_s", "p_t")
-CHAN_COEF_ROWS = ("b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_t", "w_s", "w_t")
+from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
 
 
 def _flat(F: Tensor) -> Tensor:
@@ -109,8 +107,8 @@ def fgd_grad_level(S, T, pix_coef, chan_coef, K):
 
 
 def fgd_stats(S: list[Tensor], T: list[Tensor], fg: list[Tensor], bg: list[Tensor],
-              w_s: list[Tensor], w_t: list[Tensor], temp: float) -> list[Tensor]:
-    out = [fgd_stats_level(*args, temp) for args in zip(S, T, fg, bg, w_s, w_t)]
+              w_s: list[Tensor], w_t: list[Tensor], temps: list[float]) -> list[Tensor]:
+    out = [fgd_stats_level(*args) for args in zip(S, T, fg, bg, w_s, w_t, temps)]
     return [p for p, _ in out] + [c for _, c in out]
 
 

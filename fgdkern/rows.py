@@ -1,0 +1,39 @@
+"""The row names of the small statistic tables that fused passes exchange.
+
+A fused pass returns (or reads) float32 tables of shape (N, rows, HW) or
+(N, rows, C); each row is one named statistic or coefficient. The names and
+their order are fixed here, once: the reference passes, the Triton kernels,
+the C++ kernels (tested against these names), the autograd wrappers and the
+fake implementations all index by name. docs/kernels.md explains each row.
+This module imports nothing, so every layer may use it.
+"""
+from __future__ import annotations
+
+
+class Rows:
+    """An ordered set of row names: ``rows.x_fg`` is the index of row ``x_fg``."""
+
+    def __init__(self, *names: str):
+        if len(set(names)) != len(names):
+            raise ValueError(f"row names must be unique, got {names}")
+        self.names = tuple(names)
+        for index, name in enumerate(names):
+            setattr(self, name, index)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __repr__(self) -> str:
+        return f"Rows{self.names}"
+
+
+# FGD statistics pass (docs/kernels.md, "FGD statistics"): per pixel and per channel.
+FGD_PIX = Rows("gs_s", "gs_t", "z_s", "z_t")
+FGD_CHAN = Rows("gc_s", "gc_t", "ctx_s", "ctx_t", "sum_d", "m2_d", "x_fg", "x_bg")
+# FGD gradient pass (docs/kernels.md, "FGD gradient"): its coefficient tables.
+FGD_PIX_COEF = Rows("a_sign", "fgA", "bgA", "p_s", "p_t")
+FGD_CHAN_COEF = Rows("b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_t",
+                     "w_s", "w_t")
