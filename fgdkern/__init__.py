@@ -1,12 +1,12 @@
 """fgdkern: exact fused kernels for detector knowledge-distillation losses.
 
-Public API (SPEC 3): FGDLoss, MultiLevelFGDLoss, rasterize_boxes, and the
+Public API (docs/README.md): FGDLoss, MultiLevelFGDLoss, rasterize_boxes, and the
 target adapters of fgdkern.targets.
 """
 from fgdkern._ext import HAS_EXT
 from fgdkern.losses.fgd import FGDLoss, MultiLevelFGDLoss, preset
-from fgdkern.ops.fgd import FGDTerms
 from fgdkern.ops.rasterize import rasterize_boxes
+from fgdkern.reference.fgd import FGDTerms
 from fgdkern import targets
 
 __version__ = "0.1.0"

@@ -23,9 +23,3 @@ except ImportError as exc:  # not built, or built against another torch
         stacklevel=2,
     )
 
-
-def has_cuda_kernels() -> bool:
-    """True when the extension was built with its CUDA kernels."""
-    if not HAS_EXT:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("fgdkern::rasterize_boxes", "CUDA")

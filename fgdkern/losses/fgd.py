@@ -1,8 +1,10 @@
 """FGDLoss (one FPN level) and MultiLevelFGDLoss (a whole pyramid, one fused call).
 
-FGDLoss.forward -> fgd_pyramid_terms -> fgdkern.ops.fgd (fused passes) or
-fgdkern.reference.fgd (ground truth). Parameter names and initialisation
-follow SPEC 1.4, so state dicts of the widely used FGD implementations load.
+FGDLoss.forward -> fgd_pyramid_terms (validate, align, gather parameters) ->
+fgdkern.ops.fgd.fgd_terms (masks, dispatch, fused passes or reference) ->
+weighted sum. Parameter names and initialisation follow docs/fgd.md,
+"Parameters and initialisation", so state dicts of the widely used FGD
+implementations load.
 """
 from __future__ import annotations
 
@@ -10,15 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from fgdkern import _checks
-from fgdkern._ext import HAS_EXT
-from fgdkern.ops import fgd as fused
-from fgdkern.ops.fgd import FGDTerms
-from fgdkern.ops.rasterize import rasterize_boxes
-from fgdkern.reference.fgd import fgd_reference
+from fgdkern.ops import dispatch
+from fgdkern.ops.fgd import fgd_terms
+from fgdkern.reference.fgd import FGDTerms, GcBlockParams
 
-BACKENDS = ("auto", "reference", "fused", "triton", "cpp")
-
-# SPEC 1.5: (temp, alpha, beta, gamma, lambda, number of levels distilled)
+# docs/fgd.md, "Presets": (temp, alpha, beta, gamma, lambda, number of levels distilled)
 PRESETS = {
     "two_stage": (0.5, 5e-5, 2.5e-5, 5e-5, 5e-7, 4),
     "retinanet": (0.5, 1e-3, 5e-4, 5e-4, 5e-6, 5),
@@ -30,7 +28,7 @@ ALIASES = {"faster_rcnn": "two_stage", "mask_rcnn": "two_stage", "cascade_rcnn":
 
 
 def preset(detector: str) -> dict:
-    """Hyper-parameters of the official FGD configs for a detector family (SPEC 1.5)."""
+    """Hyper-parameters of the official FGD configs for a detector family (docs/fgd.md, "Presets")."""
     key = ALIASES.get(detector, detector)
     if key not in PRESETS:
         names = sorted(PRESETS) + sorted(ALIASES)
@@ -50,31 +48,20 @@ def _channel_add_conv(channels: int) -> nn.Sequential:
 
 
 def fused_backend_available(backend: str) -> bool:
-    if backend == "cpp":
-        return HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(
-            "fgdkern::fgd_stats_cpp", "CPU")
-    return fused.triton_available()
+    """True when the fused FGD implementation ``backend`` ('cpp' or 'triton') is built here."""
+    return dispatch.available("fgd", backend)
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The implementation that runs for ``backend`` on ``device`` (SPEC 3).
+    """The FGD implementation that runs for ``backend`` on ``device`` (fgdkern.ops.dispatch)."""
+    return dispatch.resolve("fgd", backend, device, dtype)
 
-    The fused kernels read float16, bfloat16 and float32; float64 (used for
-    gradcheck) runs on the reference under "auto".
-    """
-    if backend in ("reference", "torch"):  # "torch": the fused passes' PyTorch contract
-        return backend
-    if backend == "auto":
-        wanted = {"cuda": "triton", "cpu": "cpp"}.get(device.type)
-        ok = wanted and dtype != torch.float64 and fused_backend_available(wanted)
-        return wanted if ok else "reference"
-    if backend == "fused":
-        backend = "triton" if device.type == "cuda" else "cpp"
-    fused.check_backend_device(backend, device)
-    if dtype == torch.float64:
-        raise TypeError(f"backend={backend!r} reads float16, bfloat16 or float32 features, "
-                        "got float64 (use backend='reference')")
-    return backend
+
+def gc_params(conv_mask: nn.Conv2d, channel_add_conv: nn.Sequential) -> GcBlockParams:
+    """The tensors of one GcBlock, in the order fgdkern.reference.fgd.GcBlockParams names them."""
+    conv1, norm, _, conv2 = channel_add_conv
+    return GcBlockParams(conv_mask.weight, conv_mask.bias, conv1.weight, conv1.bias,
+                         norm.weight, norm.bias, norm.eps, conv2.weight, conv2.bias)
 
 
 def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,55 +75,22 @@ def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
 def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: str,
                       validate: bool = True) -> list[FGDTerms]:
     """Unweighted FGD terms of every level; ``levels`` are FGDLoss modules (parameters)."""
-    compiling = _checks.is_compiling()
-    checking = validate and not compiling
     suffix = [f"[{k}]" if len(levels) > 1 else "" for k in range(len(levels))]
-    if not compiling:
+    if not _checks.is_compiling():
         for m, S, T, sfx in zip(levels, feats_S, feats_T, suffix):
             _checks.check_pair(S, T, m.student_channels, m.teacher_channels, sfx)
             if S.device != feats_S[0].device:
                 raise ValueError(f"preds_S{sfx} is on {S.device} but preds_S[0] on "
                                  f"{feats_S[0].device}: every level must be on one device")
     S_list = [S if m.align is None else m.align(S) for m, S in zip(levels, feats_S)]
-    T_list = [T.detach() for T in feats_T]
-    pairs = [_same_dtype(S, T) for S, T in zip(S_list, T_list)]
-    S_list, T_list = [p[0] for p in pairs], [p[1] for p in pairs]
-    device = S_list[0].device
-    masks = rasterize_boxes(gt_bboxes, img_shapes, [tuple(S.shape[-2:]) for S in S_list])
-    fg = [f.to(device) for f, _ in masks]
-    bg = [b.to(device) for _, b in masks]
-    temp = levels[0].temp
-    impl = resolve_backend(backend, device, S_list[0].dtype)
-    if impl == "reference":
-        if checking:
-            for S, T, sfx in zip(S_list, T_list, suffix):
-                _checks.check_finite(f"preds_S{sfx}", S)
-                _checks.check_finite(f"preds_T{sfx}", T)
-        return [fgd_reference(S, T, f, b, m, temp) for S, T, f, b, m in
-                zip(S_list, T_list, fg, bg, levels)]
-    w_s = [m.conv_mask_s.weight.reshape(-1).float() for m in levels]
-    w_t = [m.conv_mask_t.weight.reshape(-1).float() for m in levels]
-    b_s = [m.conv_mask_s.bias for m in levels]
-    b_t = [m.conv_mask_t.bias for m in levels]
-    with torch.autocast(device.type, enabled=False):
-        pix, chan = fused.fgd_stats(impl, S_list, T_list, fg, bg, w_s, w_t, b_s, b_t, temp)
-        if checking:
-            _check_stats_finite(pix, suffix)
-        return [fused.fgd_terms(p, c, m.channel_add_conv_s, m.channel_add_conv_t, temp)
-                for p, c, m in zip(pix, chan, levels)]
-
-
-def _check_stats_finite(pix: list[Tensor], suffix: list[str]) -> None:
-    """A non-finite value in S (T) makes its per-pixel mean |S| (|T|) non-finite: one sync."""
-    bad = torch.stack([~torch.isfinite(p[:, :2]).all((0, 2)) for p in pix]).cpu()
-    for sfx, (bad_s, bad_t) in zip(suffix, bad.tolist()):
-        for name, flag in ((f"preds_S{sfx}", bad_s), (f"preds_T{sfx}", bad_t)):
-            if flag:
-                raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+    pairs = [_same_dtype(S, T.detach()) for S, T in zip(S_list, feats_T)]
+    return fgd_terms(backend, [p[0] for p in pairs], [p[1] for p in pairs], gt_bboxes,
+                     img_shapes, [m.gc_block("s") for m in levels],
+                     [m.gc_block("t") for m in levels], [m.temp for m in levels], validate)
 
 
 class FGDLoss(nn.Module):
-    """Focal and Global Distillation loss of one feature level (SPEC 1, 3).
+    """Focal and Global Distillation loss of one feature level (docs/fgd.md).
 
     forward(preds_S (N, Cs, H, W), preds_T (N, Ct, H, W), gt_bboxes: list of N
     (K_n, 4) xyxy pixel boxes, img_shapes: list of N (h, w)) -> float32 scalar
@@ -147,8 +101,7 @@ class FGDLoss(nn.Module):
                  alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4, gamma_fgd: float = 1e-3,
                  lambda_fgd: float = 5e-6, backend: str = "auto", validate: bool = True):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        dispatch.check_backend("fgd", backend)
         for name, value, least in (("student_channels", student_channels, 1),
                                    ("teacher_channels", teacher_channels, 2)):
             if not isinstance(value, int) or value < least:  # the GcBlock MLP halves C
@@ -170,19 +123,23 @@ class FGDLoss(nn.Module):
 
     @classmethod
     def for_detector(cls, detector: str, student_channels: int, teacher_channels: int, **kwargs):
-        """A loss with the official config of ``detector`` (SPEC 1.5); kwargs override."""
+        """A loss with the official config of ``detector`` (docs/fgd.md, "Presets"); kwargs override."""
         params = preset(detector)
         params.pop("num_levels")
         return cls(student_channels, teacher_channels, **{**params, **kwargs})
 
     def reset_parameters(self) -> None:
-        """SPEC 1.4: conv_mask kaiming-normal fan_in, bias 0; last conv of each MLP zero."""
+        """conv_mask kaiming-normal fan_in, bias 0; last conv of each MLP zero (docs/fgd.md)."""
         for conv in (self.conv_mask_s, self.conv_mask_t):
             nn.init.kaiming_normal_(conv.weight, mode="fan_in")
             nn.init.zeros_(conv.bias)
         for mlp in (self.channel_add_conv_s, self.channel_add_conv_t):
             nn.init.zeros_(mlp[-1].weight)
             nn.init.zeros_(mlp[-1].bias)
+
+    def gc_block(self, side: str) -> GcBlockParams:
+        """The GcBlock parameters of the student ("s") or teacher ("t") side."""
+        return gc_params(getattr(self, f"conv_mask_{side}"), getattr(self, f"channel_add_conv_{side}"))
 
     def weighted(self, terms: FGDTerms) -> Tensor:
         return (self.alpha_fgd * terms.fg_loss + self.beta_fgd * terms.bg_loss
@@ -208,7 +165,7 @@ class MultiLevelFGDLoss(nn.Module):
 
     feats_S / feats_T: sequences of per-level maps, or mappings such as a
     torchvision FPN OrderedDict (the first ``num_levels`` entries, in order).
-    The result is the sum of the per-level weighted losses (SPEC 2).
+    The result is the sum of the per-level weighted losses (docs/fgd.md, "Multi-level and temperatures").
     """
 
     def __init__(self, num_levels: int, student_channels: int, teacher_channels: int,
@@ -225,7 +182,7 @@ class MultiLevelFGDLoss(nn.Module):
 
     @classmethod
     def for_detector(cls, detector: str, student_channels: int, teacher_channels: int, **kwargs):
-        """Official config of ``detector`` (SPEC 1.5), its number of levels unless given."""
+        """Official config of ``detector`` (docs/fgd.md, "Presets"), its number of levels unless given."""
         return cls(student_channels=student_channels, teacher_channels=teacher_channels,
                    **{**preset(detector), **kwargs})
 

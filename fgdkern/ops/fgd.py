@@ -1,38 +1,38 @@
-"""Fused FGD: the autograd wrapper shared by the C++ and Triton passes.
+"""The FGD op: masks, the fused passes with autograd, and the terms from their statistics.
 
-forward:  fgd_stats (one pass over S and T, per backend)  ->  small statistics
-          the loss terms are then O(N*(C+HW)) torch ops (``fgd_terms``), so
+``fgd_terms`` is what the loss modules call; it takes tensors only (features,
+boxes, GcBlock parameters, temperatures). For the fused implementations:
+forward:  fgd_stats (one pass over S and T, per backend) -> small statistics;
+          the terms are then O(N*(C+HW)) torch ops (``_terms_from_stats``), so
           the GcBlock MLPs, softmaxes and L1 terms get ordinary autograd.
 backward: autograd delivers the gradients of the statistics; ``_FGDStats``
           turns them into per-pixel / per-channel coefficients and runs
           fgd_grad (one pass over S and T writing dS, dw_s, dw_t).
-The math of both passes is fixed in ``fgdkern.reference.fgd_passes``.
+The math of both passes is fixed in ``fgdkern.reference.fgd_passes``; the
+rows of their tables are named in ``fgdkern.rows`` (docs/kernels.md).
 """
 from __future__ import annotations
 
-import os
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fgdkern import _checks
 from fgdkern._ext import HAS_EXT
+from fgdkern.ops import dispatch
+from fgdkern.ops.rasterize import rasterize_boxes
 from fgdkern.reference import fgd_passes
-
-
-class FGDTerms(NamedTuple):
-    """The four unweighted FGD loss terms (SPEC 1.3), float32 scalars."""
-    fg_loss: Tensor
-    bg_loss: Tensor
-    mask_loss: Tensor
-    rela_loss: Tensor
+from fgdkern.reference.fgd import FGDTerms, GcBlockParams, fgd_reference
+from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
 
 
 # ---------------------------------------------------------------- op registry
-def _stats_fake(S, T, fg, bg, w_s, w_t, temp):
-    pix = [s.new_empty((s.shape[0], 4, s.shape[2] * s.shape[3]), dtype=torch.float32) for s in S]
-    chan = [s.new_empty((s.shape[0], 8, s.shape[1]), dtype=torch.float32) for s in S]
+def _stats_fake(S, T, fg, bg, w_s, w_t, temps):
+    pix = [s.new_empty((s.shape[0], len(FGD_PIX), s.shape[2] * s.shape[3]),
+                       dtype=torch.float32) for s in S]
+    chan = [s.new_empty((s.shape[0], len(FGD_CHAN), s.shape[1]), dtype=torch.float32) for s in S]
     return pix + chan
 
 
@@ -49,57 +49,31 @@ if HAS_EXT:
 
 @torch.library.custom_op("fgdkern::fgd_stats_triton", mutates_args=())
 def _fgd_stats_triton(S: list[Tensor], T: list[Tensor], fg: list[Tensor], bg: list[Tensor],
-                      w_s: list[Tensor], w_t: list[Tensor], temp: float) -> list[Tensor]:
-    from fgdkern.triton import fgd as kernels
-    return kernels.fgd_stats(S, T, fg, bg, w_s, w_t, temp)
+                      w_s: list[Tensor], w_t: list[Tensor], temps: list[float]) -> list[Tensor]:
+    from fgdkern.triton import fgd_stats
+    return fgd_stats(S, T, fg, bg, w_s, w_t, temps)
 
 
 @torch.library.custom_op("fgdkern::fgd_grad_triton", mutates_args=())
 def _fgd_grad_triton(S: list[Tensor], T: list[Tensor], pix_coef: list[Tensor],
                      chan_coef: list[Tensor], K: list[Tensor]) -> list[Tensor]:
-    from fgdkern.triton import fgd as kernels
-    return kernels.fgd_grad(S, T, pix_coef, chan_coef, K)
+    from fgdkern.triton import fgd_grad
+    return fgd_grad(S, T, pix_coef, chan_coef, K)
 
 
 _fgd_stats_triton.register_fake(_stats_fake)
 _fgd_grad_triton.register_fake(_grad_fake)
 
 
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def check_backend_device(backend: str, device: torch.device) -> None:
-    """Raise a clear error when ``backend`` cannot run on ``device``."""
-    if backend == "cpp":
-        if not HAS_EXT:
-            raise RuntimeError("backend='cpp' needs the compiled extension fgdkern._C, which "
-                               "is not available (see the warning at import)")
-        if device.type != "cpu":
-            raise ValueError(f"backend='cpp' runs on CPU tensors; preds_S is on {device}")
-    elif backend == "triton":
-        if not triton_available():
-            raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError("backend='triton' got CPU tensors: Triton kernels run on a GPU, "
-                               "or on CPU only under TRITON_INTERPRET=1 (set before import)")
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"backend='triton' runs on CUDA tensors; preds_S is on {device}")
-
-
-def passes(backend: str) -> tuple[Callable, Callable]:
-    """(fgd_stats, fgd_grad) of a backend: 'cpp', 'triton', or 'torch' (the contract)."""
-    if backend == "cpp":
+def passes(impl: str) -> tuple[Callable, Callable]:
+    """(fgd_stats, fgd_grad) of a fused implementation: 'cpp', 'triton' or 'torch'."""
+    if impl == "cpp":
         return torch.ops.fgdkern.fgd_stats_cpp, torch.ops.fgdkern.fgd_grad_cpp
-    if backend == "triton":
+    if impl == "triton":
         return torch.ops.fgdkern.fgd_stats_triton, torch.ops.fgdkern.fgd_grad_triton
-    if backend == "torch":
+    if impl == "torch":
         return fgd_passes.fgd_stats, fgd_passes.fgd_grad
-    raise ValueError(f"unknown fused backend {backend!r}")
+    raise ValueError(f"unknown fused implementation {impl!r}")
 
 
 # ------------------------------------------------------------------ autograd
@@ -107,17 +81,20 @@ def _grad_coefficients(saved, g_pix, g_chan, temp):
     """Per level: gradients of the statistics -> fgd_grad's coefficient tables."""
     fg, bg, w_s, w_t, pix, chan = saved
     N, C, HW = chan.shape[0], chan.shape[2], pix.shape[2]
-    A = HW * torch.softmax(pix[:, 1] / temp, -1)              # teacher A_S   (N, HW)
-    p_s, p_t = torch.softmax(pix[:, 2], -1), torch.softmax(pix[:, 3], -1)
-    pix_coef = torch.stack([g_pix[:, 0] / C, fg.reshape(N, HW) * A, bg.reshape(N, HW) * A,
-                            p_s, p_t], 1)
-    g_gc_s, _, g_ctx_s, g_ctx_t, g_sum_d, g_m2, g_xfg, g_xbg = g_chan.unbind(1)
-    mean_d = chan[:, 4] / HW
-    chan_coef = torch.stack([
-        g_gc_s / HW, 2 * g_m2, g_sum_d - 2 * g_m2 * mean_d, 2 * g_xfg, 2 * g_xbg,
-        g_ctx_s, g_ctx_t, w_s.expand(N, C), w_t.expand(N, C)], 1)
-    K = torch.stack([(g_ctx_s * chan[:, 2]).sum(1), (g_ctx_t * chan[:, 3]).sum(1)], 1)
-    return pix_coef, chan_coef, K
+    A = HW * torch.softmax(pix[:, FGD_PIX.gs_t] / temp, -1)       # teacher A_S   (N, HW)
+    pix_rows = dict(a_sign=g_pix[:, FGD_PIX.gs_s] / C, fgA=fg.reshape(N, HW) * A,
+                    bgA=bg.reshape(N, HW) * A, p_s=torch.softmax(pix[:, FGD_PIX.z_s], -1),
+                    p_t=torch.softmax(pix[:, FGD_PIX.z_t], -1))
+    g = dict(zip(FGD_CHAN, g_chan.unbind(1)))
+    mean_d = chan[:, FGD_CHAN.sum_d] / HW
+    chan_rows = dict(b_sign=g["gc_s"] / HW, k_d=2 * g["m2_d"],
+                     k_const=g["sum_d"] - 2 * g["m2_d"] * mean_d, k_fg=2 * g["x_fg"],
+                     k_bg=2 * g["x_bg"], g_ctx_s=g["ctx_s"], g_ctx_t=g["ctx_t"],
+                     w_s=w_s.expand(N, C), w_t=w_t.expand(N, C))
+    K = torch.stack([(g["ctx_s"] * chan[:, FGD_CHAN.ctx_s]).sum(1),
+                     (g["ctx_t"] * chan[:, FGD_CHAN.ctx_t]).sum(1)], 1)
+    return (torch.stack([pix_rows[r] for r in FGD_PIX_COEF], 1),
+            torch.stack([chan_rows[r] for r in FGD_CHAN_COEF], 1), K)
 
 
 class _FGDStats(torch.autograd.Function):
@@ -130,10 +107,10 @@ class _FGDStats(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, backend: str, temp: float, L: int, *tensors):
+    def forward(ctx, impl: str, temps: list, L: int, *tensors):
         S, T, fg, bg, w_s, w_t = (list(tensors[i * L:(i + 1) * L]) for i in range(6))
-        out = passes(backend)[0](S, T, fg, bg, w_s, w_t, temp)
-        ctx.backend, ctx.temp, ctx.L = backend, temp, L
+        out = passes(impl)[0](S, T, fg, bg, w_s, w_t, temps)
+        ctx.impl, ctx.temps, ctx.L = impl, temps, L
         ctx.save_for_backward(*tensors[:6 * L], *out)
         ctx.bias_like = [(b.shape, b.dtype, b.device) for b in tensors[6 * L:]]
         return tuple(out)
@@ -143,53 +120,94 @@ class _FGDStats(torch.autograd.Function):
         L = ctx.L
         saved = ctx.saved_tensors
         S, T, fg, bg, w_s, w_t, pix, chan = (saved[i * L:(i + 1) * L] for i in range(8))
-        g_pix, g_chan = grads[:L], grads[L:]
-        coefs = [_grad_coefficients(lvl[:6], gp, gc, ctx.temp) for lvl, gp, gc in
-                 zip(zip(fg, bg, w_s, w_t, pix, chan), g_pix, g_chan)]
+        coefs = [_grad_coefficients(lvl, gp, gc, temp) for lvl, gp, gc, temp in
+                 zip(zip(fg, bg, w_s, w_t, pix, chan), grads[:L], grads[L:], ctx.temps)]
         pix_coef, chan_coef, K = (list(c) for c in zip(*coefs))
-        out = passes(ctx.backend)[1](list(S), list(T), pix_coef, chan_coef, K)
+        out = passes(ctx.impl)[1](list(S), list(T), pix_coef, chan_coef, K)
         dS, dw_s, dw_t = out[:L], out[L:2 * L], out[2 * L:]
         zero_b = [torch.zeros(shape, dtype=dtype, device=dev) for shape, dtype, dev in ctx.bias_like]
         return (None, None, None, *dS, *([None] * 3 * L), *dw_s, *dw_t, *zero_b)
 
 
-def fgd_stats(backend, S, T, fg, bg, w_s, w_t, b_s, b_t, temp):
-    """Run the forward pass of ``backend`` with autograd; returns (pix list, chan list)."""
+def fgd_stats(impl: str, S, T, fg, bg, gc_s, gc_t, temps) -> tuple[list[Tensor], list[Tensor]]:
+    """The statistics pass of ``impl`` with autograd: (pix per level, chan per level)."""
     L = len(S)
-    out = _FGDStats.apply(backend, float(temp), L, *S, *T, *fg, *bg, *w_s, *w_t, *b_s, *b_t)
+    w_s = [g.mask_weight.reshape(-1).float() for g in gc_s]
+    w_t = [g.mask_weight.reshape(-1).float() for g in gc_t]
+    b_s, b_t = [g.mask_bias for g in gc_s], [g.mask_bias for g in gc_t]
+    out = _FGDStats.apply(impl, [float(t) for t in temps], L,
+                          *S, *T, *fg, *bg, *w_s, *w_t, *b_s, *b_t)
     return list(out[:L]), list(out[L:])
 
 
 # ------------------------------------------------------------- small torch ops
-def channel_add(mlp: torch.nn.Sequential, ctx: Tensor) -> Tensor:
-    """A channel_add_conv (conv1x1 -> LayerNorm -> ReLU -> conv1x1) on a (N, C) context.
+def channel_add(gc: GcBlockParams, ctx: Tensor) -> Tensor:
+    """channel_add_conv on a (N, C) context, its 1x1 convolutions as matrix products.
 
-    On a 1x1 map its convolutions are matrix products: the same math, without
-    the per-call cost of a convolution (parameters and their gradients unchanged).
+    On a 1x1 map a convolution is a matrix product: the same math as
+    fgdkern.reference.fgd.gc_transform, without the per-call cost of a convolution.
     """
-    conv1, norm, _, conv2 = mlp
-    h = F.linear(ctx, conv1.weight.flatten(1), conv1.bias)
-    h = F.layer_norm(h, (h.shape[1],), norm.weight.flatten(), norm.bias.flatten(), norm.eps)
-    return F.linear(h.relu(), conv2.weight.flatten(1), conv2.bias)
+    h = F.linear(ctx, gc.add1_weight.flatten(1), gc.add1_bias)
+    h = F.layer_norm(h, (h.shape[1],), gc.norm_weight.flatten(), gc.norm_bias.flatten(),
+                     gc.norm_eps)
+    return F.linear(h.relu(), gc.add2_weight.flatten(1), gc.add2_bias)
 
 
-def fgd_terms(pix: Tensor, chan: Tensor, gc_block_s, gc_block_t, temp: float) -> FGDTerms:
-    """The loss terms of one level from its statistics (SPEC 1.3), O(N*(C+HW)).
-
-    gc_block_s / gc_block_t are the ``channel_add_conv_*`` Sequentials that map
-    a context to its channel shift.
-    """
+def _terms_from_stats(pix: Tensor, chan: Tensor, gc_s: GcBlockParams, gc_t: GcBlockParams,
+                      temp: float) -> FGDTerms:
+    """The terms of one level from its statistics (docs/fgd.md, "Loss terms"), O(N*(C+HW))."""
     N, C, HW = chan.shape[0], chan.shape[2], pix.shape[2]
-    gs_s, gs_t = pix[:, 0], pix[:, 1].detach()
-    gc_s, gc_t, ctx_s, ctx_t, sum_d, m2_d, x_fg, x_bg = chan.unbind(1)
-    gc_t = gc_t.detach()
+    gs_s, gs_t = pix[:, FGD_PIX.gs_s], pix[:, FGD_PIX.gs_t].detach()
+    c = dict(zip(FGD_CHAN, chan.unbind(1)))
+    gc_t_mean = c["gc_t"].detach()
     A_S_t = HW * torch.softmax(gs_t / temp, -1)
-    A_C_t = C * torch.softmax(gc_t / temp, -1)
+    A_C_t = C * torch.softmax(gc_t_mean / temp, -1)
     A_S_s = HW * torch.softmax(gs_s / temp, -1)
-    A_C_s = C * torch.softmax(gc_s / temp, -1)
-    fg_loss = (A_C_t * x_fg).sum() / N
-    bg_loss = (A_C_t * x_bg).sum() / N
+    A_C_s = C * torch.softmax(c["gc_s"] / temp, -1)
+    fg_loss = (A_C_t * c["x_fg"]).sum() / N
+    bg_loss = (A_C_t * c["x_bg"]).sum() / N
     mask_loss = (A_C_s - A_C_t).abs().sum() / N + (A_S_s - A_S_t).abs().sum() / N
-    shift = channel_add(gc_block_s, ctx_s) - channel_add(gc_block_t, ctx_t)
-    rela_loss = (m2_d.sum() + HW * (sum_d / HW + shift).square().sum()) / N
+    shift = channel_add(gc_s, c["ctx_s"]) - channel_add(gc_t, c["ctx_t"])
+    rela_loss = (c["m2_d"].sum() + HW * (c["sum_d"] / HW + shift).square().sum()) / N
     return FGDTerms(fg_loss, bg_loss, mask_loss, rela_loss)
+
+
+def _check_stats_finite(pix: list[Tensor], names: list[str]) -> None:
+    """A non-finite value in S (T) makes its per-pixel mean |S| (|T|) non-finite: one sync."""
+    rows = [FGD_PIX.gs_s, FGD_PIX.gs_t]
+    bad = torch.stack([~torch.isfinite(p[:, rows]).all((0, 2)) for p in pix]).cpu()
+    for sfx, (bad_s, bad_t) in zip(names, bad.tolist()):
+        for name, flag in ((f"preds_S{sfx}", bad_s), (f"preds_T{sfx}", bad_t)):
+            if flag:
+                raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+
+
+# ------------------------------------------------------------------ the op
+def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_shapes,
+              gc_s: list[GcBlockParams], gc_t: list[GcBlockParams], temps: list[float],
+              validate: bool = True) -> list[FGDTerms]:
+    """Unweighted FGD terms of every level (docs/fgd.md).
+
+    S, T: per level (N, C, H, W) features of one dtype per level (S aligned, T
+    detached), all on one device; gt_bboxes / img_shapes as rasterize_boxes
+    takes them; gc_s / gc_t: the GcBlock parameters of each level; temps: each
+    level's temperature. validate: check the features are finite (one host sync).
+    """
+    names = [f"[{k}]" if len(S) > 1 else "" for k in range(len(S))]
+    device = S[0].device
+    masks = rasterize_boxes(gt_bboxes, img_shapes, [tuple(s.shape[-2:]) for s in S])
+    fg = [f.to(device) for f, _ in masks]
+    bg = [b.to(device) for _, b in masks]
+    impl = dispatch.resolve("fgd", backend, device, S[0].dtype)
+    checking = validate and not _checks.is_compiling()
+    if impl == "reference":
+        if checking:
+            for s, t, sfx in zip(S, T, names):
+                _checks.check_finite(f"preds_S{sfx}", s)
+                _checks.check_finite(f"preds_T{sfx}", t)
+        return [fgd_reference(*args) for args in zip(S, T, fg, bg, gc_s, gc_t, temps)]
+    with torch.autocast(device.type, enabled=False):
+        pix, chan = fgd_stats(impl, S, T, fg, bg, gc_s, gc_t, temps)
+        if checking:
+            _check_stats_finite(pix, names)
+        return [_terms_from_stats(*args) for args in zip(pix, chan, gc_s, gc_t, temps)]

@@ -1,4 +1,4 @@
-"""fgdkern.rasterize_boxes: the fg/bg masks of every level in one call (SPEC 1.1).
+"""fgdkern.rasterize_boxes: the fg/bg masks of every level in one call (docs/fgd.md, "Masks from boxes").
 
 Validates and packs per-image boxes into the op ``fgdkern::rasterize_boxes``
 (csrc/cpu/rasterize.cpp, csrc/cuda/rasterize.cu), or into its PyTorch form
@@ -12,28 +12,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fgdkern._ext import HAS_EXT, has_cuda_kernels
+from fgdkern._ext import HAS_EXT
+from fgdkern.ops import dispatch
 from fgdkern.reference.masks import rasterize_packed
 
-BACKENDS = ("auto", "cpp", "reference")
-OP_NAME = "fgdkern::rasterize_boxes"
-
-
-def _kernel_devices() -> frozenset:
-    """Device types with a compiled kernel."""
-    devices = set()
-    if HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, "CPU"):
-        devices.add("cpu")
-    if has_cuda_kernels():
-        devices.add("cuda")
-    return frozenset(devices)
-
-
-# Looked up once, so that torch.compile sees a constant.
-KERNEL_DEVICES = _kernel_devices()
-
 if HAS_EXT:
-    @torch.library.register_fake(OP_NAME)
+    @torch.library.register_fake("fgdkern::rasterize_boxes")
     def _rasterize_boxes_fake(boxes, counts, img_shapes, level_sizes):
         out = []
         for H, W in zip(level_sizes[0::2], level_sizes[1::2]):
@@ -134,32 +118,23 @@ def flat_level_sizes(level_sizes) -> list[int]:
     return flat
 
 
-def use_kernel(backend: str, device: torch.device) -> bool:
-    """True for the C++/CUDA op, False for the PyTorch form (SPEC 3 backends)."""
-    available = device.type in KERNEL_DEVICES
-    if backend == "cpp" and not available:
-        raise RuntimeError(f"backend='cpp': the fgdkern extension has no rasterize_boxes kernel "
-                           f"for {device.type} tensors (see fgdkern._ext.LOAD_ERROR)")
-    return backend != "reference" and available
-
-
 def rasterize_boxes(gt_bboxes, img_shapes, level_sizes, backend: str = "auto"
                     ) -> list[tuple[Tensor, Tensor]]:
-    """SPEC 1.1 masks of every level: one (fg, bg) pair of (N, H, W) float32 per level.
+    """The masks of every level (docs/fgd.md, "Masks from boxes"): one (fg, bg) pair of
+    (N, H, W) float32 per level.
 
     gt_bboxes: N tensors (K_n, 4) xyxy pixels (K_n may be 0; a (0,) tensor also
     means no box), any real dtype; img_shapes: N (h, w) pairs or a (N, 2)
     tensor, the pixel extent the maps span; level_sizes: (H, W) per level.
-    backend: "auto" (the compiled op when it has a kernel for the boxes'
-    device, else PyTorch), "cpp" (the compiled op, or an error) or "reference".
-    The masks are on the boxes' device.
+    backend: "auto", "fused", "cpp" or "reference" (fgdkern.ops.dispatch: the
+    compiled kernel of the boxes' device, or PyTorch). The masks are on the
+    boxes' device.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    dispatch.check_backend("rasterize", backend)
     sizes = flat_level_sizes(level_sizes)
     boxes, counts = pack_boxes(gt_bboxes)
     shapes = pack_image_shapes(img_shapes, len(gt_bboxes), boxes.device)
-    if use_kernel(backend, boxes.device):
+    if dispatch.resolve("rasterize", backend, boxes.device) != "reference":
         flat = torch.ops.fgdkern.rasterize_boxes(boxes, counts, shapes, sizes)
     else:
         flat = rasterize_packed(boxes, counts, shapes, sizes)

@@ -1,6 +1,6 @@
 """The two fused FGD passes, in plain PyTorch: the contract every kernel meets.
 
-Why two passes suffice (SPEC 1.3). Every FGD term is a function of small
+Why two passes suffice (docs/kernels.md, "FGD's two passes"). Every FGD term is a function of small
 per-image statistics of S and T:
 
 * fg_loss = sum_c A_C^T[c] * x_fg[c] with x_fg[c] = sum_ij fg A_S^T D^2
@@ -71,35 +71,35 @@ def fgd_stats_level(S, T, fg, bg, w_s, w_t, temp: float):
     s, t = _flat(S), _flat(T)
     N, C, HW = s.shape
     d = s - t
+    gs_t = t.abs().mean(1)
+    A = HW * torch.softmax(gs_t / temp, -1)
     z_s = torch.einsum("c,ncp->np", w_s.to(s.dtype), s)
     z_t = torch.einsum("c,ncp->np", w_t.to(s.dtype), t)
-    gs_t = t.abs().mean(1)
-    pix = torch.stack([s.abs().mean(1), gs_t, z_s, z_t], 1)
-    A = HW * torch.softmax(gs_t / temp, -1)
+    pix = dict(gs_s=s.abs().mean(1), gs_t=gs_t, z_s=z_s, z_t=z_t)
     sum_d = d.sum(2)
-    chan = torch.stack([
-        s.abs().mean(2),
-        t.abs().mean(2),
-        torch.einsum("ncp,np->nc", s, torch.softmax(z_s, -1)),
-        torch.einsum("ncp,np->nc", t, torch.softmax(z_t, -1)),
-        sum_d,
-        (d - sum_d[..., None] / HW).square().sum(2),
-        torch.einsum("ncp,np->nc", d.square(), fg.reshape(N, HW).to(s.dtype) * A),
-        torch.einsum("ncp,np->nc", d.square(), bg.reshape(N, HW).to(s.dtype) * A),
-    ], 1)
-    return pix, chan
+    chan = dict(
+        gc_s=s.abs().mean(2),
+        gc_t=t.abs().mean(2),
+        ctx_s=torch.einsum("ncp,np->nc", s, torch.softmax(z_s, -1)),
+        ctx_t=torch.einsum("ncp,np->nc", t, torch.softmax(z_t, -1)),
+        sum_d=sum_d,
+        m2_d=(d - sum_d[..., None] / HW).square().sum(2),
+        x_fg=torch.einsum("ncp,np->nc", d.square(), fg.reshape(N, HW).to(s.dtype) * A),
+        x_bg=torch.einsum("ncp,np->nc", d.square(), bg.reshape(N, HW).to(s.dtype) * A),
+    )
+    return (torch.stack([pix[r] for r in FGD_PIX], 1),
+            torch.stack([chan[r] for r in FGD_CHAN], 1))
 
 
 def fgd_grad_level(S, T, pix_coef, chan_coef, K):
     s, t = _flat(S), _flat(T)
-    a_sign, fgA, bgA, p_s, p_t = (r[:, None, :] for r in pix_coef.unbind(1))
-    b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, g_ctx_t, w_s, w_t = (
-        r[..., None] for r in chan_coef.unbind(1))
-    dz_s = p_s * ((g_ctx_s * s).sum(1, keepdim=True) - K[:, 0, None, None])
-    dz_t = p_t * ((g_ctx_t * t).sum(1, keepdim=True) - K[:, 1, None, None])
-    dS = (torch.sign(s) * (a_sign + b_sign)
-          + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
-          + k_const + p_s * g_ctx_s + w_s * dz_s)
+    p = {r: x[:, None, :] for r, x in zip(FGD_PIX_COEF, pix_coef.unbind(1))}
+    c = {r: x[..., None] for r, x in zip(FGD_CHAN_COEF, chan_coef.unbind(1))}
+    dz_s = p["p_s"] * ((c["g_ctx_s"] * s).sum(1, keepdim=True) - K[:, 0, None, None])
+    dz_t = p["p_t"] * ((c["g_ctx_t"] * t).sum(1, keepdim=True) - K[:, 1, None, None])
+    dS = (torch.sign(s) * (p["a_sign"] + c["b_sign"])
+          + (s - t) * (c["k_d"] + c["k_fg"] * p["fgA"] + c["k_bg"] * p["bgA"])
+          + c["k_const"] + p["p_s"] * c["g_ctx_s"] + c["w_s"] * dz_s)
     dS = dS.reshape(S.shape).to(S.dtype)
     if S.is_contiguous(memory_format=torch.channels_last) and not S.is_contiguous():
         dS = dS.contiguous(memory_format=torch.channels_last)

@@ -12,6 +12,7 @@ import torch
 import fgdkern
 from fgdkern import FGDLoss, MultiLevelFGDLoss
 from fgdkern.losses.fgd import fgd_pyramid_terms
+from fgdkern.ops import dispatch
 from tests.conftest import FUSED_BACKENDS, backend_device
 from tests.helpers import random_boxes, random_features, randomize
 
@@ -320,7 +321,7 @@ def test_multi_level_names_the_bad_level():
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch, one_level):
     m, S, T, boxes, shapes = one_level
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if not fgdkern.ops.fgd.triton_available():
+    if not dispatch.HAS_TRITON:
         pytest.skip("triton not installed")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         fgd_pyramid_terms([m], [S], [T], boxes, shapes, "triton")

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import fgdkern.reference.masks as masks
+from fgdkern.ops import dispatch
 from fgdkern.ops import rasterize as ops
 from fgdkern.ops.rasterize import rasterize_boxes
 from tests.conftest import DEVICES
 
 F32 = np.float32
-HAS_CPU_OP = "cpu" in ops.KERNEL_DEVICES
+HAS_CPU_OP = dispatch.available("rasterize", "cpp")
 needs_op = pytest.mark.skipif(not HAS_CPU_OP, reason="C++ extension not built")
 BACKENDS = ["reference", pytest.param("cpp", marks=needs_op)]
 
@@ -75,7 +76,7 @@ def assert_masks_equal(got, want):
 
 
 def skip_without_kernel(backend, device):
-    if backend == "cpp" and device not in ops.KERNEL_DEVICES:
+    if backend == "cpp" and not dispatch.available("rasterize", "cpp" if device == "cpu" else device):
         pytest.skip(f"no compiled rasterize_boxes kernel for {device}")
 
 
@@ -187,7 +188,8 @@ def test_cuda_equals_cpu(backend):
     for seed in range(10):
         gt, shapes, sizes = random_case(5, seed, fractional=seed % 2 == 1)
         want = rasterize_boxes(gt, shapes, sizes, backend)
-        got = rasterize_boxes([b.cuda() for b in gt], shapes, sizes, backend)
+        on_cuda = "fused" if backend == "cpp" else backend   # the compiled kernel of each device
+        got = rasterize_boxes([b.cuda() for b in gt], shapes, sizes, on_cuda)
         assert_masks_equal(got, want)
     packed = torch.ops.fgdkern.rasterize_boxes if backend == "cpp" else masks.rasterize_packed
     for seed in range(20):
@@ -226,7 +228,7 @@ def test_auto_uses_the_op_when_built(monkeypatch):
 
 
 def test_cpp_without_kernel_raises(monkeypatch):
-    monkeypatch.setattr(ops, "KERNEL_DEVICES", frozenset())
+    monkeypatch.setattr(dispatch, "AVAILABLE", {})
     with pytest.raises(RuntimeError, match="backend='cpp'"):
         rasterize_boxes([torch.zeros(1, 4)], [(8, 8)], [(2, 2)], backend="cpp")
 

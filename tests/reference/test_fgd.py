@@ -84,7 +84,7 @@ def test_reference_matches_loop_implementation(N, C, H, W, temp):
     S = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
     T = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
     fg, bg = random_masks(N, H, W, seed=H)
-    got = [float(t.detach()) for t in fgd_reference(S, T, fg, bg, m, temp)]
+    got = [float(t.detach()) for t in fgd_reference(S, T, fg, bg, m.gc_block("s"), m.gc_block("t"), temp)]
     want = loop_fgd(S, T, fg, bg, m, temp)
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
@@ -103,7 +103,7 @@ def test_reference_by_hand():
     s1, s2 = math.exp(2.0), math.exp(4.0)
     a_s = [2 * s1 / (s1 + s2), 2 * s2 / (s1 + s2)]
     with torch.no_grad():  # plain numbers to compare
-        terms = fgd_reference(S, T, fg, bg, m, temp)
+        terms = fgd_reference(S, T, fg, bg, m.gc_block("s"), m.gc_block("t"), temp)
     assert float(terms.fg_loss) == pytest.approx(2 * 0.5 * a_t[0] * 0.25, rel=1e-12)
     assert float(terms.bg_loss) == pytest.approx(2 * 1.0 * a_t[1] * 9.0, rel=1e-12)
     assert float(terms.mask_loss) == pytest.approx(abs(a_s[0] - a_t[0]) + abs(a_s[1] - a_t[1]),
@@ -120,7 +120,7 @@ class _Terms(torch.nn.Module):
 
     def forward(self, S):
         S = S if self.loss.align is None else self.loss.align(S)
-        return torch.stack(list(fgd_reference(S, self.T, self.fg, self.bg, self.loss, 0.5)))
+        return torch.stack(list(fgd_reference(S, self.T, self.fg, self.bg, self.loss.gc_block("s"), self.loss.gc_block("t"), 0.5)))
 
 
 @pytest.mark.parametrize("align", [False, True])
@@ -146,6 +146,6 @@ def test_teacher_gets_no_gradient():
     S = torch.randn(1, 4, 3, 3, requires_grad=True)
     T = torch.randn(1, 4, 3, 3, requires_grad=True)
     fg, bg = random_masks(1, 3, 3)
-    sum(fgd_reference(S, T, fg, bg, m, 0.5)).backward()
+    sum(fgd_reference(S, T, fg, bg, m.gc_block("s"), m.gc_block("t"), 0.5)).backward()
     assert T.grad is None and S.grad is not None
     assert m.conv_mask_t.weight.grad is not None  # the teacher GcBlock trains through rela_loss
