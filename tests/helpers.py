@@ -1,4 +1,5 @@
-"""Inputs shared by the loss tests: features, boxes of every awkward kind, modules."""
+"""Inputs shared by the FGD tests: features, boxes of every awkward kind, modules, and the
+inputs and coefficient tables of the two fused passes."""
 import torch
 
 from fgdkern import FGDLoss
@@ -44,3 +45,39 @@ def randomize(module: torch.nn.Module, seed=0):
 
 def make_loss(Cs, Ct, seed=0, **kw):
     return randomize(FGDLoss(Cs, Ct, **kw), seed)
+
+
+def make_inputs(N, C, sizes, dtype=torch.float32, device="cpu", layout="contiguous", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S, T, fg, bg, w_s, w_t = [], [], [], [], [], []
+    for H, W in sizes:
+        s = torch.randn(N, C, H, W, generator=g).to(dtype)
+        t = (0.5 * s.float() + torch.randn(N, C, H, W, generator=g)).to(dtype)
+        if layout == "channels_last":
+            s, t = (x.contiguous(memory_format=torch.channels_last) for x in (s, t))
+        elif layout == "strided":  # a non-contiguous view: every other channel of a bigger map
+            s = torch.randn(N, 2 * C, H, W, generator=g).to(dtype)[:, ::2]
+            t = torch.randn(N, 2 * C, H, W, generator=g).to(dtype)[:, 1::2]
+        cover = torch.rand(N, H, W, generator=g) < 0.3
+        f = torch.where(cover, torch.rand(N, H, W, generator=g), torch.zeros(()))
+        nbg = (~cover).sum((1, 2), keepdim=True).clamp(min=1).float()
+        S.append(s.to(device))
+        T.append(t.to(device))
+        fg.append(f.to(device))
+        bg.append(((~cover).float() / nbg).to(device))
+        w_s.append(torch.randn(C, generator=g).div(C ** 0.5).to(device))
+        w_t.append(torch.randn(C, generator=g).div(C ** 0.5).to(device))
+    return S, T, fg, bg, w_s, w_t
+
+
+def make_coefs(S, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    pix, chan, K = [], [], []
+    for s in S:
+        N, C, H, W = s.shape
+        p = torch.rand(N, 5, H * W, generator=g)
+        p[:, 3:] = torch.softmax(torch.randn(N, 2, H * W, generator=g), -1)
+        pix.append(p.to(s.device))
+        chan.append(torch.randn(N, 9, C, generator=g).to(s.device))
+        K.append(torch.randn(N, 2, generator=g).to(s.device))
+    return pix, chan, K

@@ -1,4 +1,5 @@
-"""FGDLoss / MultiLevelFGDLoss: every backend against the reference, API and bad inputs.
+"""FGDLoss / MultiLevelFGDLoss on the shared harness: every backend against the reference,
+the API, bad inputs.
 
 "torch" runs the fused wrapper on the PyTorch form of the two passes: it tests
 the decomposition itself; "cpp" and "triton" run the kernels.
@@ -9,14 +10,13 @@ from collections import OrderedDict
 import pytest
 import torch
 
-import fgdkern
 from fgdkern import FGDLoss, MultiLevelFGDLoss
 from fgdkern.losses.fgd import fgd_pyramid_terms
 from fgdkern.ops import dispatch
-from tests.conftest import FUSED_BACKENDS, backend_device
+from tests import harness
+from tests.harness import ALL_FUSED, FUSED_BACKENDS, backend_device
 from tests.helpers import random_boxes, random_features, randomize
 
-ALL_FUSED = [pytest.param("torch")] + FUSED_BACKENDS
 IMG = (64, 96)
 # (N, Cs, Ct, level sizes)
 CASES = [
@@ -25,17 +25,12 @@ CASES = [
     (3, 5, 7, [(8, 12), (4, 6), (2, 3)]),  # align layer, odd channel counts
     (2, 34, 34, [(16, 24), (8, 12)]),      # C larger than one channel block
 ]
-# loss / gradient tolerances per input dtype (relative; absolute floor for tiny gradients)
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-7),
-       torch.float16: dict(rtol=1e-5, atol=1e-7),
-       torch.bfloat16: dict(rtol=1e-5, atol=1e-7)}
-GRAD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-9),
-            torch.float16: dict(rtol=2e-3, atol=1e-7),   # dS is rounded to float16
-            torch.bfloat16: dict(rtol=1.6e-2, atol=1e-7)}  # ... or to bfloat16
 
 
-def build(N, Cs, Ct, sizes, dtype=torch.float32, device="cpu", seed=0):
+def build(N, Cs, Ct, sizes, dtype=torch.float32, device="cpu", seed=0, temps=None):
     ms = randomize(MultiLevelFGDLoss(len(sizes), Cs, Ct, backend="reference"), seed).to(device)
+    for m, temp in zip(ms.levels, temps or []):
+        m.temp = temp
     S, T = random_features(N, Cs, Ct, sizes, dtype, seed)
     boxes = random_boxes(N, IMG, seed=seed)
     shapes = [IMG] * N
@@ -46,48 +41,23 @@ def loss_and_grads(ms, S, T, boxes, shapes, backend):
     S = [s.detach().clone().requires_grad_() for s in S]
     terms = fgd_pyramid_terms(list(ms.levels), S, T, boxes, shapes, backend)
     loss = sum(m.weighted(t) for m, t in zip(ms.levels, terms))
-    params = [p for p in ms.parameters()]
-    grads = torch.autograd.grad(loss, S + params, allow_unused=True)
-    return terms, loss, grads
+    names = [f"S[{k}]" for k in range(len(S))] + [n for n, _ in ms.named_parameters()]
+    grads = torch.autograd.grad(loss, S + list(ms.parameters()), allow_unused=True)
+    return [torch.stack(list(t)) for t in terms], loss, dict(zip(names, grads))
 
 
-def float64_grads(ms, S, T, boxes, shapes):
-    """The reference in float64: the truth both float32 paths are measured against."""
-    ms64 = copy.deepcopy(ms).double()
-    return loss_and_grads(ms64, [s.double() for s in S], [t.double() for t in T], boxes, shapes,
-                          "reference")[2]
+def runner(ms, S, T, boxes, shapes):
+    """The harness's run(backend, float64) for one FGD case."""
+    def run(backend, float64):
+        if float64:
+            return loss_and_grads(copy.deepcopy(ms).double(), [s.double() for s in S],
+                                  [t.double() for t in T], boxes, shapes, backend)
+        return loss_and_grads(ms, S, T, boxes, shapes, backend)
+    return run
 
 
 def assert_matches_reference(ms, S, T, boxes, shapes, backend, dtype=torch.float32):
-    """Loss and terms to 1e-5 relative; every gradient element to 1e-5 relative, or,
-    where float32 itself cannot resolve that (sums that cancel), no further from the
-    float64 truth than twice the float32 reference's own error."""
-    want_terms, want, want_g = loss_and_grads(ms, S, T, boxes, shapes, "reference")
-    got_terms, got, got_g = loss_and_grads(ms, S, T, boxes, shapes, backend)
-    assert got.dtype == torch.float32
-    for a, b in zip(got_terms, want_terms):
-        torch.testing.assert_close(torch.stack(list(a)), torch.stack(list(b)), **TOL[dtype])
-    torch.testing.assert_close(got, want, **TOL[dtype])
-    names = [f"S[{k}]" for k in range(len(S))] + [n for n, _ in ms.named_parameters()]
-    truth = None
-    for k, (name, a, b) in enumerate(zip(names, got_g, want_g)):
-        if b is None:
-            assert a is None or not a.any(), name
-            continue
-        assert a is not None, name
-        assert a.dtype == b.dtype, name
-        tol = GRAD_TOL[dtype] if name.startswith("S[") else GRAD_TOL[torch.float32]
-        scale = b.abs().max().clamp(min=1e-30)  # bias of conv_mask: exactly 0 vs rounding noise
-        atol = max(tol["atol"], 1e-6 * float(scale))
-        if torch.allclose(a, b, rtol=tol["rtol"], atol=atol) or dtype != torch.float32:
-            torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=atol,
-                                       msg=lambda m: f"gradient of {name}: {m}")
-            continue
-        truth = truth or float64_grads(ms, S, T, boxes, shapes)
-        err_ref = (b.double() - truth[k]).abs().max()
-        err_got = (a.double() - truth[k]).abs().max()
-        assert err_got <= 2 * err_ref, f"gradient of {name}: error {err_got:.3g} vs float64, " \
-                                       f"the float32 reference's own is {err_ref:.3g}"
+    harness.assert_matches_reference(runner(ms, S, T, boxes, shapes), backend, dtype)
 
 
 @pytest.mark.parametrize("backend", ALL_FUSED)
@@ -97,7 +67,7 @@ def test_fused_matches_reference(backend, N, Cs, Ct, sizes):
 
 
 @pytest.mark.parametrize("backend", ALL_FUSED)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", harness.LOW_PRECISION)
 def test_fused_low_precision(backend, dtype):
     """float16 / bfloat16 features: the same values, accumulated in float32."""
     ms, S, T, boxes, shapes = build(2, 6, 6, [(6, 9), (3, 5)], dtype, backend_device(backend))
@@ -108,13 +78,28 @@ def test_fused_low_precision(backend, dtype):
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_fused_memory_formats(backend, layout):
     ms, S, T, boxes, shapes = build(2, 8, 8, [(6, 9), (3, 5)], device=backend_device(backend))
+    S = [harness.with_layout(s, layout) for s in S]
     if layout == "channels_last":
-        S = [s.contiguous(memory_format=torch.channels_last) for s in S]
-        T = [t.contiguous(memory_format=torch.channels_last) for t in T]
+        T = [harness.with_layout(t, layout) for t in T]
     else:
-        S = [torch.cat([s, s], 1)[:, ::2] for s in S]
         T = [t.transpose(2, 3).contiguous().transpose(2, 3) for t in T]
     assert_matches_reference(ms, S, T, boxes, shapes, backend)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + ALL_FUSED)
+def test_every_level_uses_its_own_temperature(backend):
+    """docs/fgd.md, "Multi-level and temperatures": a pyramid is the sum of its levels."""
+    ms, S, T, boxes, shapes = build(2, 6, 6, [(8, 12), (4, 6)], device=backend_device(backend),
+                                    temps=[0.5, 0.9])
+    for m in [ms, *ms.levels]:
+        m.backend = backend
+    per_level = sum(m(s, t, boxes, shapes) for m, s, t in zip(ms.levels, S, T))
+    torch.testing.assert_close(ms(S, T, boxes, shapes), per_level, rtol=1e-6, atol=0)
+    ms.levels[1].temp = 0.5
+    assert not torch.allclose(ms(S, T, boxes, shapes), per_level, rtol=1e-4)
+    if backend != "reference":
+        assert_matches_reference(*build(2, 6, 6, [(8, 12), (4, 6)], temps=[0.3, 1.7],
+                                        device=backend_device(backend)), backend)
 
 
 @pytest.mark.parametrize("backend", ALL_FUSED)
@@ -137,7 +122,7 @@ def test_grad_output_is_honoured(backend):
     terms = fgd_pyramid_terms(list(ms.levels), S2, T, boxes, shapes, backend)
     scaled = 1024.0 * sum(m.weighted(t) for m, t in zip(ms.levels, terms))
     g2 = torch.autograd.grad(scaled, S2 + list(ms.parameters()), allow_unused=True)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1.values(), g2):
         if a is not None:
             torch.testing.assert_close(1024.0 * a, b, rtol=1e-6, atol=1e-12)
 
@@ -145,10 +130,7 @@ def test_grad_output_is_honoured(backend):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_deterministic(backend):
     ms, S, T, boxes, shapes = build(2, 10, 10, [(8, 12), (4, 6)], device=backend_device(backend))
-    _, l1, g1 = loss_and_grads(ms, S, T, boxes, shapes, backend)
-    _, l2, g2 = loss_and_grads(ms, S, T, boxes, shapes, backend)
-    assert torch.equal(l1, l2)
-    assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(g1, g2))
+    harness.assert_deterministic(runner(ms, S, T, boxes, shapes), backend)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -161,20 +143,15 @@ def test_no_grad_forward(backend):
     torch.testing.assert_close(got, ms(S, T, boxes, shapes).detach(), rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS + ["auto", "reference"])
 def test_compile_fullgraph(backend):
-    """A model whose forward calls the loss compiles without graph breaks."""
+    """A model whose forward calls the loss compiles without graph breaks, to the same numbers."""
     dev = backend_device(backend)
     ms, S, T, boxes, shapes = build(2, 4, 4, [(4, 6), (2, 3)], device=dev)
     for m in [ms, *ms.levels]:
         m.backend = backend
-    want = ms(S, T, boxes, shapes)
-    compiled = torch.compile(ms, fullgraph=True, backend="aot_eager")
     S = [s.detach().clone().requires_grad_() for s in S]
-    got = compiled(S, T, boxes, shapes)
-    got.backward()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
-    assert all(s.grad is not None for s in S)
+    harness.assert_compiles_fullgraph(ms, (S, T, boxes, shapes), S)
 
 
 def test_auto_backend_and_autocast():

@@ -10,7 +10,8 @@ import torch
 
 from fgdkern.ops import fgd as fused
 from fgdkern.reference import fgd_passes as contract
-from tests.conftest import FUSED_BACKENDS, backend_device
+from tests.harness import FUSED_BACKENDS, LAYOUTS, LOW_PRECISION, assert_close_list, backend_device
+from tests.helpers import make_coefs, make_inputs
 
 BACKENDS = FUSED_BACKENDS
 # (N, C, [(H, W), ...])
@@ -28,57 +29,27 @@ TOL = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float16: dict(rtol=2e-5,
 device_of = backend_device
 
 
-def make_inputs(N, C, sizes, dtype=torch.float32, device="cpu", layout="contiguous", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    S, T, fg, bg, w_s, w_t = [], [], [], [], [], []
-    for H, W in sizes:
-        s = torch.randn(N, C, H, W, generator=g).to(dtype)
-        t = (0.5 * s.float() + torch.randn(N, C, H, W, generator=g)).to(dtype)
-        if layout == "channels_last":
-            s, t = (x.contiguous(memory_format=torch.channels_last) for x in (s, t))
-        elif layout == "strided":  # a non-contiguous view: every other channel of a bigger map
-            s = torch.randn(N, 2 * C, H, W, generator=g).to(dtype)[:, ::2]
-            t = torch.randn(N, 2 * C, H, W, generator=g).to(dtype)[:, 1::2]
-        cover = torch.rand(N, H, W, generator=g) < 0.3
-        f = torch.where(cover, torch.rand(N, H, W, generator=g), torch.zeros(()))
-        nbg = (~cover).sum((1, 2), keepdim=True).clamp(min=1).float()
-        S.append(s.to(device))
-        T.append(t.to(device))
-        fg.append(f.to(device))
-        bg.append(((~cover).float() / nbg).to(device))
-        w_s.append(torch.randn(C, generator=g).div(C ** 0.5).to(device))
-        w_t.append(torch.randn(C, generator=g).div(C ** 0.5).to(device))
-    return S, T, fg, bg, w_s, w_t
-
-
-def make_coefs(S, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    pix, chan, K = [], [], []
-    for s in S:
-        N, C, H, W = s.shape
-        p = torch.rand(N, 5, H * W, generator=g)
-        p[:, 3:] = torch.softmax(torch.randn(N, 2, H * W, generator=g), -1)
-        pix.append(p.to(s.device))
-        chan.append(torch.randn(N, 9, C, generator=g).to(s.device))
-        K.append(torch.randn(N, 2, generator=g).to(s.device))
-    return pix, chan, K
-
-
-def assert_close_list(got, want, **tol):
-    assert len(got) == len(want)
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert a.shape == b.shape, (i, a.shape, b.shape)
-        assert a.dtype == b.dtype, (i, a.dtype, b.dtype)
-        torch.testing.assert_close(a.cpu(), b.cpu(), msg=lambda m: f"output {i}: {m}", **tol)
+def temps(args, t=0.5):
+    """One temperature per level of make_inputs' levels."""
+    return [t] * len(args[0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("N,C,sizes", SHAPES)
 def test_stats_match_contract(backend, N, C, sizes):
     args = make_inputs(N, C, sizes, device=device_of(backend))
-    got = fused.passes(backend)[0](*args, 0.5)
-    want = contract.fgd_stats(*args, 0.5)
+    got = fused.passes(backend)[0](*args, temps(args))
+    want = contract.fgd_stats(*args, temps(args))
     assert_close_list(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stats_per_level_temperatures(backend):
+    """Each level's statistics use that level's temperature (the x_fg / x_bg rows)."""
+    args = make_inputs(2, 9, [(6, 7), (3, 4), (2, 2)], device=device_of(backend))
+    want = contract.fgd_stats(*args, [0.2, 0.5, 3.0])
+    assert_close_list(fused.passes(backend)[0](*args, [0.2, 0.5, 3.0]), want, **TOL[torch.float32])
+    assert not torch.allclose(want[3], contract.fgd_stats(*args, [0.5] * 3)[3])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -92,13 +63,14 @@ def test_grad_matches_contract(backend, N, C, sizes):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_dtypes_and_layouts(backend, dtype, layout):
     """Low-precision inputs are read as they are and accumulated in float32."""
     args = make_inputs(2, 19, [(5, 6), (3, 2)], dtype=dtype, device=device_of(backend),
                        layout=layout)
-    assert_close_list(fused.passes(backend)[0](*args, 0.7), contract.fgd_stats(*args, 0.7),
+    assert_close_list(fused.passes(backend)[0](*args, temps(args, 0.7)),
+                      contract.fgd_stats(*args, temps(args, 0.7)),
                       **TOL[dtype])
     S, T = args[0], args[1]
     coefs = make_coefs(S)
@@ -116,11 +88,11 @@ def test_dtypes_and_layouts(backend, dtype, layout):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_deterministic(backend):
     args = make_inputs(2, 33, [(7, 9), (4, 5)], device=device_of(backend))
-    first = fused.passes(backend)[0](*args, 0.5)
+    first = fused.passes(backend)[0](*args, temps(args))
     coefs = make_coefs(args[0])
     g_first = fused.passes(backend)[1](args[0], args[1], *coefs)
     for _ in range(2):
-        assert all(torch.equal(a, b) for a, b in zip(first, fused.passes(backend)[0](*args, 0.5)))
+        assert all(torch.equal(a, b) for a, b in zip(first, fused.passes(backend)[0](*args, temps(args))))
         g = fused.passes(backend)[1](args[0], args[1], *coefs)
         assert all(torch.equal(a, b) for a, b in zip(g_first, g))
 
@@ -130,7 +102,7 @@ def test_opcheck(backend):
     args = make_inputs(2, 6, [(3, 4), (2, 2)], device=device_of(backend))
     stats_op = getattr(torch.ops.fgdkern, f"fgd_stats_{backend}").default
     grad_op = getattr(torch.ops.fgdkern, f"fgd_grad_{backend}").default
-    torch.library.opcheck(stats_op, (*args, 0.5), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(stats_op, (*args, temps(args)), test_utils=("test_schema", "test_faketensor"))
     coefs = make_coefs(args[0])
     torch.library.opcheck(grad_op, (args[0], args[1], *coefs),
                           test_utils=("test_schema", "test_faketensor"))
