@@ -1,6 +1,6 @@
 """Baselines the fused FGD is timed against; never imported by the package.
 
-EagerLoopFGD is FGD of one level (SPEC 1.1-1.4) structured the way the widely
+EagerLoopFGD is FGD of one level (docs/fgd.md) structured the way the widely
 used public FGD code is: the fg mask painted by a Python loop over images and
 boxes with slice assignments, bg derived from fg, eager attention, the
 feature loss as a sum-MSE of attention-scaled features, the attention loss
@@ -15,22 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgdkern import FGDLoss
+
 # Every benchmark case and grad mode is one more static-shape graph of the same forward.
 RECOMPILE_LIMIT = 64
 
 
-def _channel_add_conv(channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(channels, channels // 2, kernel_size=1),
-        nn.LayerNorm([channels // 2, 1, 1]),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(channels // 2, channels, kernel_size=1),
-    )
-
-
 def box_extents(boxes: Tensor, img_hw, H: int, W: int) -> tuple[Tensor, Tensor]:
     """Boxes (K, 4) xyxy of an image of size img_hw -> (K, 4) int64 [wmin, hmin, wmax, hmax]
-    (inclusive, unclipped) and the (K,) float32 scale values v (SPEC 1.1 steps 1-3)."""
+    (inclusive, unclipped) and the (K,) float32 scale values v (docs/fgd.md, "Masks from boxes", steps 1-3)."""
     h, w = (float(x) for x in img_hw)
     image = torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
     level = torch.tensor([W, H, W, H], dtype=torch.float32, device=boxes.device)
@@ -43,7 +36,7 @@ def box_extents(boxes: Tensor, img_hw, H: int, W: int) -> tuple[Tensor, Tensor]:
 
 
 def paint_masks(gt_bboxes, img_shapes, N: int, H: int, W: int, device) -> tuple[Tensor, Tensor]:
-    """fg and bg (N, H, W) float32, one slice assignment per box (SPEC 1.1 steps 4-6)."""
+    """fg and bg (N, H, W) float32, one slice assignment per box (docs/fgd.md, "Masks from boxes", steps 4-6)."""
     fg = torch.zeros(N, H, W, dtype=torch.float32, device=device)
     bg = torch.ones(N, H, W, dtype=torch.float32, device=device)
     for i in range(N):
@@ -81,32 +74,10 @@ def feature_loss(S, T, fg, bg, spatial_t, channel_t) -> tuple[Tensor, Tensor]:
     return losses[0], losses[1]
 
 
-class EagerLoopFGD(nn.Module):
-    """FGD of one level (SPEC 1), eager and loop-painted; parameters as fgdkern.FGDLoss."""
-
-    def __init__(self, student_channels: int, teacher_channels: int, temp: float = 0.5,
-                 alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4, gamma_fgd: float = 1e-3,
-                 lambda_fgd: float = 5e-6):
-        super().__init__()
-        self.temp = temp
-        self.alpha_fgd, self.beta_fgd = alpha_fgd, beta_fgd
-        self.gamma_fgd, self.lambda_fgd = gamma_fgd, lambda_fgd
-        C = teacher_channels
-        self.align = (nn.Conv2d(student_channels, C, kernel_size=1)
-                      if student_channels != teacher_channels else None)
-        self.conv_mask_s = nn.Conv2d(C, 1, kernel_size=1)
-        self.conv_mask_t = nn.Conv2d(C, 1, kernel_size=1)
-        self.channel_add_conv_s = _channel_add_conv(C)
-        self.channel_add_conv_t = _channel_add_conv(C)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for conv in (self.conv_mask_s, self.conv_mask_t):
-            nn.init.kaiming_normal_(conv.weight, mode="fan_in")
-            nn.init.zeros_(conv.bias)
-        for mlp in (self.channel_add_conv_s, self.channel_add_conv_t):
-            nn.init.zeros_(mlp[-1].weight)
-            nn.init.zeros_(mlp[-1].bias)
+class EagerLoopFGD(FGDLoss):
+    """FGD of one level, eager and loop-painted. Its parameters, their names, initial
+    values and hyper-parameters are fgdkern.FGDLoss's (it is built by that class); only
+    the forward is written the way the widely used public code computes the loss."""
 
     def spatial_pool(self, x: Tensor, conv_mask: nn.Conv2d) -> Tensor:
         """GcBlock context (N, C, 1, 1): x pooled by softmax_ij(conv_mask(x))."""
@@ -139,19 +110,18 @@ class EagerLoopFGD(nn.Module):
 class EagerLoopMultiLevelFGD(nn.Module):
     """One EagerLoopFGD per level under ``levels.<k>.``, summed by a loop over levels."""
 
-    def __init__(self, num_levels: int, student_channels: int, teacher_channels: int, **kwargs):
+    def __init__(self, levels: list[EagerLoopFGD]):
         super().__init__()
-        self.levels = nn.ModuleList(EagerLoopFGD(student_channels, teacher_channels, **kwargs)
-                                    for _ in range(num_levels))
+        self.levels = nn.ModuleList(levels)
 
     @classmethod
     def like(cls, ms: nn.Module) -> "EagerLoopMultiLevelFGD":
-        """The baseline with the hyper-parameters and parameter values of a fgdkern
-        MultiLevelFGDLoss, on its device and in its dtype."""
-        first = ms.levels[0]
-        hyper = dict(temp=first.temp, alpha_fgd=first.alpha_fgd, beta_fgd=first.beta_fgd,
-                     gamma_fgd=first.gamma_fgd, lambda_fgd=first.lambda_fgd)
-        out = cls(len(ms.levels), first.student_channels, first.teacher_channels, **hyper)
+        """The baseline with the hyper-parameters (each level its own) and parameter values
+        of a fgdkern MultiLevelFGDLoss, on its device and in its dtype."""
+        out = cls([EagerLoopFGD(m.student_channels, m.teacher_channels, temp=m.temp,
+                                alpha_fgd=m.alpha_fgd, beta_fgd=m.beta_fgd,
+                                gamma_fgd=m.gamma_fgd, lambda_fgd=m.lambda_fgd)
+                   for m in ms.levels])
         param = next(ms.parameters())
         out.to(device=param.device, dtype=param.dtype).load_state_dict(ms.state_dict())
         return out

@@ -20,6 +20,8 @@ IMG = (96, 140)
 def _pair(Cs, Ct, dtype):
     ms = randomize(fgdkern.MultiLevelFGDLoss(len(SIZES), Cs, Ct, temp=0.7, gamma_fgd=2e-3,
                                              backend="reference")).to(dtype)
+    ms.levels[1].temp = 0.9           # every level keeps its own hyper-parameters
+    ms.levels[2].alpha_fgd = 3e-3
     return ms, EagerLoopMultiLevelFGD.like(ms)
 
 
