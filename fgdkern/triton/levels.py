@@ -1,0 +1,273 @@
+"""Levels of a feature pyramid in one launch: the level table and the split into runs.
+
+Reads the caller's per-level tensors; writes the int64 level table that every
+main and combine kernel reads, and allocates the float32 workspace.
+
+Levels in one launch. A per-level int64 table (columns COL_*) holds program
+ranges, sizes, and for every tensor its element offset from a base pointer of
+the same dtype, plus its strides: the bases are level 0's S and T (and of an
+output shaped like them) and the float32 workspace, from which every float32
+input and output is addressed. So S and T may have any strides (offsets
+inside one image are int32) and every level its own shape. The common columns
+come first; a pass adds its own after them (extra_columns). Levels of
+different dtypes get one launch each (per_dtype).
+
+Blocks and runs. A block is BLOCK_HW consecutive pixels of one image of one
+level. A main-kernel program takes a run of BLOCKS_PER_PROG consecutive blocks
+of one (level, image); the run length is chosen per launch for about
+PROGRAMS_PER_SM programs per SM. Bounding the number of programs bounds the
+bytes read between a tile's two reads within a block (programs * BLOCK_HW * C
+* 2 elements: ~17 MB for 264 programs at 256 channels, well inside an H100's
+50 MB L2), and one set of partial rows per run rather than per block keeps the
+workspace small. A combine kernel then merges the runs in a fixed order. The
+split depends on the SM count, so devices with different SM counts may differ
+in the last bits.
+"""
+# No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
+# tl.constexpr annotations of kernel arguments as objects, not strings.
+import functools
+import os
+from typing import Callable, Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fgdkern.triton.tiles import choose_layout, tile_shape
+
+COMBINE_BLOCK_C = 128  # channels per combine program
+NUM_WARPS = 4
+PROGRAMS_PER_SM = 2
+INTERPRETER_PROGRAMS = 4  # without CUDA: few programs, so that runs of several blocks are exercised
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Common columns of the level table. A view of a feature map takes VIEW_COLS
+# columns: its element offset from the base, then its strides of n, c, h, w.
+VIEW_COLS = 5
+COL_PROG0 = tl.constexpr(0)   # first main-kernel program of the level
+COL_NSPLIT = tl.constexpr(1)  # main-kernel programs (runs of blocks) per image
+COL_COMB0 = tl.constexpr(2)   # first combine-kernel program of the level
+COL_N = tl.constexpr(3)
+COL_C = tl.constexpr(4)
+COL_HW = tl.constexpr(5)
+COL_W = tl.constexpr(6)
+COL_S = tl.constexpr(7)       # view of S
+COL_T = tl.constexpr(COL_S.value + VIEW_COLS)  # view of T
+COL_PART = tl.constexpr(COL_T.value + VIEW_COLS)  # workspace offset of the level's partial rows
+
+
+def extra_columns(count: int) -> list:
+    """Constexpr indices of count columns of a pass, after the common ones."""
+    return [tl.constexpr(COL_PART.value + 1 + k) for k in range(count)]
+
+
+def row_indices(rows, *names: str) -> list:
+    """Constexpr indices of the named rows of a statistic table (fgdkern.rows.Rows), in the
+    order named, then the table's row count: module globals a kernel may read."""
+    return [tl.constexpr(getattr(rows, name)) for name in names] + [tl.constexpr(len(rows))]
+
+
+# ------------------------------------------------------------------ in kernels
+@triton.jit
+def find_level(table, pid, L, col, NCOL: tl.constexpr, LEVELS: tl.constexpr):
+    """Row of the level whose programs (first program in column col) contain pid."""
+    lvl = tl.arange(0, LEVELS)
+    first = tl.load(table + lvl * NCOL + col, mask=lvl < L, other=0)
+    found = tl.sum(tl.where(lvl < L, first <= pid, False).to(tl.int32), 0) - 1
+    return table + found * NCOL
+
+
+@triton.jit
+def program_run(table, L, BLOCKS_PER_PROG, NCOL: tl.constexpr, LEVELS: tl.constexpr,
+                BLOCK_HW: tl.constexpr):
+    """This program's level row, index within the level, image and block range."""
+    pid = tl.program_id(0)
+    lv = find_level(table, pid, L, COL_PROG0, NCOL, LEVELS)
+    prog = pid - tl.load(lv + COL_PROG0)
+    nsplit = tl.load(lv + COL_NSPLIT)
+    n_blocks = tl.cdiv(tl.load(lv + COL_HW), BLOCK_HW)
+    blk_lo = (prog % nsplit) * BLOCKS_PER_PROG
+    blk_hi = tl.minimum(blk_lo + BLOCKS_PER_PROG, n_blocks)
+    return lv, prog, prog // nsplit, blk_lo, blk_hi
+
+
+@triton.jit
+def level_shape(lv):
+    """C, H * W and W of a level."""
+    return tl.load(lv + COL_C), tl.load(lv + COL_HW), tl.load(lv + COL_W).to(tl.int32)
+
+
+# ------------------------------------------------------------------ argument checks
+def check_features(S: list[Tensor], T: list[Tensor]) -> None:
+    if len(S) == 0 or len(S) != len(T):
+        raise ValueError(f"S and T must be lists of one tensor per level, got {len(S)} and "
+                         f"{len(T)}")
+    device = S[0].device
+    for k, (s, t) in enumerate(zip(S, T)):
+        for name, x in ((f"S[{k}]", s), (f"T[{k}]", t)):
+            if x.dim() != 4 or x.numel() == 0:
+                raise ValueError(f"{name} must be a non-empty (N, C, H, W) tensor, got shape "
+                                 f"{tuple(x.shape)}")
+            if x.device != device:
+                raise ValueError(f"{name} is on {x.device}, S[0] is on {device}")
+        if s.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"S[{k}] must be float32, float16 or bfloat16, got {s.dtype}")
+        if t.dtype != s.dtype:
+            raise TypeError(f"T[{k}] is {t.dtype} but S[{k}] is {s.dtype}: they must match")
+        if t.shape != s.shape:
+            raise ValueError(f"T[{k}] has shape {tuple(t.shape)}, S[{k}] {tuple(s.shape)}")
+
+
+def float32_levels(name: str, xs: list[Tensor], shapes: list[tuple], device) -> list[Tensor]:
+    """xs, checked to be float32 of shapes[k] on device, contiguous."""
+    if len(xs) != len(shapes):
+        raise ValueError(f"{name} has {len(xs)} levels, S has {len(shapes)}")
+    for k, (x, shape) in enumerate(zip(xs, shapes)):
+        if x.dtype != torch.float32:
+            raise TypeError(f"{name}[{k}] must be float32, got {x.dtype}")
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name}[{k}] must have shape {shape}, got {tuple(x.shape)}")
+        if x.device != device:
+            raise ValueError(f"{name}[{k}] is on {x.device}, S[0] is on {device}")
+    return [x.contiguous() for x in xs]
+
+
+def positive_levels(name: str, values, levels: int) -> list[float]:
+    """values as floats, checked to be one positive number per level, finite in float32
+    (the precision the kernels read them in)."""
+    try:
+        floats = [float(v) for v in values]
+        as_read = torch.tensor(floats, dtype=torch.float32)
+        ok = len(floats) == levels and bool((torch.isfinite(as_read) & (as_read > 0)).all())
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must hold one positive finite number per level ({levels} "
+                         f"levels), got {values!r}")
+    return floats
+
+
+def check_int32_spans(xs: list[Tensor], block_c: int) -> None:
+    """Offsets inside one image are int32 in the kernels."""
+    for x in xs:
+        N, C, H, W = x.shape
+        span = (max(C, block_c) - 1) * x.stride(1) + (H - 1) * x.stride(2) + (W - 1) * x.stride(3)
+        if span >= 2 ** 31:
+            raise ValueError(f"one image of a {tuple(x.shape)} feature map spans {span} elements; "
+                             "the Triton kernels address at most 2**31 - 1 within an image")
+
+
+# ------------------------------------------------------------------ launches
+def offset(x: Tensor, base: Tensor) -> int:
+    """Element offset of x from base (same dtype, any allocation)."""
+    q, r = divmod(x.data_ptr() - base.data_ptr(), x.element_size())
+    if r:
+        raise ValueError(f"a tensor of dtype {x.dtype} is not aligned to its element size")
+    return q
+
+
+def view(x: Tensor, base: Tensor) -> list[int]:
+    """The VIEW_COLS columns of x: offset from base, then strides."""
+    return [offset(x, base), *x.stride()]
+
+
+def _starts(counts: list[int]) -> list[int]:
+    out, total = [], 0
+    for k in counts:
+        out.append(total)
+        total += k
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _target_programs(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_PROGRAMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return PROGRAMS_PER_SM * _sm_count(index)
+
+
+class Launch:
+    """One launch over levels of one dtype: tile shape, and runs of whole pixel blocks
+    (nsplit[l] per image of level l), one main-kernel program per run."""
+
+    def __init__(self, S: list[Tensor], T: list[Tensor], views: list[Tensor],
+                 programs: Optional[int]):
+        """views: every feature map the main kernel addresses (S, T and outputs like them)."""
+        self.S, self.T = S, T
+        self.layout = choose_layout(views)
+        self.block_c, self.block_hw, self.sector = tile_shape(S[0].dtype, self.layout)
+        check_int32_spans(views, self.block_c)
+        blocks = [triton.cdiv(s.shape[2] * s.shape[3], self.block_hw) for s in S]
+        target = programs or _target_programs(S[0].device)
+        self.blocks_per_prog = triton.cdiv(sum(s.shape[0] * b for s, b in zip(S, blocks)), target)
+        self.nsplit = [triton.cdiv(b, self.blocks_per_prog) for b in blocks]
+        self.level_programs = [s.shape[0] * k for s, k in zip(S, self.nsplit)]
+        self.programs = sum(self.level_programs)
+        self.levels = max(2, triton.next_power_of_2(len(S)))
+
+    def workspace(self, part_rows: int, head: int = 0) -> tuple[Tensor, list[int]]:
+        """The float32 workspace: head values, then part_rows partial rows of C values per
+        main-kernel program; and the offset of each level's first partial rows."""
+        counts = [k * part_rows * s.shape[1] for k, s in zip(self.level_programs, self.S)]
+        ws = torch.empty(head + sum(counts), dtype=torch.float32, device=self.S[0].device)
+        return ws, [head + k for k in _starts(counts)]
+
+    def table(self, ncol, comb_counts: list[int], part0: list[int], extra) -> Tensor:
+        """The level table: common columns COL_PROG0..COL_PART, then each level's extra columns."""
+        prog0, comb0 = _starts(self.level_programs), _starts(comb_counts)
+        rows = []
+        for l, (s, t) in enumerate(zip(self.S, self.T)):
+            N, C, H, W = s.shape
+            rows.append([prog0[l], self.nsplit[l], comb0[l], N, C, H * W, W,
+                         *view(s, self.S[0]), *view(t, self.T[0]), part0[l], *extra[l]])
+        assert all(len(row) == ncol for row in rows)
+        return torch.tensor(rows, dtype=torch.int64, device=self.S[0].device)
+
+    def main(self, kernel, table: Tensor, bases: list[Tensor], ws: Tensor) -> None:
+        """Launches a main kernel (table, *bases, ws, L, BLOCKS_PER_PROG, constexprs)."""
+        kernel[(self.programs,)](table, *bases, ws, len(self.S), self.blocks_per_prog,
+                                 LEVELS=self.levels, LAYOUT=self.layout, BLOCK_C=self.block_c,
+                                 BLOCK_HW=self.block_hw, SECTOR=self.sector,
+                                 num_warps=NUM_WARPS)
+
+    def combine(self, kernel, table: Tensor, ws: Tensor, comb_counts: list[int]) -> None:
+        """Launches a combine kernel (table, ws, L, constexprs), sum(comb_counts) programs."""
+        kernel[(sum(comb_counts),)](table, ws, len(self.S), LEVELS=self.levels,
+                                    BLOCK_C=COMBINE_BLOCK_C, num_warps=NUM_WARPS)
+
+
+def per_dtype(launch: Callable, S: list[Tensor], per_level: list[list], *args) -> list[Tensor]:
+    """Calls launch once per group of levels of one dtype (one group unless levels differ in
+    dtype), with the group's items of each per-level list, then args. launch returns lists,
+    one item per level of the group; the result is each of them over all levels, in order."""
+    groups: dict[torch.dtype, list[int]] = {}
+    for k, s in enumerate(S):
+        groups.setdefault(s.dtype, []).append(k)
+    outs: list[list] = []
+    for idx in groups.values():
+        results = launch(*[[xs[k] for k in idx] for xs in per_level], *args)
+        outs = outs or [[None] * len(S) for _ in results]
+        for out, result in zip(outs, results):
+            for k, x in zip(idx, result):
+                out[k] = x
+    return [x for out in outs for x in out]
+
+
+def host_copy_if_interpreted(fn):
+    """Under TRITON_INTERPRET the interpreter copies each GPU tensor argument to the host on
+    its own, which breaks the offsets between tensors: run on host copies instead."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = args[0][0].device if args[0] else torch.device("cpu")
+        if os.environ.get("TRITON_INTERPRET") != "1" or device.type == "cpu":
+            return fn(*args, **kwargs)
+        host = [[x.cpu() if isinstance(x, Tensor) else x for x in a] if isinstance(a, list)
+                else a for a in args]
+        return [out.to(device) for out in fn(*host, **kwargs)]
+    return wrapper
