@@ -1,0 +1,157 @@
+"""Triton kernels of the FGD gradient pass (contract: fgdkern.reference.fgd_passes.fgd_grad).
+
+Reads S, T (any strides, float32/16 or bfloat16) and the float32 coefficient
+tables pix_coef (N, len(FGD_PIX_COEF), HW), chan_coef (N, len(FGD_CHAN_COEF),
+C) and K (N, 2) of every level, rows named in fgdkern.rows (docs/kernels.md,
+"FGD gradient"); writes dS (shape, dtype and strides of S) and dw_s, dw_t (C,)
+float32.
+
+One launch of the main kernel over every level, then one of the combine
+kernel; S and T are read from DRAM once, dS written once, and no float atomics
+are used, so results are the same bit for bit from run to run. For each block
+of its run a main-kernel program
+  1. loops over channel chunks, reducing over channels per pixel (gp_s, gp_t),
+     then
+  2. loops over the same chunks again -- the block's tiles are still in L1/L2 --
+     writing dS and adding the block's per-channel sums of dw into the run's
+     partial rows in the float32 workspace.
+The combine kernel adds the runs of each level in a fixed order.
+"""
+# No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
+# tl.constexpr annotations of kernel arguments as objects, not strings.
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fgdkern.rows import FGD_CHAN_COEF, FGD_PIX_COEF
+from fgdkern.triton.levels import (
+    COL_C, COL_COMB0, COL_N, COL_NSPLIT, COL_PART, COL_S, COL_T, COMBINE_BLOCK_C, VIEW_COLS,
+    Launch, check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
+    level_shape, offset, per_dtype, program_run, row_indices, view)
+from fgdkern.triton.merges import accumulate
+from fgdkern.triton.tiles import (
+    block_grids, channel_row, channel_sums, image_tile, load_tile, per_pixel, store_tile,
+    sum_pixels, tile_mask)
+
+# Rows of pix_coef and chan_coef (fgdkern.rows) that the kernel reads.
+A_SIGN, FGA, BGA, P_S, P_T, PIX_COEF_ROWS = row_indices(
+    FGD_PIX_COEF, "a_sign", "fgA", "bgA", "p_s", "p_t")
+B_SIGN, K_D, K_CONST, K_FG, K_BG, G_CTX_S, G_CTX_T, W_S, CHAN_COEF_ROWS = row_indices(
+    FGD_CHAN_COEF, "b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_t", "w_s")
+DW_S = tl.constexpr(0)  # partial rows of a run, in the workspace
+DW_T = tl.constexpr(1)
+PART_ROWS = tl.constexpr(2)
+
+# Columns of the level table after the common ones: element offsets from the workspace,
+# then the view of dS from level 0's dS.
+COL_PC, COL_CC, COL_K, COL_DWS, COL_DWT, COL_DS = extra_columns(6)
+NCOL = tl.constexpr(COL_DS.value + VIEW_COLS)
+
+
+@triton.jit
+def fgd_grad_bwd_kernel(
+    table,            # int64 [L, NCOL]: the level table
+    S, T, dS,         # level 0's S, T, dS: bases of every level's
+    f32,              # float32 workspace (partial dw rows): base of pix_coef, chan_coef, K, dw
+    L,                # number of levels
+    BLOCKS_PER_PROG,  # pixel blocks per program (per run)
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
+):
+    """Reads S, T and the coefficients of a run of blocks; writes dS and its partial dw rows."""
+    lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
+    C, HW, W = level_shape(lv)
+    pc = f32 + tl.load(lv + COL_PC) + n * PIX_COEF_ROWS * HW
+    cc = f32 + tl.load(lv + COL_CC) + n * CHAN_COEF_ROWS * C
+    K_s = tl.load(f32 + tl.load(lv + COL_K) + n * 2)
+    K_t = tl.load(f32 + tl.load(lv + COL_K) + n * 2 + 1)
+    part = f32 + tl.load(lv + COL_PART) + prog * PART_ROWS * C
+    for b in range(blk_lo, blk_hi):
+        keep = b > blk_lo
+        p, p_mask, tile_c, tile_p, tile_in = block_grids(b, HW, BLOCK_C, BLOCK_HW, SECTOR)
+        s_img, s_tile, s_sc = image_tile(S, lv + COL_S, n, tile_c, tile_p, W, LAYOUT)
+        t_img, t_tile, t_sc = image_tile(T, lv + COL_T, n, tile_c, tile_p, W, LAYOUT)
+        ds_img, ds_tile, ds_sc = image_tile(dS, lv + COL_DS, n, tile_c, tile_p, W, LAYOUT)
+        # sub-loop 1: gp = sum_c g_ctx S per pixel, for dz
+        p_s = tl.load(pc + P_S * HW + p, mask=p_mask, other=0.0)
+        gp_s, gp_t, _, _ = channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc,
+                                        cc + G_CTX_S * C, cc + G_CTX_T * C, C, tile_c, tile_in,
+                                        False, BLOCK_C, BLOCK_HW, SECTOR)
+        dz_s = per_pixel(p_s * (gp_s - K_s))
+        dz_t = per_pixel(tl.load(pc + P_T * HW + p, mask=p_mask, other=0.0) * (gp_t - K_t))
+        a_sign = per_pixel(tl.load(pc + A_SIGN * HW + p, mask=p_mask, other=0.0))
+        fgA = per_pixel(tl.load(pc + FGA * HW + p, mask=p_mask, other=0.0))
+        bgA = per_pixel(tl.load(pc + BGA * HW + p, mask=p_mask, other=0.0))
+        p_s = per_pixel(p_s)
+        for c0 in range(0, C, BLOCK_C):  # sub-loop 2: dS, and per-channel sums for dw
+            c = c0 + tl.arange(0, BLOCK_C)
+            c_mask = c < C
+            mask = tile_mask(tile_c, tile_in, c0, C)
+            s = load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            t = load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            b_sign = channel_row(cc + B_SIGN * C, c, c_mask)              # [1, BLOCK_C, 1]
+            k_d = channel_row(cc + K_D * C, c, c_mask)
+            k_const = channel_row(cc + K_CONST * C, c, c_mask)
+            k_fg = channel_row(cc + K_FG * C, c, c_mask)
+            k_bg = channel_row(cc + K_BG * C, c, c_mask)
+            g_ctx_s = channel_row(cc + G_CTX_S * C, c, c_mask)
+            w_s = channel_row(cc + W_S * C, c, c_mask)
+            sign_s = (s > 0).to(tl.float32) - (s < 0).to(tl.float32)
+            grad = (sign_s * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
+                    + k_const + p_s * g_ctx_s + w_s * dz_s)
+            store_tile(ds_img, ds_tile, ds_sc, c0, mask, grad, BLOCK_C, BLOCK_HW, SECTOR)
+            accumulate(part + DW_S * C + c, c_mask, keep, 1.0, sum_pixels(s * dz_s))
+            accumulate(part + DW_T * C + c, c_mask, keep, 1.0, sum_pixels(t * dz_t))
+        tl.debug_barrier()  # the next block re-reads rows that other threads stored
+
+
+@triton.jit
+def fgd_grad_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Reads the partial dw rows of every run of a level; writes dw_s, dw_t of one channel block."""
+    pid = tl.program_id(0)
+    lv = find_level(table, pid, L, COL_COMB0, NCOL, LEVELS)
+    C = tl.load(lv + COL_C)
+    c = (pid - tl.load(lv + COL_COMB0)) * BLOCK_C + tl.arange(0, BLOCK_C)   # [BLOCK_C]
+    c_mask = c < C
+    dw_s = tl.zeros([BLOCK_C], tl.float32)
+    dw_t = tl.zeros([BLOCK_C], tl.float32)
+    part = f32 + tl.load(lv + COL_PART) + c
+    for j in range(0, tl.load(lv + COL_N) * tl.load(lv + COL_NSPLIT)):  # all runs, in order
+        dw_s += tl.load(part + (j * PART_ROWS + DW_S) * C, mask=c_mask, other=0.0)
+        dw_t += tl.load(part + (j * PART_ROWS + DW_T) * C, mask=c_mask, other=0.0)
+    tl.store(f32 + tl.load(lv + COL_DWS) + c, dw_s, mask=c_mask)
+    tl.store(f32 + tl.load(lv + COL_DWT) + c, dw_t, mask=c_mask)
+
+
+def _launch(S, T, pix_coef, chan_coef, K, programs):
+    """dS, dw_s and dw_t of levels of one dtype."""
+    dS = [torch.empty_like(s) for s in S]
+    run = Launch(S, T, S + T + dS, programs)
+    dw_s = [s.new_empty((s.shape[1],), dtype=torch.float32) for s in S]
+    dw_t = [s.new_empty((s.shape[1],), dtype=torch.float32) for s in S]
+    ws, part0 = run.workspace(PART_ROWS.value)
+    extra = [[offset(x, ws) for x in xs[:5]] + view(xs[5], dS[0])
+             for xs in zip(pix_coef, chan_coef, K, dw_s, dw_t, dS)]
+    comb_counts = [triton.cdiv(s.shape[1], COMBINE_BLOCK_C) for s in S]
+    table = run.table(NCOL.value, comb_counts, part0, extra)
+    run.main(fgd_grad_bwd_kernel, table, [S[0], T[0], dS[0]], ws)
+    run.combine(fgd_grad_combine_kernel, table, ws, comb_counts)
+    return dS, dw_s, dw_t
+
+
+@host_copy_if_interpreted
+def fgd_grad(S: list[Tensor], T: list[Tensor], pix_coef: list[Tensor], chan_coef: list[Tensor],
+             K: list[Tensor], *, programs: Optional[int] = None) -> list[Tensor]:
+    """[dS_0.., dw_s_0.., dw_t_0..] of fgd_passes.fgd_grad (programs: as in fgd_stats)."""
+    check_features(S, T)
+    device = S[0].device
+    pix_coef = float32_levels("pix_coef", pix_coef,
+                              [(s.shape[0], len(FGD_PIX_COEF), s.shape[2] * s.shape[3])
+                               for s in S], device)
+    chan_coef = float32_levels("chan_coef", chan_coef,
+                               [(s.shape[0], len(FGD_CHAN_COEF), s.shape[1]) for s in S], device)
+    K = float32_levels("K", K, [(s.shape[0], 2) for s in S], device)
+    return per_dtype(_launch, S, [S, T, pix_coef, chan_coef, K], programs)

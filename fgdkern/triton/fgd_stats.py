@@ -1,0 +1,227 @@
+"""Triton kernels of the FGD statistics pass (contract: fgdkern.reference.fgd_passes.fgd_stats).
+
+Reads S, T (any strides, float32/16 or bfloat16) and the float32 fg, bg, w_s,
+w_t and temperature of every level; writes pix (N, len(FGD_PIX), HW) and chan
+(N, len(FGD_CHAN), C), float32, rows named in fgdkern.rows (docs/kernels.md,
+"FGD statistics").
+
+One launch of the main kernel over every level, then one of the combine
+kernel; S and T are read from DRAM once, and no float atomics are used, so
+results are the same bit for bit from run to run. For each block of its run a
+main-kernel program
+  1. loops over channel chunks, reducing over channels per pixel (gs, z:
+     written to pix), then
+  2. loops over the same chunks again -- the block's tiles are still in L1/L2 --
+     reducing over pixels per channel into the run's partial chan rows in the
+     float32 workspace, merged by online-softmax rescaling (ctx, x_fg, x_bg)
+     and Chan's formula (m2_d) (merges.py).
+The combine kernel merges the runs of each image in a fixed order.
+"""
+# No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
+# tl.constexpr annotations of kernel arguments as objects, not strings.
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fgdkern.rows import FGD_CHAN, FGD_PIX
+from fgdkern.triton.levels import (
+    COL_COMB0, COL_NSPLIT, COL_PART, COL_PROG0, COL_S, COL_T, COMBINE_BLOCK_C, Launch,
+    check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
+    level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
+from fgdkern.triton.merges import accumulate, block_softmax, chan_merge, merge_moments, rescale
+from fgdkern.triton.tiles import (
+    block_grids, block_sum, channel_sums, image_tile, load_tile, per_pixel, sum_pixels,
+    tile_mask)
+
+# Rows of pix and chan (fgdkern.rows); the partial rows of a run are laid out as chan.
+GS_S, GS_T, Z_S, Z_T, PIX_ROWS = row_indices(FGD_PIX, "gs_s", "gs_t", "z_s", "z_t")
+GC_S, GC_T, CTX_S, CTX_T, SUM_D, M2_D, X_FG, X_BG, CHAN_ROWS = row_indices(
+    FGD_CHAN, "gc_s", "gc_t", "ctx_s", "ctx_t", "sum_d", "m2_d", "x_fg", "x_bg")
+
+# Columns of the level table after the common ones: element offsets from the workspace.
+COL_FG, COL_BG, COL_WS, COL_WT, COL_PIX, COL_CHAN, COL_TEMP = extra_columns(7)
+NCOL = tl.constexpr(COL_TEMP.value + 1)
+# Per-program scalars at the start of the workspace: running maxima m and sums of
+# exponentials l of the softmaxes of z_s, z_t and gs_t / temp; the pixel count.
+M_ZS, L_ZS, M_ZT, L_ZT, M_A, L_A, N_RUN = (tl.constexpr(k) for k in range(7))
+N_SCALARS = tl.constexpr(8)
+
+
+@triton.jit
+def fgd_stats_fwd_kernel(
+    table,            # int64 [L, NCOL]: the level table
+    S, T,             # level 0's S and T: bases of every level's S and T
+    f32,              # float32 workspace: base of fg, bg, w, temps, pix, chan; scalars first
+    L,                # number of levels
+    BLOCKS_PER_PROG,  # pixel blocks per program (per run)
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
+):
+    """Reads S, T, fg, bg, w_s, w_t, temp of a run of blocks; writes pix and its partial chan
+    rows (ctx, x_fg, x_bg unnormalised) and scalars."""
+    lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
+    C, HW, W = level_shape(lv)
+    fg_row = f32 + tl.load(lv + COL_FG) + n * HW
+    bg_row = f32 + tl.load(lv + COL_BG) + n * HW
+    w_s = f32 + tl.load(lv + COL_WS)
+    w_t = f32 + tl.load(lv + COL_WT)
+    temp = tl.load(f32 + tl.load(lv + COL_TEMP))              # the level's temperature
+    pix = f32 + tl.load(lv + COL_PIX) + n * PIX_ROWS * HW
+    part = f32 + tl.load(lv + COL_PART) + prog * CHAN_ROWS * C
+    m_zs = float("-inf")  # running maxima and sums of exponentials of z_s, z_t, gs_t / temp
+    m_zt = float("-inf")
+    m_a = float("-inf")
+    l_zs = 0.0
+    l_zt = 0.0
+    l_a = 0.0
+    n_run = 0.0           # pixels merged so far
+    for b in range(blk_lo, blk_hi):
+        keep = b > blk_lo
+        p, p_mask, tile_c, tile_p, tile_in = block_grids(b, HW, BLOCK_C, BLOCK_HW, SECTOR)
+        n_block = tl.minimum(HW - b * BLOCK_HW, BLOCK_HW).to(tl.float32)
+        s_img, s_tile, s_sc = image_tile(S, lv + COL_S, n, tile_c, tile_p, W, LAYOUT)
+        t_img, t_tile, t_sc = image_tile(T, lv + COL_T, n, tile_c, tile_p, W, LAYOUT)
+        # sub-loop 1: per-pixel sums over channels; writes gs, z
+        z_s, z_t, abs_s, abs_t = channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t,
+                                              C, tile_c, tile_in, True, BLOCK_C, BLOCK_HW, SECTOR)
+        gs_s = abs_s / C
+        gs_t = abs_t / C
+        tl.store(pix + GS_S * HW + p, gs_s, mask=p_mask)
+        tl.store(pix + GS_T * HW + p, gs_t, mask=p_mask)
+        tl.store(pix + Z_S * HW + p, z_s, mask=p_mask)
+        tl.store(pix + Z_T * HW + p, z_t, mask=p_mask)
+        m_zs, alpha_s, e_s = block_softmax(z_s, p_mask, m_zs)
+        m_zt, alpha_t, e_t = block_softmax(z_t, p_mask, m_zt)
+        m_a, alpha_a, e_a = block_softmax(gs_t / temp, p_mask, m_a)
+        l_zs = l_zs * alpha_s + block_sum(e_s)
+        l_zt = l_zt * alpha_t + block_sum(e_t)
+        l_a = l_a * alpha_a + block_sum(e_a)
+        e_s = per_pixel(e_s)
+        e_t = per_pixel(e_t)
+        w_fg = per_pixel(tl.load(fg_row + p, mask=p_mask, other=0.0) * e_a)
+        w_bg = per_pixel(tl.load(bg_row + p, mask=p_mask, other=0.0) * e_a)
+        for c0 in range(0, C, BLOCK_C):  # sub-loop 2: per-channel sums over the block
+            c = c0 + tl.arange(0, BLOCK_C)
+            c_mask = c < C
+            mask = tile_mask(tile_c, tile_in, c0, C)
+            s = load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            t = load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            d = s - t
+            d2 = d * d
+            row = part + c
+            accumulate(row + GC_S * C, c_mask, keep, 1.0, sum_pixels(tl.abs(s)))
+            accumulate(row + GC_T * C, c_mask, keep, 1.0, sum_pixels(tl.abs(t)))
+            accumulate(row + CTX_S * C, c_mask, keep, alpha_s, sum_pixels(s * e_s))
+            accumulate(row + CTX_T * C, c_mask, keep, alpha_t, sum_pixels(t * e_t))
+            merge_moments(row + SUM_D * C, row + M2_D * C, c_mask, keep, n_run, n_block, d,
+                          p_mask)
+            accumulate(row + X_FG * C, c_mask, keep, alpha_a, sum_pixels(d2 * w_fg))
+            accumulate(row + X_BG * C, c_mask, keep, alpha_a, sum_pixels(d2 * w_bg))
+        n_run += n_block
+        tl.debug_barrier()  # the next block re-reads rows that other threads stored
+    scalars = f32 + tl.program_id(0) * N_SCALARS
+    tl.store(scalars + M_ZS, m_zs)
+    tl.store(scalars + L_ZS, l_zs)
+    tl.store(scalars + M_ZT, m_zt)
+    tl.store(scalars + L_ZT, l_zt)
+    tl.store(scalars + M_A, m_a)
+    tl.store(scalars + L_A, l_a)
+    tl.store(scalars + N_RUN, n_run)
+
+
+@triton.jit
+def fgd_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Reads the partial rows and scalars of the runs of an image; writes chan[n, :, c_block]."""
+    pid = tl.program_id(0)
+    lv = find_level(table, pid, L, COL_COMB0, NCOL, LEVELS)
+    C, HW, _ = level_shape(lv)
+    nsplit = tl.load(lv + COL_NSPLIT)
+    local = pid - tl.load(lv + COL_COMB0)
+    n_cblocks = tl.cdiv(C, BLOCK_C)
+    n = local // n_cblocks
+    c = (local % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)   # [BLOCK_C]
+    c_mask = c < C
+    gc_s = tl.zeros([BLOCK_C], tl.float32)
+    gc_t = tl.zeros([BLOCK_C], tl.float32)
+    ctx_s = tl.zeros([BLOCK_C], tl.float32)
+    ctx_t = tl.zeros([BLOCK_C], tl.float32)
+    sum_d = tl.zeros([BLOCK_C], tl.float32)
+    m2_d = tl.zeros([BLOCK_C], tl.float32)
+    x_fg = tl.zeros([BLOCK_C], tl.float32)
+    x_bg = tl.zeros([BLOCK_C], tl.float32)
+    m_zs = float("-inf")
+    m_zt = float("-inf")
+    m_a = float("-inf")
+    l_zs = 0.0
+    l_zt = 0.0
+    l_a = 0.0
+    n_run = 0.0
+    for j in range(n * nsplit, (n + 1) * nsplit):  # the image's runs, in order
+        sc = f32 + (tl.load(lv + COL_PROG0) + j) * N_SCALARS
+        row = f32 + tl.load(lv + COL_PART) + j * CHAN_ROWS * C + c
+        gc_s += tl.load(row + GC_S * C, mask=c_mask, other=0.0)
+        gc_t += tl.load(row + GC_T * C, mask=c_mask, other=0.0)
+        m_zs, keep_s, take_s = rescale(m_zs, tl.load(sc + M_ZS))
+        ctx_s = ctx_s * keep_s + tl.load(row + CTX_S * C, mask=c_mask, other=0.0) * take_s
+        l_zs = l_zs * keep_s + tl.load(sc + L_ZS) * take_s
+        m_zt, keep_t, take_t = rescale(m_zt, tl.load(sc + M_ZT))
+        ctx_t = ctx_t * keep_t + tl.load(row + CTX_T * C, mask=c_mask, other=0.0) * take_t
+        l_zt = l_zt * keep_t + tl.load(sc + L_ZT) * take_t
+        n_b = tl.load(sc + N_RUN)
+        sum_b = tl.load(row + SUM_D * C, mask=c_mask, other=0.0)
+        m2_b = tl.load(row + M2_D * C, mask=c_mask, other=0.0)
+        sum_d, m2_d = chan_merge(n_run, sum_d, m2_d, n_b, sum_b, m2_b)
+        n_run += n_b
+        m_a, keep_a, take_a = rescale(m_a, tl.load(sc + M_A))
+        x_fg = x_fg * keep_a + tl.load(row + X_FG * C, mask=c_mask, other=0.0) * take_a
+        x_bg = x_bg * keep_a + tl.load(row + X_BG * C, mask=c_mask, other=0.0) * take_a
+        l_a = l_a * keep_a + tl.load(sc + L_A) * take_a
+    chan = f32 + tl.load(lv + COL_CHAN) + n * CHAN_ROWS * C + c
+    tl.store(chan + GC_S * C, gc_s / HW, mask=c_mask)
+    tl.store(chan + GC_T * C, gc_t / HW, mask=c_mask)
+    tl.store(chan + CTX_S * C, ctx_s / l_zs, mask=c_mask)
+    tl.store(chan + CTX_T * C, ctx_t / l_zt, mask=c_mask)
+    tl.store(chan + SUM_D * C, sum_d, mask=c_mask)
+    tl.store(chan + M2_D * C, m2_d, mask=c_mask)
+    tl.store(chan + X_FG * C, x_fg * HW / l_a, mask=c_mask)
+    tl.store(chan + X_BG * C, x_bg * HW / l_a, mask=c_mask)
+
+
+def _launch(S, T, fg, bg, w_s, w_t, temps, programs):
+    """pix and chan of levels of one dtype."""
+    run = Launch(S, T, S + T, programs)
+    pix = [s.new_empty((s.shape[0], len(FGD_PIX), s.shape[2] * s.shape[3]), dtype=torch.float32)
+           for s in S]
+    chan = [s.new_empty((s.shape[0], len(FGD_CHAN), s.shape[1]), dtype=torch.float32) for s in S]
+    temps = torch.tensor(temps, dtype=torch.float32, device=S[0].device)
+    ws, part0 = run.workspace(len(FGD_CHAN), head=run.programs * N_SCALARS.value)
+    extra = [[offset(x, ws) for x in xs] for xs in zip(fg, bg, w_s, w_t, pix, chan, temps)]
+    comb_counts = [s.shape[0] * triton.cdiv(s.shape[1], COMBINE_BLOCK_C) for s in S]
+    table = run.table(NCOL.value, comb_counts, part0, extra)
+    run.main(fgd_stats_fwd_kernel, table, [S[0], T[0]], ws)
+    run.combine(fgd_stats_combine_kernel, table, ws, comb_counts)
+    return pix, chan
+
+
+@host_copy_if_interpreted
+def fgd_stats(S: list[Tensor], T: list[Tensor], fg: list[Tensor], bg: list[Tensor],
+              w_s: list[Tensor], w_t: list[Tensor], temps: list[float], *,
+              programs: Optional[int] = None) -> list[Tensor]:
+    """[pix_0..pix_{L-1}, chan_0..chan_{L-1}] of fgd_passes.fgd_stats; temps: one temperature
+    per level (docs/fgd.md, "Multi-level and temperatures").
+
+    programs: about how many main-kernel programs to use (default: PROGRAMS_PER_SM per SM).
+    """
+    check_features(S, T)
+    device = S[0].device
+    maps = [(s.shape[0], s.shape[2], s.shape[3]) for s in S]
+    chans = [(s.shape[1],) for s in S]
+    fg = float32_levels("fg", fg, maps, device)
+    bg = float32_levels("bg", bg, maps, device)
+    w_s = float32_levels("w_s", w_s, chans, device)
+    w_t = float32_levels("w_t", w_t, chans, device)
+    temps = positive_levels("temps", temps, len(S))
+    return per_dtype(_launch, S, [S, T, fg, bg, w_s, w_t, temps], programs)
