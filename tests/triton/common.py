@@ -1,0 +1,39 @@
+"""What the Triton kernel tests share: when they run, where, and the two-pass check.
+
+Each case is compared with the PyTorch contract, fgdkern.reference.fgd_passes.
+"""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from fgdkern.reference import fgd_passes as contract
+from tests.conftest import HAS_CUDA, backend_device
+from tests.ops.test_fgd_passes import TOL, assert_close_list, make_coefs
+
+needs_kernels = pytest.mark.skipif(
+    not (importlib.util.find_spec("triton") is not None and (HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1")),
+    reason="needs triton on CUDA or TRITON_INTERPRET=1")
+
+DEVICE = backend_device("triton")
+F32 = TOL[torch.float32]
+
+
+def same_temps(args, temp=0.5):
+    """One temperature, temp, for every level of args = (S, T, ...)."""
+    return [temp] * len(args[0])
+
+
+def check_both_passes(args, temps=None, programs=None, stats_tol=F32, grad_tol=F32):
+    """Both kernels against the contract: fgd_stats on args (S, T, fg, bg, w_s, w_t) and
+    temps (default 0.5 per level), fgd_grad on S, T and random coefficients."""
+    from fgdkern.triton import fgd_grad, fgd_stats
+
+    temps = same_temps(args) if temps is None else temps
+    assert_close_list(fgd_stats(*args, temps, programs=programs),
+                      contract.fgd_stats(*args, temps), **stats_tol)
+    S, T = args[0], args[1]
+    coefs = make_coefs(S)
+    assert_close_list(fgd_grad(S, T, *coefs, programs=programs), contract.fgd_grad(S, T, *coefs),
+                      **grad_tol)

@@ -1,0 +1,39 @@
+"""Exact merges of partial reductions (fgdkern/triton/merges.py), through the passes:
+softmax logits far from zero (online-softmax rescaling) and a D with a large mean
+(Chan's second moment), split into one run per image and into one block per run."""
+import pytest
+import torch
+
+from fgdkern.reference import fgd_passes as contract
+from tests.ops.test_fgd_passes import make_inputs
+from tests.triton.common import DEVICE, check_both_passes, needs_kernels
+
+pytestmark = needs_kernels
+
+
+@pytest.mark.parametrize("programs", [1, 10_000])
+def test_softmax_logits_far_from_zero(programs):
+    """Block maxima differ by tens: the online softmaxes must rescale, not overflow.
+
+    Logits of ~100 carry rounding errors of ~1e-5 whatever the summation order, so
+    the softmax-weighted outputs agree to that, not to float32 epsilon.
+    """
+    S, T, fg, bg, w_s, w_t = make_inputs(2, 33, [(11, 12), (3, 4)], device=DEVICE)
+    w_s = [w * 40 for w in w_s]
+    w_t = [w * 40 for w in w_t]
+    check_both_passes((S, T, fg, bg, w_s, w_t), temps=[0.02, 0.02], programs=programs,
+                      stats_tol=dict(rtol=2e-4, atol=1e-5))
+
+
+@pytest.mark.parametrize("programs", [1, 10_000])
+def test_second_moment_of_shifted_d(programs):
+    """D with a mean 1e3 times its spread: the centred moment must not cancel."""
+    from fgdkern.rows import FGD_CHAN
+    from fgdkern.triton import fgd_stats
+
+    S, T, *rest = make_inputs(2, 7, [(10, 13)], device=DEVICE)
+    S = [t + 100.0 + 0.1 * s for s, t in zip(S, T)]
+    got = fgd_stats(S, T, *rest, [0.5], programs=programs)
+    want = contract.fgd_stats(S, T, *rest, [0.5])
+    torch.testing.assert_close(got[1][:, FGD_CHAN.m2_d].cpu(), want[1][:, FGD_CHAN.m2_d].cpu(),
+                               rtol=1e-4, atol=0)
