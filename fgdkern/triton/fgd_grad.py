@@ -3,7 +3,7 @@
 Reads S, T (any strides, float32/16 or bfloat16) and the float32 coefficient
 tables pix_coef (N, len(FGD_PIX_COEF), HW), chan_coef (N, len(FGD_CHAN_COEF),
 C) and K (N, 2) of every level, rows named in fgdkern.rows (docs/kernels.md,
-"FGD gradient"); writes dS (shape, dtype and strides of S) and dw_s, dw_t (C,)
+"The row tables"); writes dS (shape, dtype and strides of S) and dw_s, dw_t (C,)
 float32.
 
 One launch of the main kernel over every level, then one of the combine

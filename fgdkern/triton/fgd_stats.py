@@ -3,7 +3,7 @@
 Reads S, T (any strides, float32/16 or bfloat16) and the float32 fg, bg, w_s,
 w_t and temperature of every level; writes pix (N, len(FGD_PIX), HW) and chan
 (N, len(FGD_CHAN), C), float32, rows named in fgdkern.rows (docs/kernels.md,
-"FGD statistics").
+"The row tables").
 
 One launch of the main kernel over every level, then one of the combine
 kernel; S and T are read from DRAM once, and no float atomics are used, so
