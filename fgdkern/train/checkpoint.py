@@ -1,0 +1,136 @@
+"""Checkpoints of one role: written atomically, restored exactly (docs/training.md, "Resuming").
+
+A checkpoint is ``<out>/<role>/checkpoint.pth``: the detector, the FGD module,
+optimizer, scheduler, AMP scaler, the RNG states (torch, CUDA, numpy, python),
+the data position (epoch and batches already consumed in it), the step, and the
+configs the role was built from. ``finished`` marks the end of the role's
+training: a finished teacher is reused, a finished role is not retrained on
+``--resume``.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+FORMAT = 1
+NAME = "checkpoint.pth"
+
+
+@dataclass
+class Position:
+    """Where training stands: optimizer steps done, epoch, batches of that epoch consumed."""
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+def path_of(role_dir) -> pathlib.Path:
+    return pathlib.Path(role_dir) / NAME
+
+
+def save_atomic(obj, path) -> None:
+    """torch.save ``obj`` to ``path`` via a temp file in the same directory, fsync, os.replace.
+
+    A reader (or a killed run) sees the old file or the new one, never half of one.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself reaches the disk
+    finally:
+        os.close(dir_fd)
+
+
+def load(path) -> dict:
+    """A checkpoint dict (CPU tensors); ValueError when the file is not one of ours."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of fgdkern.train (format {FORMAT})")
+    return state
+
+
+def rng_state() -> dict:
+    """Every random number generator the training step may draw from."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain python values, so the checkpoint loads with torch.load(weights_only=True)
+        state["numpy"] = (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss))
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of rng_state."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's random."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2 ** 32)
+    except ImportError:
+        pass
+
+
+def training_state(step_module, optimizer, scheduler, scaler, pos: Position, *, role: str,
+                   finished: bool, meta: dict) -> dict:
+    """The dict saved at a checkpoint (tensors are the live ones; torch.save copies them)."""
+    fgd = getattr(step_module, "fgd", None)
+    return {"format": FORMAT, "role": role, "step": pos.step, "epoch": pos.epoch,
+            "batch": pos.batch, "finished": finished,
+            "model": step_module.model.state_dict(),
+            "fgd": None if fgd is None else fgd.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_state(), **meta}
+
+
+def check_compatible(state: dict, meta: dict, path) -> None:
+    """--resume continues only the run it was written by: same role, model and FGD configs."""
+    for key in ("role", "model_config", "fgd_config"):
+        if key in meta and state.get(key) != meta[key]:
+            raise ValueError(f"--resume: {path} was written with another {key} "
+                             f"({state.get(key)!r}, now {meta[key]!r}); use a new --out")
+
+
+def restore(state: dict, step_module, optimizer, scheduler, scaler) -> Position:
+    """Load a training_state dict into the live objects; returns the data position."""
+    step_module.model.load_state_dict(state["model"])
+    if state["fgd"] is not None:
+        step_module.fgd.load_state_dict(state["fgd"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return Position(state["step"], state["epoch"], state["batch"])

@@ -1,0 +1,253 @@
+"""The training loop of one role and its step (docs/training.md, "One student pass").
+
+TrainStep.forward runs the detector once: transform -> backbone -> head losses;
+for the distilled role the frozen teacher's backbone reads the same transformed
+batch under no_grad and MultiLevelFGDLoss compares the two pyramids. ``train``
+drives SGD with linear warm-up and step decay, gradient clipping, AMP,
+checkpoints, the JSONL log and the progress bar, and stops with
+NonFiniteLossError when a loss is NaN or infinite.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fgdkern import targets as fgd_targets
+from fgdkern.train import checkpoint as ckpt
+from fgdkern.train import distributed, logs, models
+
+# FGD term -> the weight attribute of each level's FGDLoss (docs/fgd.md, "Loss terms").
+FGD_WEIGHTS = (("fg", "alpha_fgd"), ("bg", "beta_fgd"), ("mask", "gamma_fgd"),
+               ("rela", "lambda_fgd"))
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the message names the role and the step."""
+
+
+@dataclass
+class Schedule:
+    """Optimisation settings of a role (the same for every role of a run)."""
+    steps: int
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: list = field(default_factory=list)  # steps at which lr *= lr_gamma
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_factor: float = 0.001
+    clip_grad: float = 35.0
+    amp: bool = False
+    ckpt_every: int = 0
+    print_freq: int = 20
+    seed: int = 0
+
+
+class WarmupMultiStep:
+    """lr factor at a step: linear warm-up from warmup_factor to 1, then gamma per milestone."""
+
+    def __init__(self, warmup_steps: int, warmup_factor: float, milestones, gamma: float):
+        self.warmup_steps, self.warmup_factor = warmup_steps, warmup_factor
+        self.milestones, self.gamma = sorted(milestones), gamma
+
+    def __call__(self, step: int) -> float:
+        factor = self.gamma ** bisect.bisect_right(self.milestones, step)
+        if step < self.warmup_steps:
+            t = step / self.warmup_steps
+            factor *= self.warmup_factor * (1 - t) + t
+        return factor
+
+
+class TrainStep(nn.Module):
+    """The trained modules of a role (detector, FGD loss) behind one forward, for one DDP.
+
+    forward(images, targets) -> dict of loss tensors: "task/<name>" for the
+    detector's losses and, when distilling, "fgd/fg", "fgd/bg", "fgd/mask",
+    "fgd/rela" (weighted, summed over levels).
+    """
+
+    def __init__(self, model: nn.Module, fgd: nn.Module | None = None,
+                 teacher: nn.Module | None = None):
+        super().__init__()
+        if (fgd is None) != (teacher is None):
+            raise ValueError("distilling needs both an FGD loss and a teacher")
+        self.model = model
+        self.fgd = fgd
+        # Frozen and shared: kept out of the module tree, so out of state_dict and DDP.
+        self.__dict__["teacher"] = teacher
+
+    def forward(self, images, targets) -> dict:
+        images, targets = self.model.transform(images, targets)
+        feats = self.model.backbone(images.tensors)
+        losses = models.task_losses(self.model, images, feats, targets)
+        out = {f"task/{k}": v for k, v in losses.items()}
+        if self.fgd is not None:
+            out.update(self.fgd_losses(images.tensors, targets, feats))
+        return out
+
+    def fgd_losses(self, batch: torch.Tensor, targets, feats_S) -> dict:
+        """Weighted FGD terms summed over levels, from one evaluation of the loss."""
+        with torch.no_grad():
+            feats_T = self.teacher.backbone(batch)
+        boxes, shapes = fgd_targets.from_torchvision(targets, batch.shape[-2:])
+        terms = self.fgd.terms(feats_S, feats_T, boxes, shapes)
+        return {f"fgd/{name}": sum(getattr(m, w) * getattr(t, f"{name}_loss")
+                                   for m, t in zip(self.fgd.levels, terms))
+                for name, w in FGD_WEIGHTS}
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: how the teacher runs while distilling."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def epoch_loader(loader, epoch: int, skip: int):
+    """The batches of ``epoch`` after the first ``skip``, as a DataLoader.
+
+    The batch list comes from the loader's batch sampler (a pure function of
+    seed, epoch, rank, world); the new loader draws its worker seed from its
+    own generator, so making it leaves the global RNG untouched (exact resume).
+    """
+    loader.batch_sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    batches = [list(b) for b in loader.batch_sampler][skip:]
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_sampler=batches, collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+        generator=torch.Generator().manual_seed(epoch))
+
+
+def to_device(images, targets, device):
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def _amp_dtype(device: torch.device):
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def log_values(losses: dict, ctx: distributed.Context) -> dict:
+    """Every loss as a float, averaged over processes (one small all-reduce, one sync)."""
+    names = list(losses)
+    task = sum(v for k, v in losses.items() if k.startswith("task/"))
+    stacked = torch.stack([losses[k].detach().float() for k in names] + [task.detach().float()])
+    values = distributed.mean_over_ranks(stacked, ctx).tolist()
+    out = dict(zip(names, values))
+    out["loss_task"] = values[-1]
+    fgd = [out[k] for k in names if k.startswith("fgd/")]
+    if fgd:
+        out["fgd"] = sum(fgd)
+    out["loss"] = out["loss_task"] + out.get("fgd", 0.0)
+    return out
+
+
+def check_finite(values: dict, role: str, step: int) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(f"{role}: non-finite loss at step {step} ({bad}); training "
+                                 "stopped (try a lower --lr, more --warmup-steps, or no --amp)")
+
+
+class Trainer:
+    """Trains one role: optimizer, schedule, scaler, position, log; ``run`` is the loop."""
+
+    def __init__(self, role: str, step_module: TrainStep, loader, sched: Schedule, role_dir,
+                 ctx: distributed.Context, meta: dict):
+        self.role, self.module, self.loader, self.s = role, step_module, loader, sched
+        self.role_dir, self.ctx, self.meta = role_dir, ctx, meta
+        self.params = [p for p in step_module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=sched.lr, momentum=sched.momentum,
+                                         weight_decay=sched.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupMultiStep(
+            sched.warmup_steps, sched.warmup_factor, sched.lr_milestones, sched.lr_gamma))
+        self.amp = sched.amp
+        use_scaler = sched.amp and ctx.device.type == "cuda"  # bfloat16 on CPU needs none
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_scaler)
+        self.pos = ckpt.Position()
+
+    def resume(self, state: dict) -> None:
+        ckpt.check_compatible(state, self.meta, ckpt.path_of(self.role_dir))
+        self.pos = ckpt.restore(state, self.module, self.optimizer, self.scheduler, self.scaler)
+
+    def save(self, finished: bool) -> None:
+        if self.ctx.main:
+            state = ckpt.training_state(self.module, self.optimizer, self.scheduler, self.scaler,
+                                        self.pos, role=self.role, finished=finished,
+                                        meta=self.meta)
+            ckpt.save_atomic(state, ckpt.path_of(self.role_dir))
+        distributed.barrier(self.ctx)
+
+    def step(self, net, images, targets) -> dict:
+        """One optimizer step on one batch; returns the logged values."""
+        images, targets = to_device(images, targets, self.ctx.device)
+        with torch.autocast(self.ctx.device.type, _amp_dtype(self.ctx.device), enabled=self.amp):
+            losses = net(images, targets)
+        total = sum(losses.values())
+        values = log_values(losses, self.ctx)
+        check_finite(values, self.role, self.pos.step + 1)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.s.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.s.clip_grad, norm_type=2.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {**values, "lr": lr}
+
+    def wrapped(self):
+        if not self.ctx.distributed:
+            return self.module
+        ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+
+    def run(self) -> None:
+        """Train from self.pos to self.s.steps; checkpoint every ckpt_every steps and at the end."""
+        net = self.wrapped()
+        net.train()
+        log = logs.JsonlLog(self.role_dir / "log.jsonl", self.pos.step, enabled=self.ctx.main)
+        bar = logs.Progress(self.role, self.s.steps, self.pos.step, self.s.print_freq,
+                            self.ctx.main)
+        try:
+            while self.pos.step < self.s.steps:
+                self._epoch(net, log, bar)
+        finally:
+            bar.close()
+            log.close()
+        self.save(finished=True)
+
+    def _epoch(self, net, log, bar) -> None:
+        """The rest of the current epoch (or up to the last step); advances self.pos."""
+        batches = epoch_loader(self.loader, self.pos.epoch, self.pos.batch)
+        if self.pos.batch == 0 and len(batches) == 0:
+            raise ValueError("the training set has fewer images than one batch per process "
+                             "(lower -b/--batch-size)")
+        tick = time.perf_counter()
+        for images, targets in batches:
+            data_time = time.perf_counter() - tick
+            values = self.step(net, images, targets)
+            self.pos.step += 1
+            self.pos.batch += 1
+            step_time = time.perf_counter() - tick
+            log.write({"step": self.pos.step, "epoch": self.pos.epoch, **values,
+                       "step_time": step_time, "data_time": data_time})
+            bar.update(self.pos.step, {k: values[k] for k in ("loss", "loss_task", "fgd", "lr")
+                                       if k in values})
+            if self.s.ckpt_every > 0 and self.pos.step % self.s.ckpt_every == 0 \
+                    and self.pos.step < self.s.steps:
+                self.save(finished=False)
+            if self.pos.step >= self.s.steps:
+                return
+            tick = time.perf_counter()
+        self.pos.epoch += 1
+        self.pos.batch = 0
