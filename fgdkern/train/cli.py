@@ -1,0 +1,161 @@
+"""Command line of ``python -m fgdkern.train`` (docs/training.md, "Options").
+
+parse_args: flags -> one namespace (flag, else preset value, else BASE),
+validated with argparse errors (exit code 2). main: runs the roles
+(fgdkern.train.roles) and turns a non-finite loss into exit code 3.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fgdkern.train import presets
+
+EXIT_NON_FINITE = 3
+
+
+def _flag(group, *names, **kw):
+    """An option whose default is None, so an explicit value can be told from a preset's."""
+    kw.setdefault("default", None)
+    group.add_argument(*names, **kw)
+
+
+def _add_run(p) -> None:
+    g = p.add_argument_group("run")
+    _flag(g, "--preset", choices=sorted(presets.PRESETS), help=f"default {presets.DEFAULT}")
+    _flag(g, "--role", choices=("all", "teacher", "student", "distilled"))
+    _flag(g, "--out", "--output-dir", dest="out", metavar="DIR")
+    _flag(g, "--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _flag(g, "-j", "--workers", type=int, metavar="N", help="data loading processes")
+    _flag(g, "--seed", type=int)
+    _flag(g, "--resume", action="store_true", help="continue from <out>/<role>/checkpoint.pth")
+    _flag(g, "--test-only", action="store_true", help="evaluate the roles' checkpoints only")
+    _flag(g, "--print-freq", type=int, metavar="N")
+    _flag(g, "--ckpt-every", type=int, metavar="N", help="checkpoint every N steps (0: end)")
+    _flag(g, "--report-images", type=int, metavar="N", help="validation images in the PNG")
+    _flag(g, "--attention-level", type=int, metavar="K", help="FPN level shown in the PNG")
+
+
+def _add_data(p) -> None:
+    g = p.add_argument_group("data")
+    _flag(g, "--data-path", metavar="DIR",
+          help="COCO layout: annotations/instances_{train,val}.json + images")
+    _flag(g, "--data-cache", metavar="DIR", help="built-in dataset dir (default <out>/data)")
+    _flag(g, "--num-train", type=int)
+    _flag(g, "--num-val", type=int)
+    _flag(g, "--image-size", type=int)
+    _flag(g, "--data-seed", type=int)
+    _flag(g, "--aspect-ratio-group-factor", type=int, metavar="K", help="-1: no grouping")
+
+
+def _add_model(p) -> None:
+    from fgdkern.train.models import ARCHS, BACKBONES, NORMS
+    g = p.add_argument_group("models")
+    _flag(g, "--arch", choices=ARCHS)
+    _flag(g, "--teacher-backbone", choices=BACKBONES)
+    _flag(g, "--student-backbone", choices=BACKBONES)
+    _flag(g, "--teacher-fpn-channels", type=int)
+    _flag(g, "--student-fpn-channels", type=int)
+    _flag(g, "--min-size", type=int)
+    _flag(g, "--max-size", type=int)
+    _flag(g, "--anchor-scale", type=float, help="anchor sizes = (32..512) x this")
+    _flag(g, "--norm", choices=NORMS)
+    _flag(g, "--trainable-backbone-layers", type=int, metavar="N")
+    _flag(g, "--teacher", metavar="PATH", help="a trained teacher: skip training one")
+    _flag(g, "--teacher-weights", metavar="PATH")
+    _flag(g, "--teacher-weights-backbone", metavar="PATH")
+    _flag(g, "--weights", metavar="PATH", help="initial student detector weights")
+    _flag(g, "--weights-backbone", metavar="PATH", help="initial student backbone weights")
+
+
+def _add_fgd(p) -> None:
+    g = p.add_argument_group("distillation (FGD)")
+    _flag(g, "--fgd-temp", type=float)
+    _flag(g, "--alpha-fgd", type=float)
+    _flag(g, "--beta-fgd", type=float)
+    _flag(g, "--gamma-fgd", type=float)
+    _flag(g, "--lambda-fgd", type=float)
+    _flag(g, "--fgd-levels", type=int, metavar="N")
+    _flag(g, "--fgd-backend", choices=("auto", "reference", "fused", "triton", "cpp"))
+
+
+def _add_optim(p) -> None:
+    g = p.add_argument_group("optimisation")
+    _flag(g, "-b", "--batch-size", type=int, help="images per process and step")
+    _flag(g, "--epochs", type=int)
+    _flag(g, "--steps", type=int, help="optimizer steps (overrides --epochs)")
+    _flag(g, "--lr", type=float)
+    _flag(g, "--lr-steps", type=float, nargs="*", metavar="EPOCH", help="epochs of lr decay")
+    _flag(g, "--lr-gamma", type=float)
+    _flag(g, "--warmup-steps", type=int)
+    _flag(g, "--warmup-factor", type=float)
+    _flag(g, "--momentum", type=float)
+    _flag(g, "--wd", "--weight-decay", dest="weight_decay", type=float)
+    _flag(g, "--clip-grad", type=float, metavar="MAX_NORM", help="0: no clipping")
+    _flag(g, "--amp", action="store_true", help="float16 (CUDA) / bfloat16 (CPU) autocast")
+    _flag(g, "--eval-batch-size", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fgdkern.train",
+        description="Train a teacher, a student and an FGD-distilled student; evaluate COCO "
+                    "mAP; write report.json and report.png (docs/training.md).")
+    for add in (_add_run, _add_data, _add_model, _add_fgd, _add_optim):
+        add(p)
+    return p
+
+
+def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Argument errors argparse cannot see alone (p.error exits with code 2)."""
+    positive = ("batch_size", "num_train", "num_val", "image_size", "min_size", "max_size",
+                "teacher_fpn_channels", "student_fpn_channels", "report_images")
+    for name in positive:
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.steps is None and not a.epochs:
+        p.error("give --steps or --epochs (>= 1)")
+    if a.steps is not None and a.steps < 1:
+        p.error(f"--steps must be >= 1, got {a.steps}")
+    for name in ("lr", "warmup_factor", "lr_gamma"):
+        if not getattr(a, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    for name in ("warmup_steps", "workers", "ckpt_every", "clip_grad", "weight_decay"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    if a.preset == "paper" and not a.data_path:
+        p.error("--preset paper trains on COCO: give --data-path")
+    if a.teacher and (a.teacher_weights or a.teacher_weights_backbone):
+        p.error("--teacher gives a trained teacher; --teacher-weights/-backbone would be unused")
+    if a.resume and a.test_only:
+        p.error("--resume and --test-only exclude each other")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The run's options: explicit flags over the preset's values over presets.BASE."""
+    p = build_parser()
+    given = p.parse_args(argv)
+    preset = given.preset or presets.DEFAULT
+    values = {**presets.BASE, **presets.PRESETS[preset]}
+    values.update({k: v for k, v in vars(given).items() if v is not None})
+    values["preset"] = preset
+    args = argparse.Namespace(**values)
+    if args.steps is not None and given.epochs is not None and given.steps is None:
+        args.steps = None  # an explicit --epochs beats the preset's step count
+    _check(p, args)
+    return args
+
+
+def main(argv=None) -> int:
+    """Parse, run every requested role, write the report; the process exit code."""
+    args = parse_args(argv)
+    from fgdkern.train import require_all
+    require_all()
+    from fgdkern.train import roles
+    from fgdkern.train.engine import NonFiniteLossError
+    try:
+        roles.run(args)
+    except NonFiniteLossError as exc:
+        print(f"fgdkern.train: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_NON_FINITE
+    return 0
