@@ -11,6 +11,7 @@ import sys
 
 from fgdkern.train import presets
 
+EXIT_USAGE = 2  # as argparse
 EXIT_NON_FINITE = 3
 
 
@@ -155,6 +156,9 @@ def main(argv=None) -> int:
     from fgdkern.train.engine import NonFiniteLossError
     try:
         roles.run(args)
+    except roles.UsageError as exc:
+        print(f"fgdkern.train: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     except NonFiniteLossError as exc:
         print(f"fgdkern.train: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_NON_FINITE

@@ -1,0 +1,31 @@
+"""Helpers of the training-script tests (command lines, logs, state dicts)."""
+import json
+import pathlib
+
+import torch
+
+
+def smoke_args(out, data_cache, *extra) -> list[str]:
+    """The command line of a smoke run into ``out`` on the shared dataset."""
+    return ["--preset", "smoke", "--out", str(out), "--data-cache", str(data_cache),
+            "--print-freq", "0", *[str(a) for a in extra]]
+
+
+def run_cli(argv) -> int:
+    """``python -m fgdkern.train ARGV`` in this process; the exit code."""
+    from fgdkern.train.cli import main
+    return main([str(a) for a in argv])
+
+
+def read_log(path) -> list[dict]:
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
+def losses_of(records: list[dict]) -> list[dict]:
+    """The loss values of every step (what must repeat exactly), without times."""
+    return [{k: v for k, v in r.items() if k not in ("step_time", "data_time")}
+            for r in records]
+
+
+def load_checkpoint(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
