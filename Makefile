@@ -1,13 +1,17 @@
-# make demo   run the main job (creates .venv and builds the extension on first use)
-# make test   run the test suite (the same; Triton kernels run under TRITON_INTERPRET=1 without a GPU)
-# make bench  time every implementation and write bench/results/<device>-<date>.{json,png}
+# make demo       the main job: train teacher, student and FGD-distilled student on the
+#                 built-in synthetic COCO dataset, report mAP (out/report.json, out/report.png)
+# make demo-loss  the loss alone on synthetic pyramids: terms per level + out/fgd_masks.png
+# make test       the test suite (Triton kernels run under TRITON_INTERPRET=1 without a GPU)
+# make bench      time every implementation and write bench/results/<device>-<date>.{json,png}
+# make sdist      dist/fgdkern-<version>.tar.gz (needs no torch)
+# Each creates $(VENV) from requirements-dev.txt and builds the extension on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*.h)
+SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
 
-.PHONY: demo test ext bench bench-quick clean
+.PHONY: demo demo-loss test ext bench bench-quick sdist clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +25,9 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 ext: $(VENV)/.built
 
 demo: ext
+	$(PY) -m fgdkern.train --preset small --out out
+
+demo-loss: ext
 	$(PY) -m fgdkern.demo --out out
 
 test: ext
@@ -32,5 +39,8 @@ bench: ext
 bench-quick: ext
 	$(PY) bench/report.py --quick
 
+sdist: $(VENV)/.deps
+	$(PY) -m build --sdist --no-isolation --skip-dependency-check --outdir dist .
+
 clean:
-	rm -rf build *.egg-info fgdkern/_C*.so
+	rm -rf build dist *.egg-info fgdkern/_C*.so
