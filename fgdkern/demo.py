@@ -5,11 +5,13 @@
 Builds teacher features with a response on every object and a noisier
 student, runs MultiLevelFGDLoss forward and backward on every level at once,
 prints the four loss terms per level and writes DIR/fgd_masks.png: the boxes,
-the fg and bg masks (SPEC 1.1) and the teacher's spatial attention A_S.
+the fg and bg masks (docs/fgd.md, "Masks from boxes") and the teacher's
+spatial attention A_S. The figure needs matplotlib (extra [bench]).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 
@@ -82,6 +84,9 @@ def main(argv=None) -> None:
     p.add_argument("--backend", default="auto", choices=fgdkern.losses.fgd.BACKENDS)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit("python -m fgdkern.demo draws its figure with matplotlib, which is not "
+                         "installed: pip install 'fgdkern[bench]' (or pip install matplotlib)")
 
     torch.manual_seed(args.seed)
     N = 2
