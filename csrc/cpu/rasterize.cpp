@@ -1,4 +1,5 @@
-// fgdkern::rasterize_boxes on CPU: the fg/bg masks of every level (SPEC 1.1).
+// fgdkern::rasterize_boxes on CPU: the fg/bg masks of every level
+// (docs/fgd.md, "Masks from boxes").
 // Reads boxes (sum K_n, 4) float32 xyxy, counts (N,) int64, img_shapes (N, 2)
 // float32 (h, w), level_sizes [H0, W0, H1, W1, ...]; writes [fg0, bg0, fg1,
 // bg1, ...], each (N, H_l, W_l) float32. The float32 operations and their

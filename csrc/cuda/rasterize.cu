@@ -1,4 +1,5 @@
-// fgdkern::rasterize_boxes on CUDA: the fg/bg masks of every level (SPEC 1.1).
+// fgdkern::rasterize_boxes on CUDA: the fg/bg masks of every level
+// (docs/fgd.md, "Masks from boxes").
 // Inputs and outputs as in csrc/cpu/rasterize.cpp; three launches, each over
 // all levels and images. The float32 operations and their order are those of
 // the CPU kernel (IEEE division, no fast math), so the floats are the same.
