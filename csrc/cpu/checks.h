@@ -1,0 +1,46 @@
+// Argument checks shared by the CPU ops over lists of levels. Every message
+// starts with the op's name and names the argument and its level, e.g.
+// "fgd_stats_cpp: T[1] must have the dtype of S[1] ...".
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstddef>
+#include <initializer_list>
+
+namespace fgdkern::cpu {
+
+// S[l] and T[l]: (N, C, H, W) CPU tensors of one shape and one float dtype,
+// with at least one channel and one pixel.
+inline void check_features(const char* op, const at::Tensor& S, const at::Tensor& T, size_t l) {
+  TORCH_CHECK(S.device().is_cpu() && T.device().is_cpu(), op, ": S[", l, "] and T[", l,
+              "] must be CPU tensors, got ", S.device(), " and ", T.device());
+  TORCH_CHECK(S.dim() == 4, op, ": S[", l, "] must be (N, C, H, W), got shape ", S.sizes());
+  TORCH_CHECK(T.sizes() == S.sizes(), op, ": T[", l, "] must have the shape of S[", l, "] ",
+              S.sizes(), ", got ", T.sizes());
+  const at::ScalarType dtype = S.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op, ": S[", l,
+              "] must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(T.scalar_type() == dtype, op, ": T[", l, "] must have the dtype of S[", l, "] (",
+              dtype, "), got ", T.scalar_type());
+  TORCH_CHECK(S.size(1) > 0 && S.size(2) * S.size(3) > 0, op, ": S[", l,
+              "] needs at least one channel and one pixel, got shape ", S.sizes());
+}
+
+// name[l]: a float32 CPU tensor of the given shape (any strides).
+inline void check_float(const char* op, const char* name, size_t l, const at::Tensor& x,
+                        at::IntArrayRef shape) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.sizes() == shape, op,
+              ": ", name, "[", l, "] must be a float32 CPU tensor of shape ", shape, ", got ",
+              x.scalar_type(), " ", x.sizes(), " on ", x.device());
+}
+
+// Every list holds one tensor per level, L levels.
+inline void check_levels(const char* op, size_t L, std::initializer_list<at::TensorList> lists) {
+  for (const at::TensorList& list : lists) {
+    TORCH_CHECK(list.size() == L, op, ": every list must hold one tensor per level; S has ", L,
+                " levels, another list ", list.size());
+  }
+}
+
+}  // namespace fgdkern::cpu

@@ -1,0 +1,162 @@
+// Sweeps: one loop of per-element math run over every element of a tile.
+//
+// A Loop says what it reads and adds up. Per element (c, p) of a tile it gets
+// s = S[c, p], t = T[c, p], its per-pixel inputs at p and its per-channel
+// inputs at c (16 lanes at a time); it returns dS[c, p] (written when
+// kWrites) and contributions to sums over channels per pixel
+// (pix_out[k][p] +=) and over pixels per channel (chan_out[k][c] +=).
+//
+// A tile is swept either channels-outer (S, T with unit pixel stride) or
+// pixels-outer (unit channel stride, or any strides with strided loads); both
+// run the same loop. Every order of summation is fixed by the tile alone.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+
+#include "tiles.h"
+#include "vec.h"
+
+namespace fgdkern::cpu {
+
+template <int kPixIn_, int kChanIn_, int kPixOut_, int kChanOut_, bool kWrites_ = false>
+struct Loop {
+  static constexpr int kPixIn = kPixIn_, kChanIn = kChanIn_;
+  static constexpr int kPixOut = kPixOut_, kChanOut = kChanOut_;
+  static constexpr bool kWrites = kWrites_;
+  std::array<const float*, kPixIn> pix_in{};
+  std::array<const float*, kChanIn> chan_in{};
+  std::array<float*, kPixOut> pix_out{};
+  std::array<float*, kChanOut> chan_out{};
+};
+
+// Lanes are 16 consecutive elements of the inner axis (pixels when kPixInner,
+// else channels), and the outer axis is taken kGroup lines at a time, so that
+// the inner inputs and sums are loaded and stored once per group. Within a
+// group, contributions add up in line order.
+constexpr int kGroup = 4;
+constexpr int64_t kAheadLines = 4;  // lines prefetched ahead
+
+// Which of a loop's inputs and sums run along the inner and the outer axis.
+template <bool kPixInner, class L>
+struct Axes {
+  static constexpr int kInnerIn = kPixInner ? L::kPixIn : L::kChanIn;
+  static constexpr int kOuterIn = kPixInner ? L::kChanIn : L::kPixIn;
+  static constexpr int kInnerOut = kPixInner ? L::kPixOut : L::kChanOut;
+  static constexpr int kOuterOut = kPixInner ? L::kChanOut : L::kPixOut;
+  using OuterIn = std::array<Vecs<kOuterIn>, kGroup>;
+  using OuterSums = std::array<Vecs<kOuterOut>, kGroup>;
+
+  static FGDKERN_INLINE const auto& inner_in(const L& f) {
+    if constexpr (kPixInner) return f.pix_in; else return f.chan_in;
+  }
+  static FGDKERN_INLINE const auto& outer_in(const L& f) {
+    if constexpr (kPixInner) return f.chan_in; else return f.pix_in;
+  }
+  static FGDKERN_INLINE const auto& inner_out(const L& f) {
+    if constexpr (kPixInner) return f.pix_out; else return f.chan_out;
+  }
+  static FGDKERN_INLINE const auto& outer_out(const L& f) {
+    if constexpr (kPixInner) return f.chan_out; else return f.pix_out;
+  }
+  static FGDKERN_INLINE Vec apply(const L& f, Vec s, Vec t, const Vecs<kInnerIn>& inner,
+                                  const Vecs<kOuterIn>& outer, Vecs<kInnerOut>& inner_add,
+                                  Vecs<kOuterOut>& outer_add) {
+    if constexpr (kPixInner) return f(s, t, inner, outer, inner_add, outer_add);
+    else return f(s, t, outer, inner, outer_add, inner_add);
+  }
+};
+
+// Up to kGroup lines of S, T and dS along the inner axis: element i of line g
+// at s[g][i * s_step]; s_next, t_next: the lines kAheadLines further on.
+template <typename scalar_t>
+struct Lines {
+  std::array<const scalar_t*, kGroup> s, t, s_next, t_next;
+  std::array<scalar_t*, kGroup> ds;
+  int64_t s_step, t_step, ds_step;
+};
+
+template <bool kUnit>
+FGDKERN_INLINE int64_t at(int64_t i, int64_t step) { return kUnit ? i : i * step; }
+
+// Elements i .. i + n - 1 of G lines (n == kLanes when kFull).
+template <bool kPixInner, bool kUnit, bool kFull, int G, class L, typename scalar_t>
+FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64_t n,
+                          const typename Axes<kPixInner, L>::OuterIn& outer,
+                          typename Axes<kPixInner, L>::OuterSums& acc) {
+  using A = Axes<kPixInner, L>;
+  Vecs<A::kInnerIn> inner;
+  for (int k = 0; k < A::kInnerIn; ++k) inner[k] = load<true, kFull>(A::inner_in(f)[k] + i, 1, n);
+  const Mask live = first_lanes(n);
+  Vecs<A::kInnerOut> inner_sum{};
+  for (int g = 0; g < G; ++g) {
+    __builtin_prefetch(r.s_next[g] + at<kUnit>(i, r.s_step));
+    __builtin_prefetch(r.t_next[g] + at<kUnit>(i, r.t_step));
+    Vecs<A::kInnerOut> inner_add;
+    Vecs<A::kOuterOut> outer_add;
+    const Vec out = A::apply(f, load<kUnit, kFull>(r.s[g] + at<kUnit>(i, r.s_step), r.s_step, n),
+                             load<kUnit, kFull>(r.t[g] + at<kUnit>(i, r.t_step), r.t_step, n),
+                             inner, outer[g], inner_add, outer_add);
+    for (int k = 0; k < A::kInnerOut; ++k) inner_sum[k] += inner_add[k];
+    for (int k = 0; k < A::kOuterOut; ++k) {
+      acc[g][k] += kFull ? outer_add[k] : keep(live, outer_add[k]);
+    }
+    if constexpr (L::kWrites) {
+      store<kUnit, kFull>(r.ds[g] + at<kUnit>(i, r.ds_step), r.ds_step, n, out);
+    }
+  }
+  for (int k = 0; k < A::kInnerOut; ++k) {
+    float* sum = A::inner_out(f)[k] + i;
+    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + inner_sum[k]);
+  }
+}
+
+// Line j of a plane in the tile: channel j (kPixInner) or pixel j.
+template <bool kPixInner, typename scalar_t, typename T>
+FGDKERN_INLINE scalar_t* line(const Plane<scalar_t>& F, const Tile<T>& x, int64_t j) {
+  return kPixInner ? F.pixel(x.p0) + j * F.sc : F.pixel(x.p0 + j);
+}
+
+// Outer lines o .. o + G - 1, all of the inner axis.
+template <bool kPixInner, bool kUnit, int G, class L, typename scalar_t>
+FGDKERN_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o) {
+  using A = Axes<kPixInner, L>;
+  const int64_t n_outer = kPixInner ? x.C : x.np, n_inner = kPixInner ? x.np : x.C;
+  Lines<scalar_t> r;
+  r.s_step = kPixInner ? 1 : x.S.sc;
+  r.t_step = kPixInner ? 1 : x.T.sc;
+  r.ds_step = kPixInner ? 1 : x.dS.sc;
+  typename A::OuterIn outer;
+  for (int g = 0; g < G; ++g) {
+    const int64_t ahead = std::min(o + g + kAheadLines, n_outer - 1);
+    r.s[g] = line<kPixInner>(x.S, x, o + g);
+    r.t[g] = line<kPixInner>(x.T, x, o + g);
+    r.s_next[g] = line<kPixInner>(x.S, x, ahead);
+    r.t_next[g] = line<kPixInner>(x.T, x, ahead);
+    r.ds[g] = L::kWrites ? line<kPixInner>(x.dS, x, o + g) : nullptr;
+    for (int k = 0; k < A::kOuterIn; ++k) outer[g][k] = splat(A::outer_in(f)[k][o + g]);
+  }
+  typename A::OuterSums acc{};
+  int64_t i = 0;
+  for (; i + kLanes <= n_inner; i += kLanes) {
+    lanes<kPixInner, kUnit, true, G>(f, r, i, kLanes, outer, acc);
+  }
+  if (i < n_inner) lanes<kPixInner, kUnit, false, G>(f, r, i, n_inner - i, outer, acc);
+  for (int g = 0; g < G; ++g) {
+    for (int k = 0; k < A::kOuterOut; ++k) A::outer_out(f)[k][o + g] += lane_sum(acc[g][k]);
+  }
+}
+
+// Runs loop f over every element of tile x.
+template <Order kOrder, class L, typename scalar_t>
+FGDKERN_INLINE void sweep(const L& f, const Tile<scalar_t>& x) {
+  constexpr bool kPixInner = kOrder == Order::kChannelsOuter;
+  constexpr bool kUnit = kOrder != Order::kPixelsOuterStrided;
+  const int64_t n_outer = kPixInner ? x.C : x.np;
+  int64_t o = 0;
+  for (; o + kGroup <= n_outer; o += kGroup) group<kPixInner, kUnit, kGroup>(f, x, o);
+  for (; o < n_outer; ++o) group<kPixInner, kUnit, 1>(f, x, o);
+}
+
+}  // namespace fgdkern::cpu
