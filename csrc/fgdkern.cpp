@@ -13,12 +13,13 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fgdkern, m) {
-  // SPEC 1.1, every level in one call. boxes (sum K_n, 4) float32 xyxy pixels,
-  // counts (N,) int64, img_shapes (N, 2) float32 (h, w),
-  // level_sizes [H0, W0, H1, W1, ...]. Returns [fg0, bg0, fg1, bg1, ...],
-  // each (N, H_l, W_l) float32.
+  // The fg/bg masks of every level in one call (docs/fgd.md, "Masks from boxes").
+  // boxes (sum K_n, 4) float32 xyxy pixels, counts (N,) int64, img_shapes (N, 2)
+  // float32 (h, w), level_sizes [H0, W0, H1, W1, ...]. Returns [fg0, bg0, fg1,
+  // bg1, ...], each (N, H_l, W_l) float32.
   m.def("rasterize_boxes(Tensor boxes, Tensor counts, Tensor img_shapes, int[] level_sizes) -> Tensor[]");
   // The two fused FGD passes on CPU; contract in fgdkern/reference/fgd_passes.py.
-  m.def("fgd_stats_cpp(Tensor[] S, Tensor[] T, Tensor[] fg, Tensor[] bg, Tensor[] w_s, Tensor[] w_t, float temp) -> Tensor[]");
+  // temp: one temperature per level.
+  m.def("fgd_stats_cpp(Tensor[] S, Tensor[] T, Tensor[] fg, Tensor[] bg, Tensor[] w_s, Tensor[] w_t, float[] temp) -> Tensor[]");
   m.def("fgd_grad_cpp(Tensor[] S, Tensor[] T, Tensor[] pix_coef, Tensor[] chan_coef, Tensor[] K) -> Tensor[]");
 }

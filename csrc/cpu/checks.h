@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstddef>
 #include <initializer_list>
 
@@ -40,6 +41,18 @@ inline void check_levels(const char* op, size_t L, std::initializer_list<at::Ten
   for (const at::TensorList& list : lists) {
     TORCH_CHECK(list.size() == L, op, ": every list must hold one tensor per level; S has ", L,
                 " levels, another list ", list.size());
+  }
+}
+
+// name: one positive finite number per level, L levels.
+inline void check_positive_per_level(const char* op, const char* name, size_t L,
+                                     at::ArrayRef<double> values) {
+  TORCH_CHECK(values.size() == L, op, ": ", name, " must hold one value per level; S has ", L,
+              " levels, ", name, " ", values.size());
+  for (size_t l = 0; l < L; ++l) {
+    TORCH_CHECK(std::isfinite(values[l]) && values[l] > 0.0, op, ": ", name,
+                " must be positive and finite at every level; ", name, "[", l, "] is ",
+                values[l]);
   }
 }
 

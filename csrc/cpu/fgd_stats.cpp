@@ -1,7 +1,7 @@
 // fgdkern::fgd_stats_cpp: the FGD statistics pass on CPU (contract and
 // notation: fgdkern/reference/fgd_passes.py; rows: docs/kernels.md, "FGD
 // statistics"). Reads S, T, the masks fg, bg, the conv_mask weights w_s, w_t
-// and the temperature; writes per image the pixel rows pix
+// and one temperature per level; writes per image the pixel rows pix
 // (N, 4, HW) and the channel rows chan (N, 8, C).
 //
 // Each block sweeps its tile twice (the second time from cache): first the
@@ -12,7 +12,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "blocks.h"
@@ -147,14 +146,14 @@ StatsLevel make_level(const char* op, size_t l, const at::Tensor& S, const at::T
 
 std::vector<at::Tensor> fgd_stats_cpu(at::TensorList S, at::TensorList T, at::TensorList fg,
                                       at::TensorList bg, at::TensorList w_s, at::TensorList w_t,
-                                      double temp) {
+                                      at::ArrayRef<double> temp) {
   const char* op = "fgd_stats_cpp";
   check_levels(op, S.size(), {T, fg, bg, w_s, w_t});
-  TORCH_CHECK(std::isfinite(temp) && temp > 0.0, op, ": temp must be positive, got ", temp);
+  check_positive_per_level(op, "temp", S.size(), temp);
   std::vector<StatsLevel> levels;
   int64_t max_C = 0;
   for (size_t l = 0; l < S.size(); ++l) {
-    levels.push_back(make_level(op, l, S[l], T[l], fg[l], bg[l], w_s[l], w_t[l], temp));
+    levels.push_back(make_level(op, l, S[l], T[l], fg[l], bg[l], w_s[l], w_t[l], temp[l]));
     max_C = std::max(max_C, levels.back().C);
   }
   for_each_block(levels, 4 * kMaxBlock + max_C, StatsBlock{});

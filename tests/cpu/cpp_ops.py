@@ -1,0 +1,25 @@
+"""The C++ FGD passes as the CPU tests call them, and inputs they share."""
+import pytest
+import torch
+
+from tests.ops.test_fgd_passes import make_inputs
+
+# Every test module of the C++ passes is skipped when the extension was not built.
+needs_cpp = pytest.mark.skipif(
+    not torch._C._dispatch_has_kernel_for_dispatch_key("fgdkern::fgd_stats_cpp", "CPU"),
+    reason="C++ kernels not built")
+
+FLOAT_MIN = torch.finfo(torch.float32).tiny  # below it, the kernels flush denormals to zero
+
+
+def stats(*args):
+    return torch.ops.fgdkern.fgd_stats_cpp(*args)
+
+
+def grad(*args):
+    return torch.ops.fgdkern.fgd_grad_cpp(*args)
+
+
+def valid_args():
+    """Stats inputs of two small levels (temperatures not included)."""
+    return make_inputs(2, 6, [(3, 4), (2, 2)])
