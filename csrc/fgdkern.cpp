@@ -22,4 +22,7 @@ TORCH_LIBRARY(fgdkern, m) {
   // temp: one temperature per level.
   m.def("fgd_stats_cpp(Tensor[] S, Tensor[] T, Tensor[] fg, Tensor[] bg, Tensor[] w_s, Tensor[] w_t, float[] temp) -> Tensor[]");
   m.def("fgd_grad_cpp(Tensor[] S, Tensor[] T, Tensor[] pix_coef, Tensor[] chan_coef, Tensor[] K) -> Tensor[]");
+  // The rows of the tables these passes exchange, as the C++ kernels index
+  // them: "FGD_PIX.gs_s", ..., tables and rows in the order of fgdkern/rows.py.
+  m.def("fgd_rows_cpp() -> str[]");
 }
