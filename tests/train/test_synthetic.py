@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("torchvision")
 coco_api = pytest.importorskip("pycocotools.coco")
 
-from fgdkern.train.synthetic import CLASSES, MIN_VISIBLE, make_synthetic_coco, render_image  # noqa: E402
+from fgdkern.train.synthetic import (  # noqa: E402
+    CLASSES, MIN_VISIBLE, make_synthetic_coco, render_image)
 
 SMALL, LARGE = 32 ** 2, 96 ** 2
 
