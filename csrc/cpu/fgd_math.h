@@ -13,8 +13,8 @@ namespace fgdkern::cpu {
 // fgd_stats, first sweep: per pixel |S|, |T|, w_s S, w_t T (-> gs, z);
 // per channel |S|, |T|, D (-> gc, sum_d).
 struct StatsRows : Loop<0, 2, 4, 3> {
-  FGDKERN_INLINE Vec operator()(Vec s, Vec t, const Vecs<0>&, const Vecs<2>& w, Vecs<4>& pix,
-                                Vecs<3>& chan) const {
+  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<0>&, const Vecs<2>& w,
+                                Vecs<4>& pix, Vecs<3>& chan) const {
     const Vec abs_s = vabs(s), abs_t = vabs(t);
     pix = {abs_s, abs_t, w[0] * s, w[1] * t};
     chan = {abs_s, abs_t, s - t};
@@ -26,8 +26,8 @@ struct StatsRows : Loop<0, 2, 4, 3> {
 // e_t = exp(z_t - m), a_fg = fg exp(gs_t / temp - m), a_bg likewise, and the
 // block mean of D per channel: per channel ctx_s, ctx_t, m2_d, x_fg, x_bg.
 struct StatsCols : Loop<4, 1, 0, 5> {
-  FGDKERN_INLINE Vec operator()(Vec s, Vec t, const Vecs<4>& e, const Vecs<1>& mean_d, Vecs<0>&,
-                                Vecs<5>& chan) const {
+  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<4>& e,
+                                const Vecs<1>& mean_d, Vecs<0>&, Vecs<5>& chan) const {
     const Vec D = s - t, centred = D - mean_d[0], D2 = D * D;
     chan = {e[0] * s, e[1] * t, centred * centred, e[2] * D2, e[3] * D2};
     return Vec{};
@@ -36,8 +36,8 @@ struct StatsCols : Loop<4, 1, 0, 5> {
 
 // fgd_grad, first sweep: per pixel gp_s = g_ctx_s . S, gp_t = g_ctx_t . T.
 struct GradRows : Loop<0, 2, 2, 0> {
-  FGDKERN_INLINE Vec operator()(Vec s, Vec t, const Vecs<0>&, const Vecs<2>& g_ctx, Vecs<2>& gp,
-                                Vecs<0>&) const {
+  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<0>&, const Vecs<2>& g_ctx,
+                                Vecs<2>& gp, Vecs<0>&) const {
     gp = {g_ctx[0] * s, g_ctx[1] * t};
     return Vec{};
   }
@@ -47,8 +47,8 @@ struct GradRows : Loop<0, 2, 2, 0> {
 // Pixel inputs: a_sign, fgA, bgA, p_s, dz_s, dz_t; channel inputs: b_sign,
 // k_d, k_const, k_fg, k_bg, g_ctx_s, w_s.
 struct GradCols : Loop<6, 7, 0, 2, true> {
-  FGDKERN_INLINE Vec operator()(Vec s, Vec t, const Vecs<6>& px, const Vecs<7>& ch, Vecs<0>&,
-                                Vecs<2>& dw) const {
+  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<6>& px, const Vecs<7>& ch,
+                                Vecs<0>&, Vecs<2>& dw) const {
     const auto& [a_sign, fgA, bgA, p_s, dz_s, dz_t] = px;
     const auto& [b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, w_s] = ch;
     dw = {dz_s * s, dz_t * t};

@@ -60,9 +60,9 @@ struct Axes {
   static FGDKERN_INLINE const auto& outer_out(const L& f) {
     if constexpr (kPixInner) return f.chan_out; else return f.pix_out;
   }
-  static FGDKERN_INLINE Vec apply(const L& f, Vec s, Vec t, const Vecs<kInnerIn>& inner,
-                                  const Vecs<kOuterIn>& outer, Vecs<kInnerOut>& inner_add,
-                                  Vecs<kOuterOut>& outer_add) {
+  static FGDKERN_INLINE Vec apply(const L& f, const Vec& s, const Vec& t,
+                                  const Vecs<kInnerIn>& inner, const Vecs<kOuterIn>& outer,
+                                  Vecs<kInnerOut>& inner_add, Vecs<kOuterOut>& outer_add) {
     if constexpr (kPixInner) return f(s, t, inner, outer, inner_add, outer_add);
     else return f(s, t, outer, inner, outer_add, inner_add);
   }
