@@ -62,7 +62,8 @@ def bar_panel(ax, entries: list[dict], key: str, title: str) -> None:
     ax.set_ylim(bottom, top * 5)  # room for the value labels and the legend
     ax.grid(axis="y", alpha=0.3)
     handles = ax.get_legend_handles_labels()[0]
-    ax.legend(fontsize=8, loc="upper left", ncol=min(len(handles), 3))
+    if handles:  # a run of one implementation may have no labelled bars
+        ax.legend(fontsize=8, loc="upper left", ncol=min(len(handles), 3))
 
 
 def sweep_panel(ax, rows: list[dict], sweep: str, axis_label: str, added: bool) -> None:

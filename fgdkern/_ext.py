@@ -18,7 +18,7 @@ except ImportError as exc:  # not built, or built against another torch
     warnings.warn(
         f"fgdkern: the C++ extension is not available ({exc}); using the pure-PyTorch "
         "paths (box rasterizer and FGD reference). Reinstall with `pip install "
-        "--no-build-isolation -e .` to build it.",
+        "--no-build-isolation <checkout or sdist>` to build it (README, Install).",
         RuntimeWarning,
         stacklevel=2,
     )

@@ -1,9 +1,9 @@
-"""Adapters: detector-library targets -> (gt_bboxes, img_shapes) for the losses (SPEC 4).
+"""Adapters: detector-library targets -> (gt_bboxes, img_shapes) for the losses (docs/integrations.md).
 
 gt_bboxes is a list of N float32 (K_n, 4) xyxy pixel boxes; img_shapes a list
 of N (h, w): the pixel extent the feature maps span. The caller says which
 extent: the padded batch (what the maps really span) or the unpadded image
-(what the widely used FGD code passed; see SPEC 1.1).
+(what the widely used FGD code passed; see docs/fgd.md, "Padded batches").
 """
 from __future__ import annotations
 

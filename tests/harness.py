@@ -43,6 +43,7 @@ GRAD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-9),
             torch.bfloat16: dict(rtol=1.6e-2, atol=1e-7)}  # ... or to bfloat16
 # Kernel outputs (float32 statistics) against the PyTorch contract of the passes.
 PASS_TOL = dict(rtol=2e-5, atol=1e-6)
+PASS_TOLS = {torch.float32: PASS_TOL, torch.float16: PASS_TOL, torch.bfloat16: PASS_TOL}
 
 
 def backend_device(backend: str) -> str:

@@ -1,6 +1,6 @@
 """The benchmark's eager-loop FGD (bench/baselines.py) against the package reference.
 
-Two independent implementations of SPEC 1: equal loss, equal gradients of the
+Two independent implementations of docs/fgd.md: equal loss, equal gradients of the
 student features and of every parameter, bit-equal masks.
 """
 import pytest

@@ -1,4 +1,4 @@
-"""Adapters from torchvision, mmdet and Ultralytics targets (SPEC 4)."""
+"""Adapters from torchvision, mmdet and Ultralytics targets (docs/integrations.md)."""
 import pytest
 import torch
 

@@ -23,7 +23,7 @@ class FGDTerms(NamedTuple):
 
 
 class GcBlockParams(NamedTuple):
-    """One GcBlock of the relation term (paper eqs. (10)-(11)), as tensors.
+    """One GcBlock of the relation term (the global loss, paper eq. (12)), as tensors.
 
     conv_mask (1x1 conv C -> 1) gives the pixel logits of the context pooling;
     channel_add_conv (1x1 conv C -> C/2, LayerNorm, ReLU, 1x1 conv C/2 -> C)
@@ -52,7 +52,7 @@ def attention(F_: Tensor, temp: float) -> tuple[Tensor, Tensor]:
 
 
 def gc_context(F_: Tensor, gc: GcBlockParams) -> Tensor:
-    """GcBlock context, eq. (11): softmax over pixels of conv_mask(F), then F pooled by it."""
+    """GcBlock context of eq. (12): softmax over pixels of conv_mask(F), then F pooled by it."""
     N, C, H, W = F_.shape
     logits = F.conv2d(F_, gc.mask_weight.to(F_.dtype), gc.mask_bias.to(F_.dtype))
     p = torch.softmax(logits.reshape(N, 1, H * W), 2)
@@ -60,7 +60,7 @@ def gc_context(F_: Tensor, gc: GcBlockParams) -> Tensor:
 
 
 def gc_transform(ctx: Tensor, gc: GcBlockParams) -> Tensor:
-    """channel_add_conv of eq. (11) on a (N, C, 1, 1) context: conv, LayerNorm, ReLU, conv."""
+    """channel_add_conv of eq. (12) on a (N, C, 1, 1) context: conv, LayerNorm, ReLU, conv."""
     dtype = ctx.dtype
     h = F.conv2d(ctx, gc.add1_weight.to(dtype), gc.add1_bias.to(dtype))
     h = F.layer_norm(h, h.shape[1:], gc.norm_weight.to(dtype), gc.norm_bias.to(dtype),

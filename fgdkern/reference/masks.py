@@ -1,4 +1,4 @@
-"""Boxes -> fg/bg masks (SPEC 1.1) in pure PyTorch: the ground truth of the rasterizer.
+"""Boxes -> fg/bg masks (docs/fgd.md, "Masks from boxes") in pure PyTorch: the ground truth of the rasterizer.
 
 Reads the packed boxes (sum K_n, 4) float32 xyxy pixels, counts (N,) int64,
 img_shapes (N, 2) float32 (h, w) and the level sizes; writes one (fg, bg)
@@ -23,7 +23,7 @@ def to_index(x: Tensor) -> Tensor:
 
 
 def box_extents(boxes: Tensor, hw: Tensor, H: int, W: int) -> tuple[Tensor, ...]:
-    """SPEC 1.1 steps 1-3 per box: inclusive unclipped extents hmin, hmax, wmin, wmax and v.
+    """"Masks from boxes" steps 1-3 per box: inclusive unclipped extents hmin, hmax, wmin, wmax and v.
 
     boxes (K, 4) xyxy; hw (K, 2) the (h, w) of each box's image.
     """
@@ -36,7 +36,7 @@ def box_extents(boxes: Tensor, hw: Tensor, H: int, W: int) -> tuple[Tensor, ...]
 
 
 def paint_fg(image: Tensor, extents: tuple[Tensor, ...], N: int, H: int, W: int) -> Tensor:
-    """SPEC 1.1 steps 4-5: the largest v of the boxes covering each cell, 0 where none does.
+    """"Masks from boxes" steps 4-5: the largest v of the boxes covering each cell, 0 where none does.
 
     Reads each box's image index and extents; writes fg (N, H, W). Boxes are
     compared with every cell in chunks of about CHUNK_CELLS cells.
@@ -57,7 +57,7 @@ def paint_fg(image: Tensor, extents: tuple[Tensor, ...], N: int, H: int, W: int)
 
 
 def bg_from_fg(fg: Tensor) -> Tensor:
-    """SPEC 1.1 step 6: 1 / N_bg on the cells where fg == 0 (all zero when N_bg == 0)."""
+    """"Masks from boxes" step 6: 1 / N_bg on the cells where fg == 0 (all zero when N_bg == 0)."""
     empty = fg == 0
     n_bg = empty.sum((1, 2)).float()
     inv = torch.ones_like(n_bg) / n_bg

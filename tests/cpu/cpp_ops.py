@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.ops.test_fgd_passes import make_inputs
+from tests.helpers import make_inputs
 
 # Every test module of the C++ passes is skipped when the extension was not built.
 needs_cpp = pytest.mark.skipif(

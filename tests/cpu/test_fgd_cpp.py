@@ -12,7 +12,7 @@ import torch
 
 from fgdkern.reference import fgd_passes as contract
 from tests.cpu.cpp_ops import grad, needs_cpp, stats
-from tests.ops.test_fgd_passes import make_coefs, make_inputs
+from tests.helpers import make_coefs, make_inputs
 
 pytestmark = needs_cpp
 

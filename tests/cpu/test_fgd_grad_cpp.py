@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.cpu.cpp_ops import FLOAT_MIN, grad, needs_cpp, valid_args
-from tests.ops.test_fgd_passes import make_coefs
+from tests.helpers import make_coefs
 
 pytestmark = needs_cpp
 

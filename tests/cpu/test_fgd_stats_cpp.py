@@ -7,7 +7,7 @@ import torch
 from fgdkern.reference import fgd_passes as contract
 from fgdkern.rows import FGD_CHAN, FGD_PIX
 from tests.cpu.cpp_ops import FLOAT_MIN, needs_cpp, stats, valid_args
-from tests.ops.test_fgd_passes import make_inputs
+from tests.helpers import make_inputs
 
 pytestmark = needs_cpp
 

@@ -10,7 +10,8 @@ import torch
 
 from fgdkern.ops import fgd as fused
 from fgdkern.reference import fgd_passes as contract
-from tests.harness import FUSED_BACKENDS, LAYOUTS, LOW_PRECISION, assert_close_list, backend_device
+from tests.harness import (FUSED_BACKENDS, LAYOUTS, LOW_PRECISION, PASS_TOLS, assert_close_list,
+                           backend_device)
 from tests.helpers import make_coefs, make_inputs
 
 BACKENDS = FUSED_BACKENDS
@@ -22,8 +23,7 @@ SHAPES = [
     (3, 16, [(12, 10), (6, 5)]),
     (1, 130, [(4, 33)]),
 ]
-TOL = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float16: dict(rtol=2e-5, atol=1e-6),
-       torch.bfloat16: dict(rtol=2e-5, atol=1e-6)}
+TOL = PASS_TOLS
 
 
 device_of = backend_device

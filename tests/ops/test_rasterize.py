@@ -1,4 +1,4 @@
-"""fgdkern.rasterize_boxes (SPEC 1.1): every backend against a literal per-cell reading
+"""fgdkern.rasterize_boxes (docs/fgd.md, "Masks from boxes"): every backend against a literal per-cell reading
 of the spec, bit for bit; the C++ op against the PyTorch form; op registration;
 torch.compile; bad input."""
 import math
@@ -11,7 +11,7 @@ import fgdkern.reference.masks as masks
 from fgdkern.ops import dispatch
 from fgdkern.ops import rasterize as ops
 from fgdkern.ops.rasterize import rasterize_boxes
-from tests.conftest import DEVICES
+from tests.harness import DEVICES
 
 F32 = np.float32
 HAS_CPU_OP = dispatch.available("rasterize", "cpp")
@@ -20,7 +20,7 @@ BACKENDS = ["reference", pytest.param("cpp", marks=needs_op)]
 
 
 def naive_masks(gt_bboxes, img_shapes, level_sizes):
-    """SPEC 1.1 read literally: a loop per level, image, box and cell, numpy float32 scalars."""
+    """docs/fgd.md "Masks from boxes" read literally: a loop per level, image, box and cell, numpy float32 scalars."""
     out = []
     for H, W in level_sizes:
         fg = np.zeros((len(gt_bboxes), H, W), np.float32)
@@ -80,7 +80,7 @@ def skip_without_kernel(backend, device):
         pytest.skip(f"no compiled rasterize_boxes kernel for {device}")
 
 
-# ------------------------------------------------------------------ SPEC 1.1 cases
+# ------------------------------------------------------------------ hand cases of the rules
 def _fg(H, W, *painted):
     fg = torch.zeros(H, W)
     for rows, cols, v in painted:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from fgdkern.reference import fgd_passes as contract
-from tests.conftest import HAS_CUDA, backend_device
-from tests.ops.test_fgd_passes import TOL, assert_close_list, make_coefs
+from tests.harness import HAS_CUDA, backend_device
+from tests.harness import PASS_TOLS as TOL, assert_close_list
+from tests.helpers import make_coefs
 
 needs_kernels = pytest.mark.skipif(
     not (importlib.util.find_spec("triton") is not None and (HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1")),

@@ -3,7 +3,8 @@ the launcher's argument checks, and dS in the layout of S."""
 import pytest
 
 from fgdkern.reference import fgd_passes as contract
-from tests.ops.test_fgd_passes import assert_close_list, make_coefs, make_inputs
+from tests.harness import assert_close_list
+from tests.helpers import make_coefs, make_inputs
 from tests.triton.common import DEVICE, F32, needs_kernels
 
 pytestmark = needs_kernels

@@ -6,7 +6,7 @@ import torch
 
 from fgdkern.reference import fgd_passes as contract
 from fgdkern.rows import FGD_CHAN, FGD_PIX
-from tests.ops.test_fgd_passes import make_inputs
+from tests.helpers import make_inputs
 from tests.triton.common import DEVICE, F32, needs_kernels
 
 pytestmark = needs_kernels

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fgdkern.reference import fgd_passes as contract
-from tests.ops.test_fgd_passes import make_inputs
+from tests.helpers import make_inputs
 from tests.triton.common import DEVICE, check_both_passes, needs_kernels
 
 pytestmark = needs_kernels

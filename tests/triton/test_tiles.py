@@ -3,7 +3,7 @@ tile shapes it picks; channels_last maps through both passes."""
 import pytest
 import torch
 
-from tests.ops.test_fgd_passes import make_inputs
+from tests.helpers import make_inputs
 from tests.triton.common import DEVICE, check_both_passes, needs_kernels
 
 pytestmark = needs_kernels
