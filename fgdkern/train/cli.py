@@ -53,8 +53,9 @@ def _add_model(p) -> None:
     from fgdkern.train.models import ARCHS, BACKBONES, NORMS
     g = p.add_argument_group("models")
     _flag(g, "--arch", choices=ARCHS)
-    _flag(g, "--teacher-backbone", choices=BACKBONES)
-    _flag(g, "--student-backbone", choices=BACKBONES)
+    names = ", ".join(BACKBONES)
+    _flag(g, "--teacher-backbone", choices=BACKBONES, metavar="NAME", help=names)
+    _flag(g, "--student-backbone", choices=BACKBONES, metavar="NAME", help="the same names")
     _flag(g, "--teacher-fpn-channels", type=int)
     _flag(g, "--student-fpn-channels", type=int)
     _flag(g, "--min-size", type=int)
@@ -85,6 +86,8 @@ def _add_optim(p) -> None:
     _flag(g, "-b", "--batch-size", type=int, help="images per process and step")
     _flag(g, "--epochs", type=int)
     _flag(g, "--steps", type=int, help="optimizer steps (overrides --epochs)")
+    _flag(g, "--teacher-schedule", type=float, metavar="FACTOR",
+          help="the teacher trains FACTOR x the steps (lr steps stretched alike)")
     _flag(g, "--lr", type=float)
     _flag(g, "--lr-steps", type=float, nargs="*", metavar="EPOCH", help="epochs of lr decay")
     _flag(g, "--lr-gamma", type=float)
@@ -118,7 +121,7 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("give --steps or --epochs (>= 1)")
     if a.steps is not None and a.steps < 1:
         p.error(f"--steps must be >= 1, got {a.steps}")
-    for name in ("lr", "warmup_factor", "lr_gamma"):
+    for name in ("lr", "warmup_factor", "lr_gamma", "teacher_schedule"):
         if not getattr(a, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
     for name in ("warmup_steps", "workers", "ckpt_every", "clip_grad", "weight_decay"):

@@ -212,7 +212,7 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
 
     def run(self) -> None:
-        """Train from self.pos to self.s.steps; checkpoint every ckpt_every steps and at the end."""
+        """Train from self.pos to the last step; checkpoint every ckpt_every steps and at the end."""
         net = self.wrapped()
         net.train()
         log = logs.JsonlLog(self.role_dir / "log.jsonl", self.pos.step, enabled=self.ctx.main)

@@ -95,7 +95,10 @@ def load_state(path: str, what: str) -> dict:
 def _resnet(cfg: DetectorConfig, weights_backbone):
     """The torchvision ResNet trunk, its normalisation layers, frozen stages as in torchvision."""
     models = require("torchvision.models")
-    body = getattr(models, cfg.backbone)(weights=None, norm_layer=_norm_layer(cfg.norm))
+    # From scratch, each residual branch starts at zero (its last norm's weight), so every
+    # block starts as the identity; pretrained weights overwrite this.
+    body = getattr(models, cfg.backbone)(weights=None, norm_layer=_norm_layer(cfg.norm),
+                                         zero_init_residual=cfg.norm == "group")
     if weights_backbone:
         state = {k: v for k, v in load_state(weights_backbone, "--weights-backbone").items()
                  if not k.startswith("fc.")}
@@ -113,7 +116,11 @@ def _resnet(cfg: DetectorConfig, weights_backbone):
 
 
 def build_backbone(cfg: DetectorConfig, weights_backbone=None):
-    """ResNet + FPN: P3-P7 for RetinaNet (LastLevelP6P7), P2-P5 + pool for Faster R-CNN."""
+    """ResNet + FPN: P3-P7 for RetinaNet (LastLevelP6P7), P2-P5 + pool for Faster R-CNN.
+
+    norm "group": GroupNorm in the ResNet (and RetinaNet's head), as detectors trained
+    from scratch use; "frozen_bn": torchvision's set-up for pretrained backbones.
+    """
     require("torchvision")
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops import feature_pyramid_network as fpn
@@ -124,6 +131,8 @@ def build_backbone(cfg: DetectorConfig, weights_backbone=None):
     in_channels = [stage2 * 2 ** (i - 1) for i in returned]
     extra = (fpn.LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels) if cfg.arch == "retinanet"
              else fpn.LastLevelMaxPool())
+    # No norm layer in the FPN, as in torchvision and mmdet: GroupNorm there squeezes the
+    # spatial spread of mean_c |F| that FGD's attention reads (docs/training.md, "Findings").
     return BackboneWithFPN(body, {f"layer{k}": str(v) for v, k in enumerate(returned)},
                            in_channels, cfg.fpn_channels, extra_blocks=extra)
 

@@ -18,7 +18,8 @@ BASE = dict(
     weights_backbone=None,
     fgd_temp=None, alpha_fgd=None, beta_fgd=None, gamma_fgd=None, lambda_fgd=None,
     fgd_levels=None, fgd_backend="auto", attention_level=0,
-    batch_size=2, epochs=26, steps=None, lr=0.02, lr_steps=[16.0, 22.0], lr_gamma=0.1,
+    batch_size=2, epochs=26, steps=None, teacher_schedule=1.0, lr=0.02, lr_steps=[16.0, 22.0],
+    lr_gamma=0.1,
     warmup_steps=1000, warmup_factor=0.001, momentum=0.9, weight_decay=1e-4, clip_grad=35.0,
     amp=False, resume=False, test_only=False, device=None, workers=4, seed=0, print_freq=20,
     ckpt_every=500, aspect_ratio_group_factor=3, eval_batch_size=None, report_images=3,
@@ -37,9 +38,9 @@ PRESETS = {
     # The main job: all three roles end to end on the built-in dataset on a 2-core CPU.
     "small": dict(
         out="out/small", num_train=512, num_val=96, image_size=160,
-        teacher_backbone="resnet50", student_backbone="resnet18",
+        teacher_backbone="resnet34", student_backbone="resnet18", teacher_schedule=2.0,
         teacher_fpn_channels=128, student_fpn_channels=64, min_size=160, max_size=160,
-        anchor_scale=0.25, batch_size=8, epochs=None, steps=320, lr=0.02, lr_steps=[4.0],
+        anchor_scale=0.25, batch_size=8, epochs=None, steps=300, lr=0.02, lr_steps=[4.0],
         warmup_steps=50, workers=1, print_freq=20, ckpt_every=100, eval_batch_size=8,
         report_images=3,
     ),

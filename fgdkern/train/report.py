@@ -62,7 +62,8 @@ def report_dict(run, results: dict, wall: float) -> dict:
         out["fgd_step_time_ratio"] = d["step_time_s"] / s["step_time_s"]
     if s and d:
         out["comparable"] = COMPARABLE
-    out.update(settings=vars(run.args), schedule=asdict(run.schedule), data=run.data_meta,
+    schedules = {role: asdict(sc) for role, sc in run.schedules.items()}
+    out.update(settings=vars(run.args), schedules=schedules, data=run.data_meta,
                versions=versions(), device=device_name(run.ctx.device),
                world_size=run.ctx.world, wall_time_s=wall)
     return _json_safe(out)

@@ -37,7 +37,7 @@ class Run:
     val_set: object
     train_loader: object
     val_loader: object
-    schedule: engine.Schedule
+    schedules: dict  # role -> engine.Schedule
     data_meta: dict
 
 
@@ -64,12 +64,15 @@ def prepare_data(args, ctx: distributed.Context, out: pathlib.Path) -> tuple[pat
     return root, meta
 
 
-def make_schedule(args, steps_per_epoch: int) -> engine.Schedule:
-    """--steps (or --epochs x batches per epoch); --lr-steps are epochs, turned into steps."""
-    steps = args.steps or args.epochs * steps_per_epoch
+def make_schedule(args, steps_per_epoch: int, factor: float = 1.0) -> engine.Schedule:
+    """--steps (or --epochs x batches per epoch); --lr-steps are epochs, turned into steps.
+
+    factor stretches the schedule (steps and lr milestones) as a "2x" schedule does.
+    """
+    steps = round(factor * (args.steps or args.epochs * steps_per_epoch))
     return engine.Schedule(
         steps=steps, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        lr_milestones=[round(e * steps_per_epoch) for e in args.lr_steps],
+        lr_milestones=[round(factor * e * steps_per_epoch) for e in args.lr_steps],
         lr_gamma=args.lr_gamma, warmup_steps=args.warmup_steps,
         warmup_factor=args.warmup_factor, clip_grad=args.clip_grad, amp=args.amp,
         ckpt_every=args.ckpt_every, print_freq=args.print_freq, seed=args.seed)
@@ -90,8 +93,11 @@ def build_run(args, ctx: distributed.Context) -> Run:
     if len(train_loader) == 0:
         raise UsageError(f"the training set ({len(train_set)} images) has fewer images than "
                          f"one batch per process (-b {args.batch_size})")
-    return Run(args, ctx, out, train_set, val_set, train_loader, val_loader,
-               make_schedule(args, len(train_loader)), data_meta)
+    student = make_schedule(args, len(train_loader))
+    schedules = {"teacher": make_schedule(args, len(train_loader), args.teacher_schedule),
+                 "student": student, "distilled": student}
+    return Run(args, ctx, out, train_set, val_set, train_loader, val_loader, schedules,
+               data_meta)
 
 
 def model_config(args, role: str, num_classes: int) -> models.DetectorConfig:
@@ -168,7 +174,7 @@ def decide(run: Run, role: str, state, meta: dict) -> str:
     cached_teacher = role == "teacher" and _same_training(state, meta)
     if not (args.resume or cached_teacher):
         return "train"
-    if state["step"] >= run.schedule.steps:
+    if state["step"] >= run.schedules[role].steps:
         return "done"
     return "resume"
 
@@ -178,7 +184,7 @@ def train_or_reuse(run: Run, role: str, step_module, meta: dict) -> str:
     role_dir = run.out / role
     state = _existing(role_dir)
     how = decide(run, role, state, meta)
-    trainer = engine.Trainer(role, step_module, run.train_loader, run.schedule, role_dir,
+    trainer = engine.Trainer(role, step_module, run.train_loader, run.schedules[role], role_dir,
                              run.ctx, meta)
     if how == "done":
         step_module.model.load_state_dict(state["model"])
@@ -197,7 +203,7 @@ def train_or_reuse(run: Run, role: str, step_module, meta: dict) -> str:
 
 
 def build_role(run: Run, role: str, teacher=None, teacher_cfg=None):
-    """The role's detector (and FGD loss), initialised from --seed, plus the meta it is saved with."""
+    """The role's detector (and FGD loss) initialised from --seed; the meta saved with it."""
     args, num_classes = run.args, run.train_set.num_classes
     cfg = model_config(args, role, num_classes)
     ckpt.seed_everything(args.seed)  # student and distilled start from the same weights
@@ -210,7 +216,7 @@ def build_role(run: Run, role: str, teacher=None, teacher_cfg=None):
         models.check_same_transform(model, teacher)
         fcfg = fgd_config(args, cfg, teacher_cfg)
         fgd = build_fgd(fcfg).to(run.ctx.device)
-    schedule = {k: v for k, v in asdict(run.schedule).items()
+    schedule = {k: v for k, v in asdict(run.schedules[role]).items()
                 if k not in ("print_freq", "ckpt_every")}
     meta = dict(model_config=cfg.to_dict(), fgd_config=fcfg, schedule=schedule,
                 data=run.data_meta)

@@ -73,7 +73,7 @@ def test_check_finite_names_role_and_step():
 
 
 def test_missing_dependency_message():
-    with pytest.raises(ImportError, match=r"fgdkern.train needs no_such_module .*fgdkern\[train\]"):
+    with pytest.raises(ImportError, match=r"needs no_such_module .*fgdkern\[train\]"):
         require("no_such_module")
 
 
