@@ -117,11 +117,12 @@ def training_state(step_module, optimizer, scheduler, scaler, pos: Position, *, 
 
 
 def check_compatible(state: dict, meta: dict, path) -> None:
-    """--resume continues only the run it was written by: same role, model and FGD configs."""
-    for key in ("role", "model_config", "fgd_config"):
+    """A checkpoint is continued or reused only by the run it was written by: the same model
+    and FGD configs (ValueError otherwise)."""
+    for key in ("model_config", "fgd_config"):
         if key in meta and state.get(key) != meta[key]:
-            raise ValueError(f"--resume: {path} was written with another {key} "
-                             f"({state.get(key)!r}, now {meta[key]!r}); use a new --out")
+            raise ValueError(f"{path} was written with another {key} ({state.get(key)!r}, "
+                             f"now {meta[key]!r}): give the same options, or a new --out")
 
 
 def restore(state: dict, step_module, optimizer, scheduler, scaler) -> Position:

@@ -175,7 +175,7 @@ class Trainer:
         self.pos = ckpt.Position()
 
     def resume(self, state: dict) -> None:
-        ckpt.check_compatible(state, self.meta, ckpt.path_of(self.role_dir))
+        """Continue from a checkpoint dict (its compatibility checked by the caller)."""
         self.pos = ckpt.restore(state, self.module, self.optimizer, self.scheduler, self.scaler)
 
     def save(self, finished: bool) -> None:

@@ -186,6 +186,11 @@ def train_or_reuse(run: Run, role: str, step_module, meta: dict) -> str:
     how = decide(run, role, state, meta)
     trainer = engine.Trainer(role, step_module, run.train_loader, run.schedules[role], role_dir,
                              run.ctx, meta)
+    if how != "train":
+        try:
+            ckpt.check_compatible(state, meta, ckpt.path_of(role_dir))
+        except ValueError as exc:  # a checkpoint of another configuration
+            raise UsageError(str(exc)) from None
     if how == "done":
         step_module.model.load_state_dict(state["model"])
         if step_module.fgd is not None and state["fgd"] is not None:

@@ -1,5 +1,6 @@
 """Argument errors, a non-finite loss, and the import boundary of fgdkern.train."""
 import math
+import shutil
 import subprocess
 import sys
 
@@ -44,6 +45,15 @@ def test_missing_files_are_usage_errors(data_cache, tmp_path, capsys):
     assert run_cli(smoke_args(out, data_cache, "--role", "student",
                               "--test-only")) == cli.EXIT_USAGE
     assert "--test-only: no checkpoint" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_model(smoke_run, data_cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run / "student", out / "student")
+    argv = smoke_args(out, data_cache, "--role", "student", "--resume",
+                      "--student-fpn-channels", 8)
+    assert run_cli(argv) == cli.EXIT_USAGE
+    assert "was written with another model_config" in capsys.readouterr().err
 
 
 def test_non_finite_loss_stops_the_run(data_cache, tmp_path, monkeypatch, capsys):
