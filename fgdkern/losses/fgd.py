@@ -196,3 +196,16 @@ class MultiLevelFGDLoss(nn.Module):
     def forward(self, feats_S, feats_T, gt_bboxes, img_shapes) -> Tensor:
         terms = self.terms(feats_S, feats_T, gt_bboxes, img_shapes)
         return sum(m.weighted(t) for m, t in zip(self.levels, terms))
+
+    def load_fgd_checkpoint(self, checkpoint, strict: bool = True, name_pattern=None):
+        """Load a checkpoint of the widely used FGD code (docs/fgd.md, "Checkpoints of the
+        widely used code"): fgdkern.losses.fgd_checkpoint.load_fgd_checkpoint on this loss;
+        name_pattern None is its default, ``<any prefix>loss_fgd_fpn_<k>.<param>``."""
+        from fgdkern.losses import fgd_checkpoint
+        return fgd_checkpoint.load_fgd_checkpoint(self, checkpoint, strict, name_pattern)
+
+    def fgd_state_dict(self, prefix: str = "distill_losses.", name: str = "loss_fgd_fpn_{k}"):
+        """The parameters in that code's layout, ``<prefix><name with k>.<param>`` on the CPU
+        (fgdkern.losses.fgd_checkpoint.export_fgd_checkpoint)."""
+        from fgdkern.losses import fgd_checkpoint
+        return fgd_checkpoint.export_fgd_checkpoint(self, prefix, name)
