@@ -201,8 +201,7 @@ def load_fgd_checkpoint(loss: MultiLevelFGDLoss, checkpoint, strict: bool = True
     entries = _loss_entries(read_checkpoint(checkpoint), pattern)
     expected = loss.state_dict()
     missing = [t for t in expected if t not in entries]
-    unexpected = sorted((t for t in entries if t not in expected),
-                        key=lambda t: (_level_of(t), t))
+    unexpected = sorted((t for t in entries if t not in expected), key=_level_of)
     _check_shapes(expected, entries)
     if strict and (missing or unexpected):
         raise ValueError(_mismatch_message(expected, entries, missing, unexpected, pattern))
