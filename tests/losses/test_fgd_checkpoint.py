@@ -43,7 +43,7 @@ def make_ports(Cs, Ct, levels=range(len(SIZES)), name="loss_fgd_fpn_{k}", seed=0
 
 
 def distiller_state(ports, prefix="distill_losses."):
-    """A flat state dict as the distiller saves it: student and teacher weights around the losses."""
+    """A flat state dict as the distiller saves it: loss keys among student and teacher keys."""
     g = torch.Generator().manual_seed(1)
     state = {"student.backbone.conv1.weight": torch.randn(4, 3, 3, 3, generator=g),
              "student.neck.fpn_convs.0.conv.bias": torch.randn(6, generator=g)}

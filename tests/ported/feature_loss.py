@@ -145,7 +145,9 @@ class FeatureLoss(nn.Module):
     @staticmethod
     def get_mask_loss(C_s, C_t, S_s, S_t) -> Tensor:
         """eq. (10), an L1 loss on both attention maps."""
-        return torch.sum(torch.abs(C_s - C_t)) / len(C_s) + torch.sum(torch.abs(S_s - S_t)) / len(S_s)
+        channel = torch.sum(torch.abs(C_s - C_t)) / len(C_s)
+        spatial = torch.sum(torch.abs(S_s - S_t)) / len(S_s)
+        return channel + spatial
 
     def spatial_pool(self, x: Tensor, side: str) -> Tensor:
         """The GcBlock context of eq. (12): (N, C, 1, 1)."""
