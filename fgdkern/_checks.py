@@ -40,6 +40,18 @@ def check_pair(S, T, student_channels: int, teacher_channels: int, level: str = 
         raise ValueError(f"{s} is on {S.device} but {t} is on {T.device}")
 
 
+def check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_batch(name: str, N: int, gt_bboxes) -> None:
+    """The features' batch size N against the number of per-image box tensors."""
+    if isinstance(gt_bboxes, (list, tuple)) and len(gt_bboxes) != N:
+        raise ValueError(f"gt_bboxes has {len(gt_bboxes)} images but {name} has batch size "
+                         f"{N}: pass one (K, 4) box tensor per image of the batch")
+
+
 def check_finite(name: str, F: Tensor) -> None:
     if not bool(torch.isfinite(F).all()):
         raise ValueError(f"{name} contains non-finite values (NaN or Inf)")

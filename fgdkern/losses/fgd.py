@@ -1,6 +1,6 @@
 """FGDLoss (one FPN level) and MultiLevelFGDLoss (a whole pyramid, one fused call).
 
-FGDLoss.forward -> fgd_pyramid_terms (validate, align, gather parameters) ->
+FGDLoss.forward -> fgd_pyramid_terms (check, align, gather parameters) ->
 fgdkern.ops.fgd.fgd_terms (masks, dispatch, fused passes or reference) ->
 weighted sum. Parameter names and initialisation follow docs/fgd.md,
 "Parameters and initialisation", so state dicts of the widely used FGD
@@ -73,8 +73,11 @@ def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: str,
-                      validate: bool = True) -> list[FGDTerms]:
-    """Unweighted FGD terms of every level; ``levels`` are FGDLoss modules (parameters)."""
+                      check_finite: bool = False) -> list[FGDTerms]:
+    """Unweighted FGD terms of every level; ``levels`` are FGDLoss modules (parameters).
+
+    What is checked, and when: docs/fgd.md, "Validation".
+    """
     suffix = [f"[{k}]" if len(levels) > 1 else "" for k in range(len(levels))]
     if not _checks.is_compiling():
         for m, S, T, sfx in zip(levels, feats_S, feats_T, suffix):
@@ -82,11 +85,12 @@ def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: 
             if S.device != feats_S[0].device:
                 raise ValueError(f"preds_S{sfx} is on {S.device} but preds_S[0] on "
                                  f"{feats_S[0].device}: every level must be on one device")
+            _checks.check_batch(f"preds_S{sfx}", S.shape[0], gt_bboxes)
     S_list = [S if m.align is None else m.align(S) for m, S in zip(levels, feats_S)]
     pairs = [_same_dtype(S, T.detach()) for S, T in zip(S_list, feats_T)]
     return fgd_terms(backend, [p[0] for p in pairs], [p[1] for p in pairs], gt_bboxes,
                      img_shapes, [m.gc_block("s") for m in levels],
-                     [m.gc_block("t") for m in levels], [m.temp for m in levels], validate)
+                     [m.gc_block("t") for m in levels], [m.temp for m in levels], check_finite)
 
 
 class FGDLoss(nn.Module):
@@ -95,13 +99,19 @@ class FGDLoss(nn.Module):
     forward(preds_S (N, Cs, H, W), preds_T (N, Ct, H, W), gt_bboxes: list of N
     (K_n, 4) xyxy pixel boxes, img_shapes: list of N (h, w)) -> float32 scalar
     alpha * fg_loss + beta * bg_loss + gamma * mask_loss + lambda * rela_loss.
+
+    check_finite: raise ValueError when a feature or box is NaN or infinite
+    (one host sync per call); by default such values propagate into the loss,
+    as in PyTorch's own losses, so that an AMP GradScaler can skip the step
+    (docs/fgd.md, "Validation").
     """
 
     def __init__(self, student_channels: int, teacher_channels: int, temp: float = 0.5,
                  alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4, gamma_fgd: float = 1e-3,
-                 lambda_fgd: float = 5e-6, backend: str = "auto", validate: bool = True):
+                 lambda_fgd: float = 5e-6, backend: str = "auto", check_finite: bool = False):
         super().__init__()
         dispatch.check_backend("fgd", backend)
+        _checks.check_flag("check_finite", check_finite)
         for name, value, least in (("student_channels", student_channels, 1),
                                    ("teacher_channels", teacher_channels, 2)):
             if not isinstance(value, int) or value < least:  # the GcBlock MLP halves C
@@ -109,7 +119,7 @@ class FGDLoss(nn.Module):
         if not temp > 0:
             raise ValueError(f"temp must be positive, got {temp!r}")
         self.student_channels, self.teacher_channels = student_channels, teacher_channels
-        self.temp, self.backend, self.validate = float(temp), backend, validate
+        self.temp, self.backend, self.check_finite = float(temp), backend, check_finite
         self.alpha_fgd, self.beta_fgd = alpha_fgd, beta_fgd
         self.gamma_fgd, self.lambda_fgd = gamma_fgd, lambda_fgd
         C = teacher_channels
@@ -148,7 +158,7 @@ class FGDLoss(nn.Module):
     def terms(self, preds_S, preds_T, gt_bboxes, img_shapes) -> FGDTerms:
         """The four unweighted terms (fg_loss, bg_loss, mask_loss, rela_loss)."""
         return fgd_pyramid_terms([self], [preds_S], [preds_T], gt_bboxes, img_shapes,
-                                 self.backend, self.validate)[0]
+                                 self.backend, self.check_finite)[0]
 
     def forward(self, preds_S, preds_T, gt_bboxes, img_shapes) -> Tensor:
         return self.weighted(self.terms(preds_S, preds_T, gt_bboxes, img_shapes))
@@ -171,14 +181,14 @@ class MultiLevelFGDLoss(nn.Module):
     def __init__(self, num_levels: int, student_channels: int, teacher_channels: int,
                  temp: float = 0.5, alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4,
                  gamma_fgd: float = 1e-3, lambda_fgd: float = 5e-6, backend: str = "auto",
-                 validate: bool = True):
+                 check_finite: bool = False):
         super().__init__()
         if not isinstance(num_levels, int) or num_levels < 1:
             raise ValueError(f"num_levels must be a positive int, got {num_levels!r}")
-        self.num_levels, self.backend, self.validate = num_levels, backend, validate
+        self.num_levels, self.backend, self.check_finite = num_levels, backend, check_finite
         self.levels = nn.ModuleList(
             FGDLoss(student_channels, teacher_channels, temp, alpha_fgd, beta_fgd, gamma_fgd,
-                    lambda_fgd, backend, validate) for _ in range(num_levels))
+                    lambda_fgd, backend, check_finite) for _ in range(num_levels))
 
     @classmethod
     def for_detector(cls, detector: str, student_channels: int, teacher_channels: int, **kwargs):
@@ -191,7 +201,7 @@ class MultiLevelFGDLoss(nn.Module):
         S = _checks.as_level_list("feats_S", feats_S, self.num_levels)
         T = _checks.as_level_list("feats_T", feats_T, self.num_levels)
         return fgd_pyramid_terms(list(self.levels), S, T, gt_bboxes, img_shapes,
-                                 self.backend, self.validate)
+                                 self.backend, self.check_finite)
 
     def forward(self, feats_S, feats_T, gt_bboxes, img_shapes) -> Tensor:
         terms = self.terms(feats_S, feats_T, gt_bboxes, img_shapes)

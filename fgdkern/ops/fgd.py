@@ -90,7 +90,8 @@ def _grad_coefficients(saved, g_pix, g_chan, temp):
     chan_rows = dict(b_sign=g["gc_s"] / HW, k_d=2 * g["m2_d"],
                      k_const=g["sum_d"] - 2 * g["m2_d"] * mean_d, k_fg=2 * g["x_fg"],
                      k_bg=2 * g["x_bg"], g_ctx_s=g["ctx_s"], g_ctx_t=g["ctx_t"],
-                     w_s=w_s.expand(N, C), w_t=w_t.expand(N, C))
+                     w_s=w_s.expand(N, C), w_t=w_t.expand(N, C),
+                     ctx_s=chan[:, FGD_CHAN.ctx_s], ctx_t=chan[:, FGD_CHAN.ctx_t])
     K = torch.stack([(g["ctx_s"] * chan[:, FGD_CHAN.ctx_s]).sum(1),
                      (g["ctx_t"] * chan[:, FGD_CHAN.ctx_t]).sum(1)], 1)
     return (torch.stack([pix_rows[r] for r in FGD_PIX_COEF], 1),
@@ -185,13 +186,14 @@ def _check_stats_finite(pix: list[Tensor], names: list[str]) -> None:
 # ------------------------------------------------------------------ the op
 def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_shapes,
               gc_s: list[GcBlockParams], gc_t: list[GcBlockParams], temps: list[float],
-              validate: bool = True) -> list[FGDTerms]:
+              check_finite: bool = False) -> list[FGDTerms]:
     """Unweighted FGD terms of every level (docs/fgd.md).
 
     S, T: per level (N, C, H, W) features of one dtype per level (S aligned, T
     detached), all on one device; gt_bboxes / img_shapes as rasterize_boxes
     takes them; gc_s / gc_t: the GcBlock parameters of each level; temps: each
-    level's temperature. validate: check the features are finite (one host sync).
+    level's temperature. check_finite: raise on NaN/Inf features (one host
+    sync); otherwise they propagate into the terms (docs/fgd.md, "Validation").
     """
     names = [f"[{k}]" if len(S) > 1 else "" for k in range(len(S))]
     device = S[0].device
@@ -199,7 +201,7 @@ def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_sha
     fg = [f.to(device) for f, _ in masks]
     bg = [b.to(device) for _, b in masks]
     impl = dispatch.resolve("fgd", backend, device, S[0].dtype)
-    checking = validate and not _checks.is_compiling()
+    checking = check_finite and not _checks.is_compiling()
     if impl == "reference":
         if checking:
             for s, t, sfx in zip(S, T, names):

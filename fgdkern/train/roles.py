@@ -130,9 +130,9 @@ def fgd_config(args, student: models.DetectorConfig, teacher: models.DetectorCon
 
 
 def build_fgd(cfg: dict) -> torch.nn.Module:
-    """MultiLevelFGDLoss from fgd_config (validate=False: the engine checks the loss itself)."""
+    """MultiLevelFGDLoss from fgd_config (the engine stops on a non-finite loss itself)."""
     kw = {k: v for k, v in cfg.items() if k != "detector"}
-    return fgdkern.MultiLevelFGDLoss.for_detector(cfg["detector"], validate=False, **kw)
+    return fgdkern.MultiLevelFGDLoss.for_detector(cfg["detector"], **kw)
 
 
 def load_teacher(path: str, cfg: models.DetectorConfig):

@@ -1,5 +1,5 @@
 """FGDLoss / MultiLevelFGDLoss on the shared harness: every backend against the reference,
-the API, bad inputs.
+the API. Bad inputs and non-finite values: test_fgd_inputs.py.
 
 "torch" runs the fused wrapper on the PyTorch form of the two passes: it tests
 the decomposition itself; "cpp" and "triton" run the kernels.
@@ -225,74 +225,11 @@ def test_class_defaults():
     assert (m.temp, m.alpha_fgd, m.beta_fgd, m.gamma_fgd, m.lambda_fgd) == (0.5, 1e-3, 5e-4, 1e-3, 5e-6)
 
 
-# ------------------------------------------------------------------ bad input
+# ------------------------------------------------------------------ backends
 @pytest.fixture
 def one_level():
     ms, S, T, boxes, shapes = build(2, 4, 4, [(4, 6)])
     return ms.levels[0], S[0], T[0], boxes, shapes
-
-
-@pytest.mark.parametrize("backend", ["reference", pytest.param("torch")] + FUSED_BACKENDS)
-@pytest.mark.parametrize("which", ["preds_S", "preds_T"])
-def test_non_finite_features(backend, which, one_level):
-    m, S, T, boxes, shapes = one_level
-    bad = (S if which == "preds_S" else T).clone()
-    bad[1, 2, 3, 4] = float("nan")
-    args = (bad, T) if which == "preds_S" else (S, bad)
-    with pytest.raises(ValueError, match=rf"{which}.*non-finite"):
-        fgd_pyramid_terms([m], [args[0]], [args[1]], boxes, shapes, backend)
-
-
-@pytest.mark.parametrize("mutate,exc,match", [
-    (lambda S, T, b, s: (S[:1], T, b, s), ValueError, "batch size"),
-    (lambda S, T, b, s: (S[..., :3], T, b, s), ValueError, "spatial size"),
-    (lambda S, T, b, s: (S[:, :3], T, b, s), ValueError, "preds_S has 3 channels"),
-    (lambda S, T, b, s: (S[0], T, b, s), ValueError, r"preds_S must be \(N, C, H, W\)"),
-    (lambda S, T, b, s: (S.long(), T, b, s), TypeError, "preds_S must be float"),
-    (lambda S, T, b, s: (S.tolist(), T, b, s), TypeError, "preds_S must be a torch.Tensor"),
-    (lambda S, T, b, s: (S[:0], T[:0], b[:0], s[:0]), ValueError, "empty batch"),
-    (lambda S, T, b, s: (S, T, b[:1], s), ValueError, "gt_bboxes"),
-    (lambda S, T, b, s: (S, T, b, s[:1]), ValueError, "img_shapes"),
-    (lambda S, T, b, s: (S, T, [x[:, :3] for x in b], s), ValueError, "gt_bboxes"),
-    (lambda S, T, b, s: (S, T, [torch.full((1, 4), float("inf"))] * 2, s), ValueError, "gt_bboxes"),
-    (lambda S, T, b, s: (S, T, b, [(64, 96, 3, 1)] * 2), ValueError, "img_shapes"),
-    (lambda S, T, b, s: (S, T, b, [(-64, 96)] * 2), ValueError, "img_shapes"),
-])
-def test_bad_inputs(mutate, exc, match, one_level):
-    m, S, T, boxes, shapes = one_level
-    with pytest.raises(exc, match=match):
-        m(*mutate(S, T, boxes, shapes))
-
-
-def test_bad_constructor_arguments():
-    with pytest.raises(ValueError, match="backend"):
-        FGDLoss(4, 4, backend="cuda")
-    with pytest.raises(ValueError, match="teacher_channels"):
-        FGDLoss(4, 1)
-    with pytest.raises(ValueError, match="temp"):
-        FGDLoss(4, 4, temp=0.0)
-    with pytest.raises(ValueError, match="num_levels"):
-        MultiLevelFGDLoss(0, 4, 4)
-    with pytest.raises(ValueError, match="detector"):
-        FGDLoss.for_detector("yolo", 4, 4)
-
-
-def test_multi_level_bad_containers():
-    ms, S, T, boxes, shapes = build(1, 4, 4, [(4, 6), (2, 3)])
-    with pytest.raises(TypeError, match="feats_S"):
-        ms(S[0], T, boxes, shapes)
-    with pytest.raises(ValueError, match="feats_T has 1 levels"):
-        ms(S, T[:1], boxes, shapes)
-
-
-def test_multi_level_names_the_bad_level():
-    ms, S, T, boxes, shapes = build(1, 4, 4, [(4, 6), (2, 3)])
-    bad = T[1].clone()
-    bad[0, 0, 0, 0] = float("inf")
-    with pytest.raises(ValueError, match=r"preds_T\[1\] contains non-finite"):
-        ms(S, [T[0], bad], boxes, shapes)
-    with pytest.raises(ValueError, match=r"preds_S\[1\] has 3 channels"):
-        ms([S[0], S[1][:, :3]], T, boxes, shapes)
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch, one_level):
