@@ -5,6 +5,7 @@ target adapters of fgdkern.targets.
 """
 from fgdkern._ext import HAS_EXT
 from fgdkern.losses.fgd import FGDLoss, MultiLevelFGDLoss, preset
+from fgdkern.losses.scale import check_loss_scale
 from fgdkern.losses.fgd_checkpoint import export_fgd_checkpoint, load_fgd_checkpoint
 from fgdkern.ops.rasterize import rasterize_boxes
 from fgdkern.reference.fgd import FGDTerms
@@ -12,5 +13,6 @@ from fgdkern import targets
 
 __version__ = "0.1.0"
 __all__ = ["FGDLoss", "MultiLevelFGDLoss", "FGDTerms", "rasterize_boxes", "preset", "targets",
+           "check_loss_scale",
            "load_fgd_checkpoint", "export_fgd_checkpoint",
            "HAS_EXT", "__version__"]

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+import fgdkern
 from fgdkern import targets as fgd_targets
 from fgdkern.train import checkpoint as ckpt
 from fgdkern.train import distributed, logs, models
 
+# Steps at whose start the FGD loss is compared with the task loss (fgdkern.check_loss_scale).
+SCALE_CHECK_STEPS = 10
 # FGD term -> the weight attribute of each level's FGDLoss (docs/fgd.md, "Loss terms").
 FGD_WEIGHTS = (("fg", "alpha_fgd"), ("bg", "beta_fgd"), ("mask", "gamma_fgd"),
                ("rela", "lambda_fgd"))
@@ -194,6 +197,8 @@ class Trainer:
         total = sum(losses.values())
         values = log_values(losses, self.ctx)
         check_finite(values, self.role, self.pos.step + 1)
+        if "fgd" in values and self.pos.step < SCALE_CHECK_STEPS:
+            fgdkern.check_loss_scale(values["fgd"], values["loss_task"], name="FGD")
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
