@@ -1,0 +1,77 @@
+"""torch.compile of FGD as users run it: the default module (backend="auto") and a whole
+training step (backbone + loss) under fullgraph=True with the default Inductor backend,
+no graph break, and the eager loss and gradients."""
+import pytest
+import torch
+from torch import nn
+
+from fgdkern import MultiLevelFGDLoss
+from tests.helpers import random_boxes, randomize
+
+IMG = (32, 48)
+
+
+class TinyFPN(nn.Module):
+    """Two levels of features from an image, as a detector's neck gives them."""
+
+    def __init__(self, channels: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.c1 = nn.Conv2d(3, channels, 3, stride=4, padding=1)
+        self.c2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        p3 = self.c1(x).relu()
+        return {"p3": p3, "p4": self.c2(p3)}
+
+
+def training_step(student, teacher, fgd):
+    def step(images, boxes, shapes):
+        feats_S = student(images)
+        with torch.no_grad():
+            feats_T = teacher(images)
+        return fgd(feats_S, feats_T, boxes, shapes)
+    return step
+
+
+def setup(Cs=6, Ct=8):
+    student, teacher = TinyFPN(Cs, 0), TinyFPN(Ct, 1)
+    fgd = randomize(MultiLevelFGDLoss(2, Cs, Ct))   # backend="auto", the default
+    images = torch.randn(2, 3, *IMG)
+    return student, teacher, fgd, (images, random_boxes(2, IMG, seed=3, empty_images=()),
+                                   [IMG] * 2)
+
+
+def test_default_module_has_no_graph_break():
+    student, teacher, fgd, (images, boxes, shapes) = setup()
+    feats_S, feats_T = student(images), teacher(images)
+    explained = torch._dynamo.explain(fgd)(feats_S, feats_T, boxes, shapes)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def grads_of(loss, modules):
+    params = [p for m in modules for p in m.parameters()]
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("one_shape", [False, True])
+def test_training_step_compiles_to_the_eager_numbers(one_shape):
+    """Backbone + FGD compiled with the default backend: one graph, eager loss and grads."""
+    student, teacher, fgd, (images, boxes, shapes) = setup()
+    if one_shape:
+        shapes = torch.Size(IMG)   # images.tensors.shape[-2:] of a padded batch
+    step = training_step(student, teacher, fgd)
+    explained = torch._dynamo.explain(step)(images, boxes, shapes)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    want = step(images, boxes, shapes)
+    want_g = grads_of(want, [student, fgd])
+    got = torch.compile(step, fullgraph=True)(images, boxes, shapes)
+    got_g = grads_of(got, [student, fgd])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    for a, b in zip(got_g, want_g):
+        if b is None:
+            assert a is None or not a.any()
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
