@@ -1,7 +1,8 @@
 """fgdkern: exact fused kernels for detector knowledge-distillation losses.
 
-Public API (docs/README.md): FGDLoss, MultiLevelFGDLoss, rasterize_boxes, and the
-target adapters of fgdkern.targets.
+Public API (docs/README.md): FGDLoss, MultiLevelFGDLoss, rasterize_boxes, the
+target adapters of fgdkern.targets, load_fgd_checkpoint / export_fgd_checkpoint
+(checkpoints of the widely used FGD code) and check_loss_scale.
 """
 from fgdkern._ext import HAS_EXT
 from fgdkern.losses.fgd import FGDLoss, MultiLevelFGDLoss, preset
