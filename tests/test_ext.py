@@ -1,4 +1,10 @@
-"""Without the compiled extension the package still works, on its PyTorch paths, and says so."""
+"""Without the compiled extension the package still works, on its PyTorch paths, and says so;
+with FGDKERN_REQUIRE_EXT=1 (set by CI) a missing extension is an import error instead.
+
+Both run in a subprocess with the extension hidden (``sys.modules["fgdkern._C"] = None``),
+whatever this process has loaded and whatever the environment says.
+"""
+import os
 import subprocess
 import sys
 
@@ -32,8 +38,36 @@ print("ok")
 """
 
 
+REQUIRED = r"""
+import sys
+sys.modules["fgdkern._C"] = None          # as if the extension were not built
+try:
+    import fgdkern
+except ImportError as e:
+    assert "FGDKERN_REQUIRE_EXT=1" in str(e), e
+    assert "import of fgdkern._C halted" in str(e), e    # the original load error
+    assert isinstance(e.__cause__, ImportError), e.__cause__
+    print("raised")
+else:
+    print("imported")
+"""
+
+
+def _run(script, require):
+    env = {k: v for k, v in os.environ.items() if k != "FGDKERN_REQUIRE_EXT"}
+    if require:
+        env["FGDKERN_REQUIRE_EXT"] = "1"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
 def test_package_works_without_the_extension():
-    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         timeout=300)
+    run = _run(SCRIPT, require=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
+
+
+def test_required_extension_missing_is_an_import_error():
+    run = _run(REQUIRED, require=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "raised"
