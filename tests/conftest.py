@@ -2,7 +2,14 @@
 
 Without a GPU the Triton kernels run under the interpreter; it must be switched
 on before any kernel module is imported, so it happens here, first.
+
+Tests of the C++ kernels skip without the extension, and those of the Triton
+kernels without triton. CI sets FGDKERN_REQUIRE_EXT=1 and FGDKERN_REQUIRE_TRITON=1
+(.ci/run) so that a failed build or a missing package stops the session at its
+start instead of skipping those tests silently.
 """
+from __future__ import annotations
+
 import os
 
 import torch
@@ -11,6 +18,28 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+
+
+def _required_parts_missing() -> str | None:
+    """Why a part that the environment requires cannot be loaded (None when all load)."""
+    if os.environ.get("FGDKERN_REQUIRE_EXT") == "1":
+        try:
+            import fgdkern._ext  # noqa: F401  (raises under FGDKERN_REQUIRE_EXT=1)
+        except ImportError as exc:
+            return str(exc)
+    if os.environ.get("FGDKERN_REQUIRE_TRITON") == "1":
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return (f"FGDKERN_REQUIRE_TRITON=1 but triton cannot be imported ({exc!r}); "
+                    "install it (pip install 'fgdkern[triton]') or unset the variable")
+    return None
+
+
+def pytest_sessionstart(session):
+    reason = _required_parts_missing()
+    if reason is not None:
+        pytest.exit(reason, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def pytest_collection_modifyitems(config, items):
