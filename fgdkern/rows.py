@@ -36,4 +36,4 @@ FGD_CHAN = Rows("gc_s", "gc_t", "ctx_s", "ctx_t", "sum_d", "m2_d", "x_fg", "x_bg
 # FGD gradient pass (docs/kernels.md, "FGD gradient"): its coefficient tables.
 FGD_PIX_COEF = Rows("a_sign", "fgA", "bgA", "p_s", "p_t")
 FGD_CHAN_COEF = Rows("b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_t",
-                     "w_s", "w_t")
+                     "w_s", "w_t", "ctx_s", "ctx_t")

@@ -1,8 +1,9 @@
 // fgdkern::fgd_grad_cpp: the FGD gradient pass on CPU (contract and notation:
 // fgdkern/reference/fgd_passes.py; rows: docs/kernels.md, "FGD gradient").
 // Reads S, T and the coefficient tables pix_coef (N, 5, HW), chan_coef
-// (N, 9, C), K (N, 2); writes dS (shape, dtype and strides of S) and the
-// conv_mask weight gradients dw_s, dw_t (C,).
+// (N, 11, C), K (N, 2); writes dS (shape, dtype and strides of S) and the
+// conv_mask weight gradients dw_s, dw_t (C,), summed over S - ctx_s and
+// T - ctx_t (docs/kernels.md, "The row tables").
 //
 // Each block sweeps its tile twice (the second time from cache): first
 // gp_s, gp_t per pixel, then dS and the block's partial dw_s, dw_t, which are
@@ -24,9 +25,9 @@ namespace fgdkern::cpu {
 namespace {
 
 struct GradLevel : Level {
-  at::Tensor pix_coef, chan_coef, K;  // (N, 5, HW), (N, 9, C), (N, 2) float32, contiguous
+  at::Tensor pix_coef, chan_coef, K;  // (N, 5, HW), (N, 11, C), (N, 2) float32, contiguous
   at::Tensor dw_s, dw_t;              // outputs (C,)
-  at::Tensor part;                    // per block: dz_s S and dz_t T summed over its pixels
+  at::Tensor part;                    // per block: dz_s (S - ctx_s), dz_t (T - ctx_t) summed
 
   using Level::Level;
 };
@@ -58,8 +59,9 @@ struct GradBlock {
 
     GradCols cols;
     cols.pix_in = {pc + kASign * HW, pc + kFgA * HW, pc + kBgA * HW, pc + kPS * HW, dz_s, dz_t};
-    cols.chan_in = {cc + kBSign * C, cc + kKD * C,    cc + kKConst * C, cc + kKFg * C,
-                    cc + kKBg * C,   cc + kGCtxS * C, cc + kWS * C};
+    cols.chan_in = {cc + kBSign * C, cc + kKD * C,    cc + kKConst * C,   cc + kKFg * C,
+                    cc + kKBg * C,   cc + kGCtxS * C, cc + kWS * C,       cc + kCtxCoefS * C,
+                    cc + kCtxCoefT * C};
     cols.chan_out = {part, part + C};
     sweep<kOrder>(cols, x);
   }

@@ -43,15 +43,16 @@ struct GradRows : Loop<0, 2, 2, 0> {
   }
 };
 
-// fgd_grad, second sweep: dS, and per channel dz_s S, dz_t T (-> dw_s, dw_t).
+// fgd_grad, second sweep: dS, and per channel dz_s (S - ctx_s), dz_t (T - ctx_t)
+// (-> dw_s, dw_t; centred on the contexts, fgdkern/reference/fgd_passes.py).
 // Pixel inputs: a_sign, fgA, bgA, p_s, dz_s, dz_t; channel inputs: b_sign,
-// k_d, k_const, k_fg, k_bg, g_ctx_s, w_s.
-struct GradCols : Loop<6, 7, 0, 2, true> {
-  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<6>& px, const Vecs<7>& ch,
+// k_d, k_const, k_fg, k_bg, g_ctx_s, w_s, ctx_s, ctx_t.
+struct GradCols : Loop<6, 9, 0, 2, true> {
+  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<6>& px, const Vecs<9>& ch,
                                 Vecs<0>&, Vecs<2>& dw) const {
     const auto& [a_sign, fgA, bgA, p_s, dz_s, dz_t] = px;
-    const auto& [b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, w_s] = ch;
-    dw = {dz_s * s, dz_t * t};
+    const auto& [b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, w_s, ctx_s, ctx_t] = ch;
+    dw = {dz_s * (s - ctx_s), dz_t * (t - ctx_t)};
     return vsign(s) * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA) + k_const +
            p_s * g_ctx_s + w_s * dz_s;
   }

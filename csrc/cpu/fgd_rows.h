@@ -21,7 +21,8 @@ namespace fgdkern::cpu {
 #define FGDKERN_FGD_PIX_COEF(X) X(kASign, a_sign) X(kFgA, fgA) X(kBgA, bgA) X(kPS, p_s) X(kPT, p_t)
 #define FGDKERN_FGD_CHAN_COEF(X) \
   X(kBSign, b_sign) X(kKD, k_d) X(kKConst, k_const) X(kKFg, k_fg) X(kKBg, k_bg) \
-  X(kGCtxS, g_ctx_s) X(kGCtxT, g_ctx_t) X(kWS, w_s) X(kWT, w_t)
+  X(kGCtxS, g_ctx_s) X(kGCtxT, g_ctx_t) X(kWS, w_s) X(kWT, w_t) X(kCtxCoefS, ctx_s) \
+  X(kCtxCoefT, ctx_t)
 
 #define FGDKERN_ENUMERATOR(id, name) id,
 #define FGDKERN_NAME(id, name) #name,

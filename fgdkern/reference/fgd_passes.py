@@ -39,8 +39,8 @@ fgd_stats(S, T, fg, bg, w_s, w_t, temps) -> [pix_0..pix_{L-1}, chan_0..chan_{L-1
 
 fgd_grad(S, T, pix_coef, chan_coef, K) -> [dS_0.., dw_s_0.., dw_t_0..]
     pix_coef (N, 5, HW) float32, rows: 0 a_sign, 1 fgA, 2 bgA, 3 p_s, 4 p_t
-    chan_coef (N, 9, C) float32, rows: 0 b_sign, 1 k_d, 2 k_const, 3 k_fg,
-        4 k_bg, 5 g_ctx_s, 6 g_ctx_t, 7 w_s, 8 w_t
+    chan_coef (N, 11, C) float32, rows: 0 b_sign, 1 k_d, 2 k_const, 3 k_fg,
+        4 k_bg, 5 g_ctx_s, 6 g_ctx_t, 7 w_s, 8 w_t, 9 ctx_s, 10 ctx_t
     K (N, 2) float32: K_s, K_t
     With (per image n, channel c, pixel ij):
         gp_s[ij] = sum_c g_ctx_s[c] S[c,ij]      dz_s = p_s * (gp_s - K_s)
@@ -48,8 +48,13 @@ fgd_grad(S, T, pix_coef, chan_coef, K) -> [dS_0.., dw_s_0.., dw_t_0..]
         dS[c,ij] = sign(S) * (a_sign[ij] + b_sign[c])
                  + D * (k_d[c] + k_fg[c] * fgA[ij] + k_bg[c] * bgA[ij])
                  + k_const[c] + p_s[ij] * g_ctx_s[c] + w_s[c] * dz_s[ij]
-        dw_s[c] = sum_{n,ij} dz_s * S[c,ij]      dw_t[c] = sum_{n,ij} dz_t * T[c,ij]
+        dw_s[c] = sum_{n,ij} dz_s * (S[c,ij] - ctx_s[c])
+        dw_t[c] = sum_{n,ij} dz_t * (T[c,ij] - ctx_t[c])
     dS: shape, dtype and memory format of S; dw_s, dw_t: (C,) float32.
+    The contexts in dw change nothing in exact arithmetic (K = sum_ij p gp, so
+    sum_ij dz = 0), but K comes from the forward statistics and gp from this
+    pass: in float32 sum_ij dz keeps a residue of the size of K's rounding, and
+    centring S and T on their contexts keeps that residue out of dw.
     sign(0) = 0. Reductions in a fixed order: results are deterministic.
 
 No kernel may allocate an (N, C, H, W) buffer other than dS.
@@ -103,7 +108,9 @@ def fgd_grad_level(S, T, pix_coef, chan_coef, K):
     dS = dS.reshape(S.shape).to(S.dtype)
     if S.is_contiguous(memory_format=torch.channels_last) and not S.is_contiguous():
         dS = dS.contiguous(memory_format=torch.channels_last)
-    return dS, (dz_s * s).sum((0, 2)), (dz_t * t).sum((0, 2))
+    dw_s = (dz_s * (s - c["ctx_s"])).sum((0, 2))
+    dw_t = (dz_t * (t - c["ctx_t"])).sum((0, 2))
+    return dS, dw_s, dw_t
 
 
 def fgd_stats(S: list[Tensor], T: list[Tensor], fg: list[Tensor], bg: list[Tensor],

@@ -13,7 +13,8 @@ of its run a main-kernel program
   1. loops over channel chunks, reducing over channels per pixel (gp_s, gp_t),
      then
   2. loops over the same chunks again -- the block's tiles are still in L1/L2 --
-     writing dS and adding the block's per-channel sums of dw into the run's
+     writing dS and adding the block's per-channel sums of dw (dz_s (S - ctx_s),
+     dz_t (T - ctx_t): centred on the contexts, see fgd_passes) into the run's
      partial rows in the float32 workspace.
 The combine kernel adds the runs of each level in a fixed order.
 """
@@ -39,8 +40,9 @@ from fgdkern.triton.tiles import (
 # Rows of pix_coef and chan_coef (fgdkern.rows) that the kernel reads.
 A_SIGN, FGA, BGA, P_S, P_T, PIX_COEF_ROWS = row_indices(
     FGD_PIX_COEF, "a_sign", "fgA", "bgA", "p_s", "p_t")
-B_SIGN, K_D, K_CONST, K_FG, K_BG, G_CTX_S, G_CTX_T, W_S, CHAN_COEF_ROWS = row_indices(
-    FGD_CHAN_COEF, "b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_t", "w_s")
+B_SIGN, K_D, K_CONST, K_FG, K_BG, G_CTX_S, G_CTX_T, W_S, CTX_S, CTX_T, CHAN_COEF_ROWS = \
+    row_indices(FGD_CHAN_COEF, "b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_t",
+                "w_s", "ctx_s", "ctx_t")
 DW_S = tl.constexpr(0)  # partial rows of a run, in the workspace
 DW_T = tl.constexpr(1)
 PART_ROWS = tl.constexpr(2)
@@ -99,12 +101,14 @@ def fgd_grad_bwd_kernel(
             k_bg = channel_row(cc + K_BG * C, c, c_mask)
             g_ctx_s = channel_row(cc + G_CTX_S * C, c, c_mask)
             w_s = channel_row(cc + W_S * C, c, c_mask)
+            ctx_s = channel_row(cc + CTX_S * C, c, c_mask)
+            ctx_t = channel_row(cc + CTX_T * C, c, c_mask)
             sign_s = (s > 0).to(tl.float32) - (s < 0).to(tl.float32)
             grad = (sign_s * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
                     + k_const + p_s * g_ctx_s + w_s * dz_s)
             store_tile(ds_img, ds_tile, ds_sc, c0, mask, grad, BLOCK_C, BLOCK_HW, SECTOR)
-            accumulate(part + DW_S * C + c, c_mask, keep, 1.0, sum_pixels(s * dz_s))
-            accumulate(part + DW_T * C + c, c_mask, keep, 1.0, sum_pixels(t * dz_t))
+            accumulate(part + DW_S * C + c, c_mask, keep, 1.0, sum_pixels((s - ctx_s) * dz_s))
+            accumulate(part + DW_T * C + c, c_mask, keep, 1.0, sum_pixels((t - ctx_t) * dz_t))
         tl.debug_barrier()  # the next block re-reads rows that other threads stored
 
 

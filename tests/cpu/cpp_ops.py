@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from fgdkern.ops import dispatch
+from fgdkern.rows import FGD_CHAN_COEF
+from tests import helpers
 from tests.helpers import make_inputs
 
 # Every test module of the C++ passes is skipped when the extension was not built
@@ -24,3 +26,12 @@ def grad(*args):
 def valid_args():
     """Stats inputs of two small levels (temperatures not included)."""
     return make_inputs(2, 6, [(3, 4), (2, 2)])
+
+
+def make_coefs(S, seed=1):
+    """tests.helpers.make_coefs, with a random chan_coef row for every row of FGD_CHAN_COEF."""
+    pix, chan, K = helpers.make_coefs(S, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    chan = [torch.cat([c, torch.randn(c.shape[0], len(FGD_CHAN_COEF) - c.shape[1], c.shape[2],
+                                      generator=g).to(c.device)], 1) for c in chan]
+    return pix, chan, K

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fgdkern.reference import fgd_passes as contract
-from tests.cpu.cpp_ops import grad, needs_cpp, stats
-from tests.helpers import make_coefs, make_inputs
+from tests.cpu.cpp_ops import grad, make_coefs, needs_cpp, stats
+from tests.helpers import make_inputs
 
 pytestmark = needs_cpp
 

@@ -3,8 +3,8 @@ writes rounded like torch's own conversions, bit for bit."""
 import pytest
 import torch
 
-from tests.cpu.cpp_ops import FLOAT_MIN, grad, needs_cpp, valid_args
-from tests.helpers import make_coefs
+from fgdkern.rows import FGD_CHAN_COEF
+from tests.cpu.cpp_ops import FLOAT_MIN, grad, make_coefs, needs_cpp, valid_args
 
 pytestmark = needs_cpp
 
@@ -34,7 +34,7 @@ def test_low_precision_writes_round_like_torch(dtype):
     values = torch.cat([grid, halfway, wild, special])
     C = values.numel()
     S = torch.zeros(1, C, 1, 1, dtype=dtype)
-    chan = torch.zeros(1, 9, C)
+    chan = torch.zeros(1, len(FGD_CHAN_COEF), C)
     chan[0, 2] = values  # k_const
     dS = grad([S], [S], [torch.zeros(1, 5, 1)], [chan], [torch.zeros(1, 2)])[0]
     want = values.to(dtype)

@@ -4,8 +4,8 @@ import pytest
 
 from fgdkern.reference import fgd_passes as contract
 from tests.harness import assert_close_list
-from tests.helpers import make_coefs, make_inputs
-from tests.triton.common import DEVICE, F32, needs_kernels
+from tests.helpers import make_inputs
+from tests.triton.common import DEVICE, F32, make_coefs, needs_kernels
 
 pytestmark = needs_kernels
 

@@ -7,8 +7,8 @@ mixed layouts and dtypes across levels, the per-level argument checks.
 import pytest
 import torch
 
-from tests.helpers import make_coefs, make_inputs
-from tests.triton.common import DEVICE, check_both_passes, needs_kernels, same_temps
+from tests.helpers import make_inputs
+from tests.triton.common import DEVICE, check_both_passes, make_coefs, needs_kernels, same_temps
 
 pytestmark = needs_kernels
 
