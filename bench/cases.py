@@ -4,9 +4,13 @@ test_bench_fgd.py (pytest-benchmark) and report.py.
 A Case is a batch of FPN features with boxes (deterministic for its seed). An
 implementation name ("eager_loop", "reference", "compile", "cpp", "triton")
 and a case make a Runner: two zero-argument callables, ``fwd`` (the loss under
-torch.no_grad(), no autograd graph) and ``fwd+bwd`` (the loss with the student
-features and every loss parameter requiring grad, then torch.autograd.grad of
-the loss w.r.t. them; the teacher is detached).
+torch.no_grad(), no autograd graph; returns the loss) and ``fwd+bwd`` (the loss
+with the student features and every loss parameter requiring grad, then
+torch.autograd.grad of the loss w.r.t. them; the teacher is detached; returns
+(loss, gradients)). Every input is built before; a call does nothing else.
+
+No implementation runs the finite check of the features: every loss module is
+built with check_finite=False (CHECK_FINITE), the eager loop has none.
 """
 from __future__ import annotations
 
@@ -21,12 +25,18 @@ from torch import Tensor
 
 import fgdkern
 from baselines import EagerLoopMultiLevelFGD, compile_works, compiled_reference
+from checks import named_outputs
+from fgdkern.ops import dispatch
 
 IMPLEMENTATIONS = ("eager_loop", "reference", "compile", "cpp", "triton")
 # Implementations whose time on CPU is dominated by unfused passes over the features.
 SLOW_ON_CPU = frozenset({"eager_loop", "reference", "compile"})
 MODES = ("fwd", "fwd+bwd")
 REASON_CHARS = 160
+# The opt-in NaN/Inf check of the features (a pass over S and T and a host sync):
+# off for every implementation, so that all of them do the same work.
+CHECK_FINITE = False
+COMPILE_MODE = "torch.compile(backend='inductor', dynamic=False)"
 # Box sides are log-uniform between these fractions of the image side.
 MIN_BOX_SIDE, MAX_BOX_SIDE = 0.03, 0.6
 
@@ -129,7 +139,7 @@ def loss_module(case: Case, backend: str, device: torch.device) -> torch.nn.Modu
     """MultiLevelFGDLoss (class defaults) with parameters fixed by the case's seed."""
     torch.manual_seed(case.seed)
     ms = fgdkern.MultiLevelFGDLoss(len(case.strides), case.channels, case.channels,
-                                   backend=backend)
+                                   backend=backend, check_finite=CHECK_FINITE)
     return ms.to(device)
 
 
@@ -153,11 +163,38 @@ def build_loss(impl: str, case: Case, device: torch.device) -> torch.nn.Module:
     return loss_module(case, impl, device)
 
 
+def implementation(impl: str, loss: torch.nn.Module, device: torch.device,
+                   dtype=torch.float32) -> dict:
+    """What a column runs: the FGD implementation and the box rasterizer that
+    fgdkern.ops.dispatch.resolve picks for the module's backend on ``device`` (the
+    loss rasterizes with backend "auto"), whether it is compiled, and whether the
+    finite check is on."""
+    if impl == "eager_loop":
+        return dict(fgd="eager_loop (bench/baselines.py)",
+                    rasterize="Python loop of slice assignments (baselines.paint_masks)",
+                    compiled=None, check_finite=False)
+    module = getattr(loss, "_orig_mod", loss)  # under torch.compile
+    checking = any(getattr(m, "check_finite", False) for m in module.modules())
+    return dict(fgd=dispatch.resolve("fgd", module.backend, device, dtype),
+                rasterize=dispatch.resolve("rasterize", "auto", device),
+                compiled=COMPILE_MODE if impl == "compile" else None, check_finite=checking)
+
+
 @dataclass
 class Runner:
     impl: str
     case: Case
     calls: dict[str, Callable[[], object]]  # mode -> zero-argument call
+    grad_names: list[str]                    # what fwd+bwd differentiates, in order
+    implementation: dict                     # implementation(): what actually runs
+
+    def outputs(self, mode: str, out) -> dict[str, Tensor]:
+        """A call's return value as named tensors (bench/checks.py)."""
+        return named_outputs(mode, out, self.grad_names)
+
+
+def _param_names(loss: torch.nn.Module) -> list[str]:
+    return ["d" + name.removeprefix("_orig_mod.") for name, _ in loss.named_parameters()]
 
 
 def make_runner(impl: str, case: Case, device: torch.device) -> Runner:
@@ -170,11 +207,20 @@ def make_runner(impl: str, case: Case, device: torch.device) -> Runner:
         with torch.no_grad():
             return loss(feats_S, feats_T, gt_bboxes, img_shapes)
 
-    def forward_backward() -> tuple[Tensor, ...]:
+    def forward_backward() -> tuple[Tensor, tuple[Tensor, ...]]:
         value = loss(S_grad, feats_T, gt_bboxes, img_shapes)
-        return torch.autograd.grad(value, S_grad + params)
+        return value, torch.autograd.grad(value, S_grad + params)
 
-    return Runner(impl, case, {"fwd": forward, "fwd+bwd": forward_backward})
+    names = [f"dS[{k}]" for k in range(len(S_grad))] + _param_names(loss)
+    return Runner(impl, case, {"fwd": forward, "fwd+bwd": forward_backward}, names,
+                  implementation(impl, loss, device))
+
+
+def reference_outputs(case: Case, device: torch.device, modes=MODES) -> dict[str, dict]:
+    """mode -> the named outputs of backend="reference" at ``case``: what every
+    implementation is checked against before it is timed."""
+    runner = make_runner("reference", case, device)
+    return {mode: runner.outputs(mode, runner.calls[mode]()) for mode in modes}
 
 
 @functools.cache
