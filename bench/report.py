@@ -1,41 +1,40 @@
 """Time every available FGD implementation side by side in one run; write JSON and a plot.
 
     python bench/report.py [--quick] [--out DIR] [--device cpu|cuda] [--impls a,b,...]
-                           [--threads N]
+                           [--threads N] [--allow-dirty]
 
-For each case of bench/cases.py and each implementation that runs here:
-median and spread of the forward (under torch.no_grad) and of forward+backward,
-peak memory of one call, speedup over the eager loop, and achieved GB/s against
-the minimum bytes, next to the copy bandwidth measured in the same run. Then
+For each case of bench/cases.py and each implementation that runs here: its
+output checked against the reference (bench/checks.py; one that disagrees is
+not timed), the time of its first call (compilation included), median and
+spread of the forward (under torch.no_grad) and of forward+backward, peak
+memory of one call, speedup over the eager loop, and achieved GB/s against the
+minimum bytes, next to the copy bandwidth measured in the same run. Then
 sweeps of the forward+backward time over H*W, C and boxes per image. Writes
 <DIR>/<device>-<date>.json and .png (bench/README.md explains every field).
+Results go to bench/results/ only from a clean checkout, unless --allow-dirty.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
-import gc
 import json
 import os
-import platform
-import subprocess
+import shutil
 import sys
-import time
-from dataclasses import dataclass
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import cases
+import meta
+from checks import Disagrees, check_outputs
+from timing import (copy_bandwidth_gbs, first_call, interleaved_ms, peak_memory_mb, release,
+                    summary)
 
-REPO = Path(__file__).resolve().parent.parent
-MB = 2 ** 20
-# Bytes of the copy-bandwidth buffer (well above the last-level cache) and of the
-# buffer written between CUDA timings to evict the features from L2.
-COPY_BYTES = {"cpu": 256 * MB, "cuda": 1024 * MB}
-L2_FLUSH_BYTES = 256 * MB
+RESULTS = meta.REPO / "bench" / "results"
 
 
 @dataclass(frozen=True)
@@ -53,114 +52,26 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
     return Plan(quick, warmup=2, reps=5 if quick else 15, sweep_reps=5 if quick else 9)
 
 
-# ------------------------------------------------------------------------ timing
-def _elapsed_cpu(call) -> float:
-    start = time.perf_counter()
-    call()
-    return (time.perf_counter() - start) * 1e3
-
-
-class _CudaTimer:
-    """CUDA-event time of one call, after evicting L2 (so features come from memory)."""
-
-    def __init__(self, device: torch.device):
-        self.flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device)
-        self.start = torch.cuda.Event(enable_timing=True)
-        self.end = torch.cuda.Event(enable_timing=True)
-
-    def __call__(self, call) -> float:
-        self.flush.zero_()
-        self.start.record()
-        call()
-        self.end.record()
-        self.end.synchronize()
-        return self.start.elapsed_time(self.end)
-
-
-def make_timer(device: torch.device):
-    """A function: call -> milliseconds of that one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return _CudaTimer(device)
-    return _elapsed_cpu
-
-
-def interleaved_ms(calls: dict, device: torch.device, reps: int) -> dict[object, list[float]]:
-    """Milliseconds of ``reps`` calls of each of ``calls`` (warmed up already), taken in
-    turns - one call of each, then the next round - so that a change in the machine's
-    load over the run touches every implementation alike."""
-    timer = make_timer(device)
-    times = {key: [] for key in calls}
-    for _ in range(reps):
-        for key, call in calls.items():
-            times[key].append(timer(call))
-    return times
-
-
-def summary(times: list[float]) -> dict:
-    q25, median, q75 = np.percentile(times, [25, 50, 75])
-    return dict(median_ms=float(median), spread=dict(
-        q25_ms=float(q25), q75_ms=float(q75), min_ms=min(times), max_ms=max(times)),
-        reps=len(times))
-
-
-# ------------------------------------------------------------------------ memory
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _cpu_peak_mb(call) -> float | None:
-    """Growth of the resident set during one call: VmHWM, reset to the current RSS first
-    (Linux /proc/self/clear_refs), after returning freed heap to the OS. None elsewhere."""
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_kb("VmRSS")
-    except (OSError, AttributeError, KeyError):
-        return None
-    out = call()
-    peak = _status_kb("VmHWM")
-    del out
-    return (peak - before) / 1024
-
-
-def _cuda_peak_mb(call, device: torch.device) -> float:
-    """Memory allocated at the peak of one call above what was allocated before it."""
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    out = call()
-    torch.cuda.synchronize(device)
-    del out
-    return (torch.cuda.max_memory_allocated(device) - before) / MB
-
-
-def peak_memory_mb(call, device: torch.device) -> float | None:
-    return _cuda_peak_mb(call, device) if device.type == "cuda" else _cpu_peak_mb(call)
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def copy_bandwidth_gbs(device: torch.device, plan: Plan) -> float:
-    """dst.copy_(src) on a large float32 buffer: GB/s counting the read and the write."""
-    src = torch.randn(COPY_BYTES[device.type] // 4, device=device)
-    dst = torch.empty_like(src)
-    copy = warmed_up(lambda: dst.copy_(src), warmup=2)
-    times = interleaved_ms({"copy": copy}, device, reps=max(plan.reps, 5))["copy"]
-    return 2 * src.numel() * 4 / (np.median(times) * 1e-3) / 1e9
-
-
 # ------------------------------------------------------------------------ cases
+REASON_CHARS = 200
+DISAGREE_CHARS = 800
+
+
+@dataclass
+class Ready:
+    """The warmed-up calls, checked against the reference, of the implementations that
+    run at one case: (impl, mode) -> call and -> first-call ms; impl -> what runs."""
+    calls: dict = field(default_factory=dict)
+    first_ms: dict = field(default_factory=dict)
+    implementations: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+
+    def skip(self, impl: str, case: cases.Case, reason: str, log, disagrees=False) -> None:
+        self.calls = {k: c for k, c in self.calls.items() if k[0] != impl}
+        self.skipped.append(dict(name=impl, case=case.name, reason=reason, disagrees=disagrees))
+        log(f"  {impl}: {'NOT TIMED, ' if disagrees else 'skipped: '}{reason}")
+
+
 def left_out(impl: str, case: cases.Case, plan: Plan, device: torch.device) -> str | None:
     """Why --quick does not time ``impl`` at ``case``, or None."""
     if plan.quick and device.type == "cpu" and case.heavy and impl in cases.SLOW_ON_CPU:
@@ -168,45 +79,80 @@ def left_out(impl: str, case: cases.Case, plan: Plan, device: torch.device) -> s
     return None
 
 
-def warmed_up(call, warmup: int):
-    for _ in range(warmup):
-        call()
-    return call
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:REASON_CHARS]}"
 
 
-def ready_calls(impls, case: cases.Case, modes, device: torch.device, plan: Plan, log):
-    """({(impl, mode): warmed-up call}, skipped entries) of the implementations that run
-    at ``case``; a failure (e.g. compilation, out of memory) skips that implementation."""
-    calls, skipped = {}, []
+def warm_up_checked(runner: cases.Runner, mode: str, want: dict, device: torch.device,
+                    plan: Plan) -> float:
+    """The warm-up calls of one mode, the first timed (ms returned), every output
+    checked against ``want`` (Disagrees names the mode)."""
+    call = runner.calls[mode]
+    out, ms = first_call(call, device)
+    for k in range(plan.warmup):
+        try:
+            check_outputs(runner.outputs(mode, out if k == 0 else call()), want)
+        except Disagrees as exc:
+            raise Disagrees(f"output of {mode} differs from the reference: {exc}") from None
+        out = None
+    return ms
+
+
+def prepare(ready: Ready, impl: str, case: cases.Case, modes, want: dict,
+            device: torch.device, plan: Plan) -> None:
+    runner = cases.make_runner(impl, case, device)
+    ready.implementations[impl] = runner.implementation
+    for mode in modes:
+        ready.first_ms[impl, mode] = warm_up_checked(runner, mode, want[mode], device, plan)
+        ready.calls[impl, mode] = runner.calls[mode]
+
+
+def ready_calls(impls, case: cases.Case, modes, device: torch.device, plan: Plan, log) -> Ready:
+    """The implementations that run at ``case``, built, checked and warmed up; one that
+    fails (compilation, out of memory) or disagrees with the reference is skipped."""
+    ready = Ready()
+    todo = []
     for impl in impls:
         reason = left_out(impl, case, plan, device)
-        try:
-            runner = None if reason else cases.make_runner(impl, case, device)
-            for mode in modes if runner else ():
-                calls[impl, mode] = warmed_up(runner.calls[mode], plan.warmup)
-        except Exception as exc:  # recorded with its reason, the run goes on
-            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-            calls = {k: c for k, c in calls.items() if k[0] != impl}
-            release(device)
         if reason:
-            skipped.append(dict(name=impl, case=case.name, reason=reason))
-            log(f"  {impl}: skipped ({reason})")
-    return calls, skipped
+            ready.skip(impl, case, reason, log)
+        else:
+            todo.append(impl)
+    try:
+        want = cases.reference_outputs(case, device, modes) if todo else {}
+    except Exception as exc:  # nothing to check against: nothing is timed
+        for impl in todo:
+            ready.skip(impl, case, f"the reference failed: {_error(exc)}", log)
+        return ready
+    for impl in todo:
+        try:
+            prepare(ready, impl, case, modes, want, device, plan)
+        except Disagrees as exc:
+            ready.skip(impl, case, str(exc)[:DISAGREE_CHARS], log, disagrees=True)
+        except Exception as exc:  # recorded with its reason, the run goes on
+            ready.skip(impl, case, _error(exc), log)
+            release(device)
+    return ready
 
 
 def measure_case(impls, case: cases.Case, device: torch.device, plan: Plan, log):
-    """(entries, skipped) at one case: per implementation and mode the time, spread,
-    peak memory of one call and minimum bytes."""
+    """(entries, skipped) at one case: per implementation and mode what ran, the time of
+    its first call, the steady-state time and spread, peak memory of one call, bytes."""
     log(f"{case.name}: {case.describe()}")
-    calls, skipped = ready_calls(impls, case, cases.MODES, device, plan, log)
-    times = interleaved_ms(calls, device, plan.reps)
+    ready = ready_calls(impls, case, cases.MODES, device, plan, log)
+    times = interleaved_ms(ready.calls, device, plan.reps)
     entries = []
-    for (impl, mode), call in calls.items():
-        entries.append(dict(name=impl, case=case.name, mode=mode, **summary(times[impl, mode]),
+    for (impl, mode), call in ready.calls.items():
+        entries.append(dict(name=impl, case=case.name, mode=mode,
+                            implementation=ready.implementations[impl],
+                            first_call_ms=ready.first_ms[impl, mode],
+                            **summary(times[impl, mode]),
                             peak_mem_mb=peak_memory_mb(cases.synchronized(call, device), device),
                             bytes=cases.feature_bytes(case, mode)))
-        log(f"  {impl:<10} {mode:<8} {entries[-1]['median_ms']:10.2f} ms")
-    return entries, skipped
+        e = entries[-1]
+        log(f"  {impl:<10} {mode:<8} {e['median_ms']:10.2f} ms  "
+            f"(first call {e['first_call_ms'] / 1e3:.2f} s)")
+    return entries, ready.skipped
 
 
 def run_cases(impls, device: torch.device, plan: Plan, log) -> tuple[list[dict], list[dict]]:
@@ -230,80 +176,81 @@ def add_ratios(entries: list[dict], copy_gbs: float) -> None:
         e["fraction_of_copy_bw"] = e["gb_per_s"] / copy_gbs
 
 
-def run_sweeps(impls, device: torch.device, plan: Plan, log) -> list[dict]:
-    """Forward+backward time over each sweep of cases.sweeps, all points of a sweep timed
-    in turns (so a drift of the load does not bend the curves). compile is left out: it
-    would compile every point anew."""
+def run_sweeps(impls, device: torch.device, plan: Plan, log) -> tuple[list[dict], list[dict]]:
+    """(rows, skipped): forward+backward time over each sweep of cases.sweeps, all points
+    of a sweep timed in turns (so a drift of the load does not bend the curves), every
+    point checked against the reference first. compile is left out: it would compile
+    every point anew."""
     impls = [i for i in impls if i != "compile"]
-    rows = []
+    rows, skipped = [], []
     for sweep, series in cases.sweeps(plan.quick).items():
         log(f"sweep over {sweep}")
-        calls = {}
+        calls, info = {}, {}
         for x, case in series.points:
-            ready, _ = ready_calls(impls, case, ["fwd+bwd"], device, plan, log)
-            calls.update({(x, case.name, impl): call for (impl, _), call in ready.items()})
-        for (x, name, impl), times in interleaved_ms(calls, device, plan.sweep_reps).items():
+            ready = ready_calls(impls, case, ["fwd+bwd"], device, plan, log)
+            skipped += [dict(s, sweep=sweep) for s in ready.skipped]
+            for (impl, mode), call in ready.calls.items():
+                calls[x, case.name, impl] = call
+                info[x, case.name, impl] = dict(implementation=ready.implementations[impl],
+                                                first_call_ms=ready.first_ms[impl, mode])
+        for key, times in interleaved_ms(calls, device, plan.sweep_reps).items():
+            x, name, impl = key
             rows.append(dict(sweep=sweep, x=x, case=name, name=impl, mode="fwd+bwd",
-                             **summary(times)))
+                             **info[key], **summary(times)))
             log(f"  {name:<14} {impl:<10} {rows[-1]['median_ms']:10.2f} ms")
         del calls
         release(device)
-    return rows
+    return rows, skipped
 
 
 # ------------------------------------------------------------------------ metadata
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+TOLERANCE = ("loss: rtol 1e-5, atol 1e-7; gradients: rtol 1e-5 per element, "
+             "atol 1e-6 x the largest magnitude of that gradient (bench/checks.py)")
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+def columns(rows: list[dict]) -> dict:
+    """impl -> what ran for it (the first entry of each implementation)."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["name"], r["implementation"])
+    return out
 
 
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except ImportError:
-        return None
-
-
-def metadata(device: torch.device, plan: Plan, copy_gbs: float, now: datetime.datetime) -> dict:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+def metadata(device: torch.device, plan: Plan, copy_gbs: float, now: datetime.datetime,
+             code: dict, ran: dict) -> dict:
     return dict(
-        device=device.type, device_name=gpu or _cpu_model(), cpu_model=_cpu_model(),
-        cpu_threads=torch.get_num_threads(), cpu_count=os.cpu_count(), gpu_name=gpu,
-        torch=torch.__version__, triton=_version("triton"), fgdkern=_version("fgdkern"),
-        python=platform.python_version(), date=now.isoformat(timespec="seconds"),
-        git_commit=_git("rev-parse", "HEAD"), git_dirty=bool(_git("status", "--porcelain")),
-        quick=plan.quick, warmup=plan.warmup, reps=plan.reps, sweep_reps=plan.sweep_reps,
-        feature_dtype="float32", copy_bandwidth_gbs=copy_gbs,
+        **meta.machine(device), **meta.software(), date=now.isoformat(timespec="seconds"),
+        **code, quick=plan.quick, warmup=plan.warmup, reps=plan.reps,
+        sweep_reps=plan.sweep_reps, feature_dtype="float32", copy_bandwidth_gbs=copy_gbs,
+        check_finite=cases.CHECK_FINITE, checked_against_reference=TOLERANCE,
+        compile_caches="empty: a temporary inductor and Triton cache folder per run",
+        implementations=ran,
         cases={c.name: c.describe() for c in cases.CASES.values()},
         sweep_axes={name: sweep.axis for name, sweep in cases.sweeps(plan.quick).items()})
 
 
 # ------------------------------------------------------------------------ output
 COLUMNS = [("case", "{}", "case"), ("mode", "{}", "mode"), ("name", "{}", "impl"),
-           ("median_ms", "{:.2f}", "median ms"), ("iqr", "{}", "IQR ms"),
-           ("peak_mem_mb", "{:.0f}", "peak MB"), ("speedup_vs_eager_loop", "{:.2f}x", "vs eager"),
-           ("gb_per_s", "{:.1f}", "GB/s"), ("fraction_of_copy_bw", "{:.0%}", "of copy")]
+           ("runs", "{}", "runs"), ("median_ms", "{:.2f}", "median ms"), ("iqr", "{}", "IQR ms"),
+           ("first_call_s", "{:.2f}", "first call s"), ("peak_mem_mb", "{:.0f}", "peak MB"),
+           ("speedup_vs_eager_loop", "{:.2f}x", "vs eager"), ("gb_per_s", "{:.1f}", "GB/s"),
+           ("fraction_of_copy_bw", "{:.0%}", "of copy")]
+
+
+def runs(implementation: dict) -> str:
+    """What ran, short: the FGD implementation, '+inductor' when compiled."""
+    name = implementation["fgd"].split()[0]
+    return name + ("+inductor" if implementation["compiled"] else "")
 
 
 def _cell(entry: dict, key: str, fmt: str) -> str:
     if key == "iqr":
         s = entry["spread"]
         return f"{s['q25_ms']:.2f}-{s['q75_ms']:.2f}"
+    if key == "runs":
+        return runs(entry["implementation"])
+    if key == "first_call_s":
+        return fmt.format(entry["first_call_ms"] / 1e3)
     value = entry.get(key)
     return "-" if value is None else fmt.format(value)
 
@@ -318,27 +265,75 @@ def table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def publishing(out_dir: Path) -> bool:
+    """True when ``out_dir`` is bench/results/ (or inside it): the published results."""
+    out, results = out_dir.resolve(), RESULTS.resolve()
+    return out == results or results in out.parents
+
+
+def refuse_dirty(state: dict, out_dir: Path, allow_dirty: bool, when: str) -> None:
+    """Exit when results from a tree that is not a commit would go to bench/results/."""
+    if publishing(out_dir) and not state["clean"] and not allow_dirty:
+        sys.exit(f"{when} the working tree differs from its commit "
+                 f"({meta.describe_dirty(state)}): bench/results/ takes results of a commit "
+                 "only. Commit or stash the changes, write elsewhere with --out, or pass "
+                 "--allow-dirty (recorded in the JSON).")
+
+
+@contextmanager
+def fresh_compile_caches():
+    """Empty inductor and Triton cache folders for the run, so that a first call pays the
+    compilation a fresh machine pays, whatever earlier runs left on disk."""
+    folder = tempfile.mkdtemp(prefix="fgd-bench-cache-")
+    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(folder, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure(device: torch.device, plan: Plan, impls) -> dict:
+    """Every case and sweep of ``impls``: {"results", "skipped", "sweeps", "copy_gbs"}."""
+    copy_gbs = copy_bandwidth_gbs(device, plan.reps)
+    print(f"copy bandwidth: {copy_gbs:.1f} GB/s")
+    entries, skipped = run_cases(impls, device, plan, print)
+    add_ratios(entries, copy_gbs)
+    rows, sweep_skipped = run_sweeps(impls, device, plan, print)
+    return dict(results=entries, skipped=skipped + sweep_skipped, sweeps=rows,
+                copy_gbs=copy_gbs)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("TRITON_INTERPRET=1 is set: unset it, the interpreter is never benchmarked")
+    out_dir = Path(args.out)
+    start = meta.git_state()
+    refuse_dirty(start, out_dir, args.allow_dirty, "Not run:")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA device")
     plan = make_plan(args.quick, device)
-    impls = cases.available(device, requested_impls(args), report=print)
-    copy_gbs = copy_bandwidth_gbs(device, plan)
-    print(f"copy bandwidth: {copy_gbs:.1f} GB/s")
-    entries, skipped = run_cases(impls, device, plan, print)
-    add_ratios(entries, copy_gbs)
-    rows = run_sweeps(impls, device, plan, print)
+    with fresh_compile_caches():
+        impls = cases.available(device, requested_impls(args), report=print)
+        run = measure(device, plan, impls)
     now = datetime.datetime.now()
-    report = dict(metadata=metadata(device, plan, copy_gbs, now), results=entries,
-                  skipped=skipped, sweeps=rows)
-    print(table(entries))
-    write(report, Path(args.out), f"{device.type}-{now.strftime('%Y-%m-%d-%H%M%S')}")
+    end = meta.git_state()
+    code = meta.code_state(start, end, args.allow_dirty)
+    info = metadata(device, plan, run.pop("copy_gbs"), now, code,
+                    columns(run["results"] + run["sweeps"]))
+    print(table(run["results"]))
+    refuse_dirty(end, out_dir, args.allow_dirty, "Not written: during the run")
+    write(dict(metadata=info, **run), out_dir, f"{device.type}-{now.strftime('%Y-%m-%d-%H%M%S')}")
     return 0
 
 
@@ -368,10 +363,13 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true",
                    help="fewer repetitions, smaller sweeps, no torch.compile, and on CPU the "
                         "biggest case only for the fused implementations (a CPU run < 2 min)")
-    p.add_argument("--out", default=str(REPO / "bench" / "results"), help="output folder")
+    p.add_argument("--out", default=str(RESULTS), help="output folder (default bench/results)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=cases.default_device().type)
     p.add_argument("--impls", help=f"comma-separated subset of {','.join(cases.IMPLEMENTATIONS)}")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="write to bench/results/ even when the working tree differs from its "
+                        "commit (the JSON records git_dirty and allow_dirty)")
     return p.parse_args(argv)
 
 
