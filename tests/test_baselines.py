@@ -17,12 +17,24 @@ SIZES = [(12, 18), (6, 9), (3, 5)]
 IMG = (96, 140)
 
 
+# Every hyper-parameter differs between levels: the baseline must keep each level's own.
+LEVEL_HP = [dict(temp=0.7, alpha_fgd=1e-3, beta_fgd=5e-4, gamma_fgd=2e-3, lambda_fgd=5e-6),
+            dict(temp=0.9, alpha_fgd=4e-4, beta_fgd=2e-3, gamma_fgd=7e-4, lambda_fgd=3e-5),
+            dict(temp=0.4, alpha_fgd=3e-3, beta_fgd=1e-4, gamma_fgd=5e-3, lambda_fgd=1e-6)]
+
+
 def _pair(Cs, Ct, dtype):
-    ms = randomize(fgdkern.MultiLevelFGDLoss(len(SIZES), Cs, Ct, temp=0.7, gamma_fgd=2e-3,
-                                             backend="reference")).to(dtype)
-    ms.levels[1].temp = 0.9           # every level keeps its own hyper-parameters
-    ms.levels[2].alpha_fgd = 3e-3
+    ms = randomize(fgdkern.MultiLevelFGDLoss(len(SIZES), Cs, Ct, backend="reference")).to(dtype)
+    for m, hp in zip(ms.levels, LEVEL_HP):
+        for name, value in hp.items():
+            setattr(m, name, value)
     return ms, EagerLoopMultiLevelFGD.like(ms)
+
+
+def test_baseline_takes_every_level_s_hyper_parameters():
+    _, eager = _pair(6, 8, torch.float32)
+    for level, hp in zip(eager.levels, LEVEL_HP):
+        assert {name: getattr(level, name) for name in hp} == hp
 
 
 def _loss_and_grads(loss_fn, S, T, boxes) -> dict:
