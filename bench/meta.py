@@ -1,12 +1,15 @@
 """What a bench/report.py run records about itself: code, software, machine, settings."""
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import subprocess
 from pathlib import Path
 
 import torch
+
+import cases
 
 REPO = Path(__file__).resolve().parent.parent
 DIRTY_FILES_SHOWN = 40
@@ -92,3 +95,30 @@ def code_state(start: dict, end: dict, allow_dirty: bool) -> dict:
     return dict(git_commit=start["commit"], git_clean=clean, git_dirty=not clean,
                 git_changed=sorted(set(start["changed"]) | set(end["changed"])),
                 git_commit_at_end=end["commit"], allow_dirty=allow_dirty)
+
+
+TOLERANCE = ("loss: rtol 1e-5, atol 1e-7; gradients: rtol 1e-5 per element, "
+             "atol 1e-6 x the largest magnitude of that gradient (bench/checks.py)")
+
+
+def columns(rows: list[dict]) -> dict:
+    """impl -> what ran for it (the first entry of each implementation)."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["name"], r["implementation"])
+    return out
+
+
+def metadata(device: torch.device, plan, copy_gbs: float, now: datetime.datetime,
+             code: dict, ran: dict) -> dict:
+    """The run's metadata: machine, software, date, code state, plan (report.Plan), copy
+    bandwidth, what is checked and how compiled, what each column ran, the cases."""
+    return dict(
+        **machine(device), **software(), date=now.isoformat(timespec="seconds"),
+        **code, quick=plan.quick, warmup=plan.warmup, reps=plan.reps,
+        sweep_reps=plan.sweep_reps, feature_dtype="float32", copy_bandwidth_gbs=copy_gbs,
+        check_finite=cases.CHECK_FINITE, checked_against_reference=TOLERANCE,
+        compile_caches="empty: a temporary inductor and Triton cache folder per run",
+        implementations=ran,
+        cases={c.name: c.describe() for c in cases.CASES.values()},
+        sweep_axes={name: sweep.axis for name, sweep in cases.sweeps(plan.quick).items()})

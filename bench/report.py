@@ -135,17 +135,29 @@ def ready_calls(impls, case: cases.Case, modes, device: torch.device, plan: Plan
     return ready
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process: unchanged over the timed calls means
+    every timed call of ``compile`` ran code compiled during its warm-up."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
 def measure_case(impls, case: cases.Case, device: torch.device, plan: Plan, log):
     """(entries, skipped) at one case: per implementation and mode what ran, the time of
     its first call, the steady-state time and spread, peak memory of one call, bytes."""
     log(f"{case.name}: {case.describe()}")
     ready = ready_calls(impls, case, cases.MODES, device, plan, log)
+    graphs = compiled_graphs()
     times = interleaved_ms(ready.calls, device, plan.reps)
+    recompiled = compiled_graphs() != graphs
+    if recompiled:
+        log("  warning: torch.compile compiled a new graph during the timed calls")
     entries = []
     for (impl, mode), call in ready.calls.items():
         entries.append(dict(name=impl, case=case.name, mode=mode,
                             implementation=ready.implementations[impl],
                             first_call_ms=ready.first_ms[impl, mode],
+                            compiled_during_timing=recompiled and impl == "compile",
                             **summary(times[impl, mode]),
                             peak_mem_mb=peak_memory_mb(cases.synchronized(call, device), device),
                             bytes=cases.feature_bytes(case, mode)))
@@ -201,32 +213,6 @@ def run_sweeps(impls, device: torch.device, plan: Plan, log) -> tuple[list[dict]
         del calls
         release(device)
     return rows, skipped
-
-
-# ------------------------------------------------------------------------ metadata
-TOLERANCE = ("loss: rtol 1e-5, atol 1e-7; gradients: rtol 1e-5 per element, "
-             "atol 1e-6 x the largest magnitude of that gradient (bench/checks.py)")
-
-
-def columns(rows: list[dict]) -> dict:
-    """impl -> what ran for it (the first entry of each implementation)."""
-    out = {}
-    for r in rows:
-        out.setdefault(r["name"], r["implementation"])
-    return out
-
-
-def metadata(device: torch.device, plan: Plan, copy_gbs: float, now: datetime.datetime,
-             code: dict, ran: dict) -> dict:
-    return dict(
-        **meta.machine(device), **meta.software(), date=now.isoformat(timespec="seconds"),
-        **code, quick=plan.quick, warmup=plan.warmup, reps=plan.reps,
-        sweep_reps=plan.sweep_reps, feature_dtype="float32", copy_bandwidth_gbs=copy_gbs,
-        check_finite=cases.CHECK_FINITE, checked_against_reference=TOLERANCE,
-        compile_caches="empty: a temporary inductor and Triton cache folder per run",
-        implementations=ran,
-        cases={c.name: c.describe() for c in cases.CASES.values()},
-        sweep_axes={name: sweep.axis for name, sweep in cases.sweeps(plan.quick).items()})
 
 
 # ------------------------------------------------------------------------ output
@@ -329,8 +315,8 @@ def main(argv=None) -> int:
     now = datetime.datetime.now()
     end = meta.git_state()
     code = meta.code_state(start, end, args.allow_dirty)
-    info = metadata(device, plan, run.pop("copy_gbs"), now, code,
-                    columns(run["results"] + run["sweeps"]))
+    info = meta.metadata(device, plan, run.pop("copy_gbs"), now, code,
+                         meta.columns(run["results"] + run["sweeps"]))
     print(table(run["results"]))
     refuse_dirty(end, out_dir, args.allow_dirty, "Not written: during the run")
     write(dict(metadata=info, **run), out_dir, f"{device.type}-{now.strftime('%Y-%m-%d-%H%M%S')}")
