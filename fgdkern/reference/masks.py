@@ -1,8 +1,9 @@
 """Boxes -> fg/bg masks (docs/fgd.md, "Masks from boxes") in pure PyTorch: the ground truth of the rasterizer.
 
 Reads the packed boxes (sum K_n, 4) float32 xyxy pixels, counts (N,) int64,
-img_shapes (N, 2) float32 (h, w) and the level sizes; writes one (fg, bg)
-pair of (N, H, W) float32 maps per level. Every float is the one the C++ and
+img_shapes (N, 2) float32 (h, w), the level sizes and the border mode (clip,
+or wrap like a Python slice); writes one (fg, bg) pair of (N, H, W) float32
+maps per level. Every float is the one the C++ and
 CUDA kernels produce: the same float32 operations in the same order.
 """
 from __future__ import annotations
@@ -35,21 +36,47 @@ def box_extents(boxes: Tensor, hw: Tensor, H: int, W: int) -> tuple[Tensor, ...]
     return hmin, hmax, wmin, wmax, v
 
 
-def paint_fg(image: Tensor, extents: tuple[Tensor, ...], N: int, H: int, W: int) -> Tensor:
-    """"Masks from boxes" steps 4-5: the largest v of the boxes covering each cell, 0 where none does.
+def slice_index(x: Tensor, n: int) -> Tensor:
+    """A Python slice index on an axis of length n: negative counts from the end, then 0..n.
 
-    Reads each box's image index and extents; writes fg (N, H, W). Boxes are
-    compared with every cell in chunks of about CHUNK_CELLS cells.
+    x >= -INDEX_LIMIT, so x + n cannot overflow int64.
     """
+    return torch.where(x < 0, (x + n).clamp(min=0), x.clamp(max=n))
+
+
+def painted_span(lo: Tensor, hi: Tensor, n: int, wrap: bool) -> tuple[Tensor, Tensor]:
+    """"Masks from boxes" step 4 on one axis: inclusive extent lo..hi -> painted cells first..last.
+
+    Clipped to 0..n-1, or with wrap the slice [lo:hi + 1] of a Python sequence
+    (docs/fgd.md, "Boxes across the top or left border"). Empty when first > last.
+    """
+    if wrap:
+        return slice_index(lo, n), slice_index(hi + 1, n) - 1
+    return lo.clamp(min=0), hi.clamp(max=n - 1)
+
+
+def painted_cells(extents: tuple[Tensor, ...], H: int, W: int, wrap: bool) -> tuple[Tensor, ...]:
+    """Extents hmin, hmax, wmin, wmax, v -> the painted rows r0..r1, columns c0..c1 and v."""
     hmin, hmax, wmin, wmax, v = extents
+    return (*painted_span(hmin, hmax, H, wrap), *painted_span(wmin, wmax, W, wrap), v)
+
+
+def paint_fg(image: Tensor, cells: tuple[Tensor, ...], N: int, H: int, W: int) -> Tensor:
+    """"Masks from boxes" step 5: the largest v of the boxes painting each cell, 0 where none does.
+
+    Reads each box's image index and painted cells (painted_cells); writes fg
+    (N, H, W). Boxes are compared with every cell in chunks of about
+    CHUNK_CELLS cells.
+    """
+    r0, r1, c0, c1, v = cells
     rows = torch.arange(H, device=v.device)
     cols = torch.arange(W, device=v.device)
     fg = v.new_zeros(N, H * W)
     step = max(1, CHUNK_CELLS // (H * W))
     for s in range(0, v.shape[0], step):
         k = slice(s, s + step)
-        in_rows = (rows >= hmin[k, None]) & (rows <= hmax[k, None])  # [k, H]
-        in_cols = (cols >= wmin[k, None]) & (cols <= wmax[k, None])  # [k, W]
+        in_rows = (rows >= r0[k, None]) & (rows <= r1[k, None])  # [k, H]
+        in_cols = (cols >= c0[k, None]) & (cols <= c1[k, None])  # [k, W]
         covered = in_rows[:, :, None] & in_cols[:, None, :]  # [k, H, W]
         values = torch.where(covered, v[k, None, None], 0.0).reshape(-1, H * W)
         fg.scatter_reduce_(0, image[k, None].expand_as(values), values, "amax")
@@ -65,11 +92,12 @@ def bg_from_fg(fg: Tensor) -> Tensor:
 
 
 def rasterize_packed(boxes: Tensor, counts: Tensor, img_shapes: Tensor,
-                     level_sizes: list[int]) -> list[Tensor]:
+                     level_sizes: list[int], wrap: bool = False) -> list[Tensor]:
     """The op ``fgdkern::rasterize_boxes`` in PyTorch: [fg0, bg0, fg1, bg1, ...].
 
-    level_sizes is flat: [H0, W0, H1, W1, ...]. Inputs as the op takes them
-    (no validation here; fgdkern.rasterize_boxes validates).
+    level_sizes is flat: [H0, W0, H1, W1, ...]; wrap: paint like a Python
+    slice instead of clipping. Inputs as the op takes them (no validation
+    here; fgdkern.rasterize_boxes validates).
     """
     N = counts.shape[0]
     image = torch.repeat_interleave(torch.arange(N, device=boxes.device), counts,
@@ -77,6 +105,6 @@ def rasterize_packed(boxes: Tensor, counts: Tensor, img_shapes: Tensor,
     hw = img_shapes[image]
     out = []
     for H, W in zip(level_sizes[0::2], level_sizes[1::2]):
-        fg = paint_fg(image, box_extents(boxes, hw, H, W), N, H, W)
+        fg = paint_fg(image, painted_cells(box_extents(boxes, hw, H, W), H, W, wrap), N, H, W)
         out += [fg, bg_from_fg(fg)]
     return out
