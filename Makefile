@@ -2,6 +2,7 @@
 #                 built-in synthetic COCO dataset, report mAP (out/report.json, out/report.png)
 # make demo-loss  the loss alone on synthetic pyramids: terms per level + out/fgd_masks.png
 # make test       the test suite (Triton kernels run under TRITON_INTERPRET=1 without a GPU)
+# make mutations  plant known mistakes in a copy of the package; fails if the suite misses one
 # make bench      time every implementation and write bench/results/<device>-<date>.{json,png}
 # make sdist      dist/fgdkern-<version>.tar.gz (needs no torch)
 # Each creates $(VENV) from requirements-dev.txt and builds the extension on first use.
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
 
-.PHONY: demo demo-loss test ext bench bench-quick sdist clean
+.PHONY: demo demo-loss test mutations ext bench bench-quick sdist clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,9 @@ demo-loss: ext
 
 test: ext
 	$(PY) -m pytest -q tests
+
+mutations: ext
+	$(PY) -m tests.mutations
 
 bench: ext
 	$(PY) bench/report.py

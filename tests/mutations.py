@@ -1,0 +1,181 @@
+"""Mutation check: does the test suite catch planted mistakes?
+
+    python -m tests.mutations [--only NAME ...] [--baseline] [--list]
+
+Copies the package and its tests to a temporary folder (the working tree is
+never touched), plants one mistake at a time there as an exact string
+replacement in one file, runs the tests that should catch it (stopping at the
+first failure) with the copy first on sys.path, and reports for each mistake
+whether a test failed, and which. Exits 1 when a mistake survived (its tests
+passed), 2 when a target string is missing: a mutation whose code moved must
+be updated, not silently skipped. The check runs after the suite passed (CI:
+.ci/run after `make test`); --baseline first runs every selected test on the
+unmutated copy, to show they pass there.
+
+Only Python and Triton code is mutated: the compiled extension is copied as
+built, so C++ mistakes would need a rebuild of the copy and are not planted.
+See docs/kernels.md, "How exactness is tested".
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIED = ["fgdkern", "tests", "bench", "pyproject.toml"]
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".benchmarks", "results")
+
+LOSS = "tests/losses/test_fgd.py"
+ZEROS = ["tests/losses/test_fgd_zeros.py", "tests/ops/test_fgd_passes_zeros.py"]
+TRITON_PASSES = ["tests/triton/test_fgd_grad.py", "tests/triton/test_fgd_stats.py"]
+
+
+@dataclass
+class Mutation:
+    name: str
+    path: str       # file, relative to the repository root
+    old: str        # exact text, found exactly once
+    new: str
+    tests: list     # pytest arguments: files that exist in the copy, then options
+
+
+MUTATIONS = [
+    Mutation("triton-sign0-is-plus-one", "fgdkern/triton/fgd_grad.py",
+             "sign_s = (s > 0).to(tl.float32)", "sign_s = (s >= 0).to(tl.float32)",
+             ZEROS + ["tests/triton/test_fgd_grad.py", "-k", "triton or zero"]),
+    Mutation("k_const-term-dropped", "fgdkern/ops/fgd.py",
+             'k_const=g["sum_d"] - 2 * g["m2_d"] * mean_d,', 'k_const=g["sum_d"],',
+             [LOSS, "-k", "fused_matches_reference and torch"]),
+    Mutation("gamma-lambda-swapped", "fgdkern/losses/fgd.py",
+             "self.gamma_fgd * terms.mask_loss + self.lambda_fgd * terms.rela_loss",
+             "self.lambda_fgd * terms.mask_loss + self.gamma_fgd * terms.rela_loss",
+             ["tests/losses/test_fgd_shared.py", "tests/reference", "tests/test_baselines.py",
+              "-k", "not triton"]),
+    Mutation("triton-ctx-rescale-dropped", "fgdkern/triton/fgd_stats.py",
+             "accumulate(row + CTX_S * C, c_mask, keep, alpha_s,",
+             "accumulate(row + CTX_S * C, c_mask, keep, 1.0,",
+             ["tests/triton/test_levels.py", "tests/triton/test_fgd_stats.py",
+              "-k", "runs_of_blocks or temperature"]),
+    Mutation("autocast-not-disabled", "fgdkern/ops/fgd.py",
+             "with torch.autocast(device.type, enabled=False):",
+             "with torch.autograd.set_grad_enabled(torch.is_grad_enabled()):",
+             ["tests/losses", "-k", "autocast and not triton"]),
+    Mutation("dS-D-term-sign", "fgdkern/triton/fgd_grad.py",
+             "+ (s - t) * (k_d + k_fg * fgA", "- (s - t) * (k_d + k_fg * fgA",
+             ["tests/triton/test_fgd_grad.py"]),
+    Mutation("fused-fg-bg-swapped", "fgdkern/ops/fgd.py",
+             "fgd_stats(impl, S, T, fg, bg, gc_s, gc_t, temps)",
+             "fgd_stats(impl, S, T, bg, fg, gc_s, gc_t, temps)",
+             [LOSS, "-k", "fused_matches_reference and torch"]),
+    # In the masks every backend gets, the reference too: only tests against an
+    # independent definition (hand-computed cases, the eager port) can see it.
+    Mutation("masks-fg-bg-swapped", "fgdkern/ops/fgd.py",
+             "fg = [f.to(device) for f, _ in masks]", "fg = [f.to(device) for _, f in masks]",
+             ["tests/reference", "tests/losses/test_fgd_checkpoint.py", "-k", "not triton"]),
+    Mutation("bg-loss-per-image-mean-dropped", "fgdkern/ops/fgd.py",
+             'bg_loss = (A_C_t * c["x_bg"]).sum() / N', 'bg_loss = (A_C_t * c["x_bg"]).sum()',
+             [LOSS, "-k", "fused_matches_reference and torch"]),
+    Mutation("level-temperature-ignored", "fgdkern/ops/fgd.py",
+             "_FGDStats.apply(impl, [float(t) for t in temps], L,",
+             "_FGDStats.apply(impl, [float(temps[0]) for t in temps], L,",
+             [LOSS, "-k", "temperature and torch"]),
+]
+
+
+def copy_tree(dst: Path) -> None:
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=IGNORED)
+        else:
+            shutil.copy2(src, dst / name)
+
+
+def check_targets(mutations) -> list:
+    """Mutations whose target text is not found exactly once in the working tree."""
+    bad = []
+    for m in mutations:
+        n = (ROOT / m.path).read_text().count(m.old)
+        if n != 1:
+            bad.append(f"{m.name}: {m.path} contains the target {n} times (want 1): {m.old!r}")
+    return bad
+
+
+def run_tests(copy: Path, args) -> tuple[int, str, float]:
+    files = [a for a in args if not a.startswith("-") and (copy / a.split("::")[0]).exists()]
+    opts = args[next((i for i, a in enumerate(args) if a.startswith("-")), len(args)):]
+    if not files:
+        return 5, "no test file of this mutation exists yet", 0.0
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider",
+           *files, *opts]
+    t0 = time.time()
+    run = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True)
+    return run.returncode, run.stdout + run.stderr, time.time() - t0
+
+
+def first_failure(output: str) -> str:
+    m = re.search(r"^FAILED (\S+)", output, re.M)  # a failed test, not an error
+    return m.group(1) if m else "?"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="names of the mutations to plant")
+    ap.add_argument("--baseline", action="store_true",
+                    help="first run the selected tests on the unmutated copy")
+    ap.add_argument("--list", action="store_true", help="list the mutations and exit")
+    opts = ap.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not opts.only or m.name in opts.only]
+    if opts.list:
+        for m in chosen:
+            print(f"{m.name:32} {m.path}")
+        return 0
+    unknown = set(opts.only or []) - {m.name for m in MUTATIONS}
+    bad = check_targets(chosen) + [f"unknown mutation {n}" for n in sorted(unknown)]
+    if bad:
+        print("mutation targets missing:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 2
+    survived, t_start = [], time.time()
+    with tempfile.TemporaryDirectory(prefix="fgdkern-mutations-") as tmp:
+        copy = Path(tmp)
+        copy_tree(copy)
+        if opts.baseline:
+            for m in chosen:
+                rc, out, _ = run_tests(copy, m.tests)
+                if rc not in (0, 5):
+                    print(f"baseline: the tests of {m.name} fail unmutated:\n{out[-3000:]}")
+                    return 2
+            print(f"baseline: the selected tests pass unmutated ({time.time() - t_start:.0f}s)")
+        for m in chosen:
+            target = copy / m.path
+            original = target.read_text()
+            target.write_text(original.replace(m.old, m.new))
+            try:
+                rc, out, secs = run_tests(copy, m.tests)
+            finally:
+                target.write_text(original)
+            if rc == 1 and first_failure(out) != "?":
+                verdict = f"caught by {first_failure(out)}"
+            else:
+                survived.append(m.name)
+                verdict = {0: "SURVIVED (its tests passed)", 5: "SURVIVED (no test ran)"}.get(
+                    rc, f"SURVIVED (pytest exit {rc}, no failed test: an error?)")
+                if rc not in (0, 5):
+                    print(out[-3000:])
+            print(f"{m.name:32} {verdict}  [{secs:.0f}s]", flush=True)
+    print(f"{len(chosen) - len(survived)}/{len(chosen)} mutations caught "
+          f"in {time.time() - t_start:.0f}s")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
