@@ -22,7 +22,8 @@ def test_many_blocks_any_thread_count(kind):
     flushed = [[flush_denormals(x) for x in a] for a in (S, T)]
     coefs = make_coefs(S)
     temps = [0.5, 1.3]
-    assert_close_list(stats(*args, temps), contract.fgd_stats(*flushed, *args[2:], temps), **PASS_TOL)
+    assert_close_list(stats(*args, temps), contract.fgd_stats(*flushed, *args[2:], temps),
+                      **PASS_TOL)
     want = grad(S, T, *coefs)
     assert_close_list(want, contract.fgd_grad(*flushed, *coefs), **PASS_TOL)
     threads = torch.get_num_threads()

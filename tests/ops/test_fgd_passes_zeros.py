@@ -47,8 +47,8 @@ def assert_matches_one(got, wants, **tol):
 
 def check_passes(backend, kind, args, temps, grad_tol=TOL):
     stats, grad = fused.passes(backend)
-    assert_matches_one(stats(*args, temps), contracts(backend, kind, contract.fgd_stats, *args, temps),
-                       **TOL)
+    assert_matches_one(stats(*args, temps),
+                       contracts(backend, kind, contract.fgd_stats, *args, temps), **TOL)
     S, T = args[0], args[1]
     coefs = make_coefs(S)
     got = grad(S, T, *coefs)

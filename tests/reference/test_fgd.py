@@ -149,3 +149,89 @@ def test_teacher_gets_no_gradient():
     sum(fgd_reference(S, T, fg, bg, m.gc_block("s"), m.gc_block("t"), 0.5)).backward()
     assert T.grad is None and S.grad is not None
     assert m.conv_mask_t.weight.grad is not None  # the teacher GcBlock trains through rela_loss
+
+
+def test_reference_by_hand_two_images_gcblock_shift():
+    """Two images, four channels of different magnitude (A_C != 1), a GcBlock with set
+    weights (shift != 0), each term written out in plain Python loops from the paper
+    (/work/shared/papers/000_*.txt): G^S eq. (5), G^C eq. (6), A^S eq. (7), A^C eq. (8),
+    the feature loss eq. (9) with the masks M S and (1 - M) S of eqs. (2)-(4) given as fg
+    and bg, the attention loss eq. (10) (L1), the global loss eq. (12); sums over the
+    batch divided by N, as the implementation does (docs/fgd.md)."""
+    N, C, H, W, temp = 2, 4, 1, 3, 0.5
+    S = [[[[0.5, -1.0, 2.0]], [[0.0, 0.3, -0.2]], [[1.5, 1.0, -2.5]], [[-0.4, 0.1, 0.0]]],
+         [[[1.0, 0.0, -0.5]], [[2.0, -1.5, 0.5]], [[0.2, 0.2, 0.2]], [[-3.0, 1.0, 0.0]]]]
+    T = [[[[1.0, -0.5, 1.0]], [[0.5, 0.5, -1.0]], [[2.0, 0.0, -1.0]], [[0.0, 0.2, 0.3]]],
+         [[[0.5, 0.5, 0.0]], [[1.0, -1.0, 1.0]], [[0.0, 0.5, 0.0]], [[-2.0, 2.0, 1.0]]]]
+    fg = [[[0.5, 0.5, 0.0]], [[0.0, 1.0, 0.0]]]
+    bg = [[[0.0, 0.0, 1.0]], [[0.5, 0.0, 0.5]]]
+    m = FGDLoss(C, C).double()
+    # GcBlocks: W_k (conv_mask), W_v1 (C -> C/2), LN(gamma, beta), W_v2 (C/2 -> C)
+    blocks = {"s": dict(k=[0.3, -0.2, 0.5, 0.1], k0=0.7,
+                        v1=[[0.2, -0.1, 0.4, 0.3], [-0.5, 0.2, 0.1, 0.6]], v1b=[0.1, -0.2],
+                        g=[1.5, 0.5], b=[0.2, -0.3],
+                        v2=[[0.4, -0.3], [0.2, 0.1], [-0.6, 0.5], [0.3, 0.3]],
+                        v2b=[0.05, -0.1, 0.2, 0.0]),
+              "t": dict(k=[-0.4, 0.3, 0.2, -0.1], k0=-0.2,
+                        v1=[[0.1, 0.3, -0.2, 0.5], [0.4, -0.6, 0.2, 0.1]], v1b=[-0.1, 0.3],
+                        g=[0.8, 1.2], b=[-0.1, 0.4],
+                        v2=[[-0.2, 0.5], [0.3, -0.4], [0.1, 0.2], [0.6, -0.1]],
+                        v2b=[0.1, 0.0, -0.2, 0.3])}
+    with torch.no_grad():
+        for w, p in blocks.items():
+            conv, mlp = getattr(m, f"conv_mask_{w}"), getattr(m, f"channel_add_conv_{w}")
+            conv.weight.copy_(torch.tensor(p["k"], dtype=torch.float64).reshape(1, C, 1, 1))
+            conv.bias.fill_(p["k0"])
+            mlp[0].weight.copy_(torch.tensor(p["v1"], dtype=torch.float64).reshape(2, C, 1, 1))
+            mlp[0].bias.copy_(torch.tensor(p["v1b"], dtype=torch.float64))
+            mlp[1].weight.copy_(torch.tensor(p["g"], dtype=torch.float64).reshape(2, 1, 1))
+            mlp[1].bias.copy_(torch.tensor(p["b"], dtype=torch.float64).reshape(2, 1, 1))
+            mlp[3].weight.copy_(torch.tensor(p["v2"], dtype=torch.float64).reshape(C, 2, 1, 1))
+            mlp[3].bias.copy_(torch.tensor(p["v2b"], dtype=torch.float64))
+    eps = m.channel_add_conv_s[1].eps
+    pixels = [(i, j) for i in range(H) for j in range(W)]
+
+    def softmax(xs):
+        e = [math.exp(x - max(xs)) for x in xs]
+        return [v / sum(e) for v in e]
+
+    def attention(F, n):
+        G_S = [sum(abs(F[n][c][i][j]) for c in range(C)) / C for i, j in pixels]       # (5)
+        G_C = [sum(abs(F[n][c][i][j]) for i, j in pixels) / (H * W) for c in range(C)]  # (6)
+        A_S = [H * W * a for a in softmax([g / temp for g in G_S])]                     # (7)
+        A_C = [C * a for a in softmax([g / temp for g in G_C])]                         # (8)
+        return A_S, A_C
+
+    def shift(F, n, p):  # eq. (12) without its "F +": W_v2 ReLU(LN(W_v1 context))
+        weights = softmax([sum(p["k"][c] * F[n][c][i][j] for c in range(C)) + p["k0"]
+                           for i, j in pixels])
+        context = [sum(wt * F[n][c][i][j] for wt, (i, j) in zip(weights, pixels)) for c in range(C)]
+        h = [sum(p["v1"][o][c] * context[c] for c in range(C)) + p["v1b"][o] for o in range(2)]
+        mean = sum(h) / 2
+        var = sum((x - mean) ** 2 for x in h) / 2
+        h = [max(0.0, (x - mean) / math.sqrt(var + eps) * p["g"][o] + p["b"][o])
+             for o, x in enumerate(h)]
+        return [sum(p["v2"][c][o] * h[o] for o in range(2)) + p["v2b"][c] for c in range(C)]
+
+    fg_loss = bg_loss = mask_loss = rela_loss = 0.0
+    for n in range(N):
+        A_S_t, A_C_t = attention(T, n)
+        A_S_s, A_C_s = attention(S, n)
+        assert max(A_C_t) - min(A_C_t) > 0.5  # unequal channel attention
+        add_s, add_t = shift(S, n, blocks["s"]), shift(T, n, blocks["t"])
+        assert min(abs(a) for a in add_s + add_t) > 1e-3  # a non-zero shift in every channel
+        for c in range(C):
+            for k, (i, j) in enumerate(pixels):
+                d2 = (T[n][c][i][j] - S[n][c][i][j]) ** 2
+                fg_loss += fg[n][i][j] * A_S_t[k] * A_C_t[c] * d2                       # (9)
+                bg_loss += bg[n][i][j] * A_S_t[k] * A_C_t[c] * d2                       # (9)
+                R_t, R_s = T[n][c][i][j] + add_t[c], S[n][c][i][j] + add_s[c]
+                rela_loss += (R_t - R_s) ** 2                                             # (12)
+        mask_loss += (sum(abs(a - b) for a, b in zip(A_S_t, A_S_s))
+                      + sum(abs(a - b) for a, b in zip(A_C_t, A_C_s)))                # (10)
+    want = [fg_loss / N, bg_loss / N, mask_loss / N, rela_loss / N]
+    St, Tt = torch.tensor(S, dtype=torch.float64), torch.tensor(T, dtype=torch.float64)
+    fg_t, bg_t = torch.tensor(fg, dtype=torch.float64), torch.tensor(bg, dtype=torch.float64)
+    with torch.no_grad():
+        got = fgd_reference(St, Tt, fg_t, bg_t, m.gc_block("s"), m.gc_block("t"), temp)
+    np.testing.assert_allclose([float(t) for t in got], want, rtol=1e-12)
