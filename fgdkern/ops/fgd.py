@@ -121,10 +121,12 @@ class _FGDStats(torch.autograd.Function):
         L = ctx.L
         saved = ctx.saved_tensors
         S, T, fg, bg, w_s, w_t, pix, chan = (saved[i * L:(i + 1) * L] for i in range(8))
-        coefs = [_grad_coefficients(lvl, gp, gc, temp) for lvl, gp, gc, temp in
-                 zip(zip(fg, bg, w_s, w_t, pix, chan), grads[:L], grads[L:], ctx.temps)]
-        pix_coef, chan_coef, K = (list(c) for c in zip(*coefs))
-        out = passes(ctx.impl)[1](list(S), list(T), pix_coef, chan_coef, K)
+        # float32 whatever autocast region the backward is called from, as in the forward
+        with torch.autocast(S[0].device.type, enabled=False):
+            coefs = [_grad_coefficients(lvl, gp.float(), gc.float(), temp) for lvl, gp, gc, temp
+                     in zip(zip(fg, bg, w_s, w_t, pix, chan), grads[:L], grads[L:], ctx.temps)]
+            pix_coef, chan_coef, K = (list(c) for c in zip(*coefs))
+            out = passes(ctx.impl)[1](list(S), list(T), pix_coef, chan_coef, K)
         dS, dw_s, dw_t = out[:L], out[L:2 * L], out[2 * L:]
         zero_b = [torch.zeros(shape, dtype=dtype, device=dev) for shape, dtype, dev in ctx.bias_like]
         return (None, None, None, *dS, *([None] * 3 * L), *dw_s, *dw_t, *zero_b)
