@@ -15,9 +15,10 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(fgdkern, m) {
   // The fg/bg masks of every level in one call (docs/fgd.md, "Masks from boxes").
   // boxes (sum K_n, 4) float32 xyxy pixels, counts (N,) int64, img_shapes (N, 2)
-  // float32 (h, w), level_sizes [H0, W0, H1, W1, ...]. Returns [fg0, bg0, fg1,
-  // bg1, ...], each (N, H_l, W_l) float32.
-  m.def("rasterize_boxes(Tensor boxes, Tensor counts, Tensor img_shapes, int[] level_sizes) -> Tensor[]");
+  // float32 (h, w), level_sizes [H0, W0, H1, W1, ...], wrap: paint like a Python
+  // slice instead of clipping. Returns [fg0, bg0, fg1, bg1, ...], each
+  // (N, H_l, W_l) float32.
+  m.def("rasterize_boxes(Tensor boxes, Tensor counts, Tensor img_shapes, int[] level_sizes, bool wrap=False) -> Tensor[]");
   // The two fused FGD passes on CPU; contract in fgdkern/reference/fgd_passes.py.
   // temp: one temperature per level.
   m.def("fgd_stats_cpp(Tensor[] S, Tensor[] T, Tensor[] fg, Tensor[] bg, Tensor[] w_s, Tensor[] w_t, float[] temp) -> Tensor[]");

@@ -1,14 +1,16 @@
 // fgdkern::rasterize_boxes on CUDA: the fg/bg masks of every level
 // (docs/fgd.md, "Masks from boxes").
-// Inputs and outputs as in csrc/cpu/rasterize.cpp; three launches, each over
-// all levels and images. The float32 operations and their order are those of
-// the CPU kernel (IEEE division, no fast math), so the floats are the same.
+// Inputs and outputs as in csrc/cpu/rasterize.cpp; a check of counts, then
+// three launches, each over all levels and images. The float32 operations and
+// their order are those of the CPU kernel (IEEE division, no fast math), so
+// the floats are the same.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdio>
 #include <vector>
 
 namespace fgdkern {
@@ -36,11 +38,25 @@ __device__ int64_t to_index(float x) {
   return static_cast<int64_t>(fminf(fmaxf(x, -kIndexLimit), kIndexLimit));
 }
 
-__device__ int clip(int64_t x, int64_t lo, int64_t hi) {
-  return static_cast<int>(min(max(x, lo), hi));
+// A Python slice index on an axis of length n: negative counts from the end,
+// then 0..n. x >= -2^61 (to_index), so x + n cannot overflow.
+__device__ int slice_index(int64_t x, int64_t n) {
+  return static_cast<int>(x < 0 ? max(x + n, int64_t{0}) : min(x, n));
 }
 
-// Image n owns boxes box_begin .. box_end - 1 (kept inside 0..K whatever the counts).
+// The painted cells first..last of the inclusive extent lo..hi on an axis of
+// length n (step 4): clipped to 0..n-1, or with wrap the slice [lo:hi + 1]
+// (docs/fgd.md, "Boxes across the top or left border"). Empty when
+// first > last; both in -1..n.
+__device__ int2 painted_span(int64_t lo, int64_t hi, int64_t n, bool wrap) {
+  if (wrap) return make_int2(slice_index(lo, n), slice_index(hi + 1, n) - 1);
+  return make_int2(static_cast<int>(min(max(lo, int64_t{0}), n)),
+                   static_cast<int>(min(max(hi, int64_t{-1}), n - 1)));
+}
+
+// Image n owns boxes box_begin .. box_end - 1: kept inside 0..K and, as first
+// is non-decreasing (sums of counts clamped to 0..K), disjoint from the boxes
+// of other images whatever the counts, so no two threads write one box.
 __device__ int64_t box_begin(const int64_t* first, int64_t n, int64_t K) {
   return min(max(first[n], int64_t{0}), K);
 }
@@ -49,12 +65,31 @@ __device__ int64_t box_end(const int64_t* first, int64_t n, int64_t K) {
   return min(max(first[n + 1], int64_t{0}), K);
 }
 
+// Pass 0, one thread: reads counts (N,); stops with a device-side assertion
+// unless every count is non-negative and they sum to K, the CPU kernel's
+// check without a host sync. The running sum stays <= K, so it cannot overflow.
+__global__ void check_counts_kernel(const int64_t* counts, int64_t N, int64_t K) {
+  int64_t sum = 0;
+  bool ok = true;
+  for (int64_t n = 0; n < N && ok; ++n) {
+    ok = counts[n] >= 0 && counts[n] <= K - sum;
+    if (ok) sum += counts[n];
+  }
+  ok = ok && sum == K;
+  if (!ok) {
+    printf("rasterize_boxes: counts must be non-negative and sum to the %lld rows of boxes\n",
+           static_cast<long long>(K));
+  }
+  CUDA_KERNEL_ASSERT(ok && "rasterize_boxes: counts must be non-negative and sum to K");
+}
+
 // Pass 1, a thread per (level, image): reads the image's boxes first[n] ..
 // first[n + 1] - 1 and its (h, w); writes each box's painted cells, rows
-// r.x..r.y and columns r.z..r.w (clipped; empty when r.x > r.y or r.z > r.w),
-// and its value v from the unclipped extent.
+// r.x..r.y and columns r.z..r.w (painted_span; empty when r.x > r.y or
+// r.z > r.w), and its value v from the unclipped extent.
 __global__ void box_paint_kernel(const float* boxes, const int64_t* first, const float* img_hw,
-                                 int64_t N, int64_t K, Levels lv, int4* range, float* value) {
+                                 int64_t N, int64_t K, Levels lv, bool wrap, int4* range,
+                                 float* value) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= lv.count * N) return;
   const int64_t l = t / N, n = t % N, H = lv.H[l], W = lv.W[l];
@@ -68,8 +103,8 @@ __global__ void box_paint_kernel(const float* boxes, const int64_t* first, const
     const int64_t hmax = to_index(ceilf(box[3] / h * fH));
     value[l * K + k] =
         1.0f / static_cast<float>(hmax + 1 - hmin) / static_cast<float>(wmax + 1 - wmin);
-    range[l * K + k] = make_int4(clip(hmin, 0, H), clip(hmax, -1, H - 1), clip(wmin, 0, W),
-                                 clip(wmax, -1, W - 1));
+    const int2 rows = painted_span(hmin, hmax, H, wrap), cols = painted_span(wmin, wmax, W, wrap);
+    range[l * K + k] = make_int4(rows.x, rows.y, cols.x, cols.y);
   }
 }
 
@@ -112,14 +147,20 @@ unsigned int blocks_for(int64_t threads) {
 
 std::vector<at::Tensor> rasterize_boxes_cuda(const at::Tensor& boxes, const at::Tensor& counts,
                                              const at::Tensor& img_shapes,
-                                             at::IntArrayRef level_sizes) {
+                                             at::IntArrayRef level_sizes, bool wrap) {
   check_rasterize_inputs(boxes, counts, img_shapes, level_sizes);
   const int64_t N = counts.size(0), K = boxes.size(0);
   const int L = static_cast<int>(level_sizes.size() / 2);
   TORCH_CHECK(L <= kMaxLevels, "rasterize_boxes: at most ", kMaxLevels, " levels on CUDA, got ", L);
+  for (const int64_t s : level_sizes) {
+    TORCH_CHECK(s <= INT32_MAX, "rasterize_boxes: level sizes must be < 2^31 on CUDA, got ", s);
+  }
   const c10::cuda::CUDAGuard guard(boxes.device());
-  const at::Tensor b = boxes.contiguous(), hw = img_shapes.contiguous();
-  const at::Tensor first = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor b = boxes.contiguous(), hw = img_shapes.contiguous(), c = counts.contiguous();
+  check_counts_kernel<<<1, 1, 0, stream>>>(c.data_ptr<int64_t>(), N, K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor first = at::cat({at::zeros({1}, c.options()), c.clamp(0, K).cumsum(0)});
   Levels lv{};
   lv.count = L;
   std::vector<at::Tensor> out;
@@ -136,10 +177,9 @@ std::vector<at::Tensor> rasterize_boxes_cuda(const at::Tensor& boxes, const at::
   const at::Tensor range = at::empty({L * K, 4}, b.options().dtype(at::kInt));
   const at::Tensor value = at::empty({L * K}, b.options());
   int4* range_ptr = reinterpret_cast<int4*>(range.data_ptr<int>());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   box_paint_kernel<<<blocks_for(L * N), kThreads, 0, stream>>>(
-      b.data_ptr<float>(), first.data_ptr<int64_t>(), hw.data_ptr<float>(), N, K, lv, range_ptr,
-      value.data_ptr<float>());
+      b.data_ptr<float>(), first.data_ptr<int64_t>(), hw.data_ptr<float>(), N, K, lv, wrap,
+      range_ptr, value.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   paint_fg_kernel<<<blocks_for(lv.start[L]), kThreads, 0, stream>>>(
       range_ptr, value.data_ptr<float>(), first.data_ptr<int64_t>(), K, lv);

@@ -18,7 +18,7 @@ from fgdkern.reference.masks import rasterize_packed
 
 if HAS_EXT:
     @torch.library.register_fake("fgdkern::rasterize_boxes")
-    def _rasterize_boxes_fake(boxes, counts, img_shapes, level_sizes):
+    def _rasterize_boxes_fake(boxes, counts, img_shapes, level_sizes, wrap=False):
         out = []
         for H, W in zip(level_sizes[0::2], level_sizes[1::2]):
             fg = boxes.new_empty(counts.shape[0], H, W, dtype=torch.float32)
@@ -56,8 +56,12 @@ def pack_boxes(gt_bboxes) -> tuple[Tensor, Tensor]:
     boxes = torch.cat([b.reshape(-1, 4).to(torch.float32) for b in gt_bboxes])
     if _checking() and not bool(torch.isfinite(boxes).all()):
         raise ValueError("gt_bboxes contains non-finite coordinates (NaN or Inf)")
+    # Valid by construction (non-negative, summing to the rows of boxes), so
+    # the kernels' own checks never fire from here.
     counts = torch.tensor([b.numel() // 4 for b in gt_bboxes], dtype=torch.int64)
-    return boxes, counts.to(boxes.device)
+    if boxes.device.type == "cuda" and not torch.compiler.is_compiling():
+        counts = counts.pin_memory()  # so the copy below does not block the host
+    return boxes, counts.to(boxes.device, non_blocking=True)
 
 
 def _shape_row(n: int, hw) -> list:
@@ -118,8 +122,18 @@ def flat_level_sizes(level_sizes) -> list[int]:
     return flat
 
 
-def rasterize_boxes(gt_bboxes, img_shapes, level_sizes, backend: str = "auto"
-                    ) -> list[tuple[Tensor, Tensor]]:
+BORDERS = ("clip", "wrap")
+
+
+def check_border(border) -> bool:
+    """border -> the op's ``wrap`` flag (docs/fgd.md, "Masks from boxes")."""
+    if not (isinstance(border, str) and border in BORDERS):
+        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+    return border == "wrap"
+
+
+def rasterize_boxes(gt_bboxes, img_shapes, level_sizes, backend: str = "auto",
+                    border: str = "clip") -> list[tuple[Tensor, Tensor]]:
     """The masks of every level (docs/fgd.md, "Masks from boxes"): one (fg, bg) pair of
     (N, H, W) float32 per level.
 
@@ -127,15 +141,20 @@ def rasterize_boxes(gt_bboxes, img_shapes, level_sizes, backend: str = "auto"
     means no box), any real dtype; img_shapes: N (h, w) pairs or a (N, 2)
     tensor, the pixel extent the maps span; level_sizes: (H, W) per level.
     backend: "auto", "fused", "cpp" or "reference" (fgdkern.ops.dispatch: the
-    compiled kernel of the boxes' device, or PyTorch). The masks are on the
-    boxes' device.
+    compiled kernel of the boxes' device, or PyTorch). border: "clip" (the
+    default) drops the cells outside the map; "wrap" paints each box like the
+    Python slice ``mask[hmin:hmax + 1, wmin:wmax + 1]`` of the widely used FGD
+    code, where a negative start counts from the far edge (docs/fgd.md,
+    "Boxes across the top or left border"). The masks are on the boxes'
+    device.
     """
     dispatch.check_backend("rasterize", backend)
+    wrap = check_border(border)
     sizes = flat_level_sizes(level_sizes)
     boxes, counts = pack_boxes(gt_bboxes)
     shapes = pack_image_shapes(img_shapes, len(gt_bboxes), boxes.device)
     if dispatch.resolve("rasterize", backend, boxes.device) != "reference":
-        flat = torch.ops.fgdkern.rasterize_boxes(boxes, counts, shapes, sizes)
+        flat = torch.ops.fgdkern.rasterize_boxes(boxes, counts, shapes, sizes, wrap)
     else:
-        flat = rasterize_packed(boxes, counts, shapes, sizes)
+        flat = rasterize_packed(boxes, counts, shapes, sizes, wrap)
     return list(zip(flat[0::2], flat[1::2]))

@@ -2,6 +2,8 @@
 of the spec, bit for bit; the C++ op against the PyTorch form; op registration;
 torch.compile; bad input."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,26 +21,53 @@ needs_op = pytest.mark.skipif(not HAS_CPU_OP, reason="C++ extension not built")
 BACKENDS = ["reference", pytest.param("cpp", marks=needs_op)]
 
 
+def naive_extent(box, h, w, H, W):
+    """Steps 1-3 of docs/fgd.md "Masks from boxes" in numpy float32: hmin, hmax, wmin, wmax, v."""
+    x1, y1, x2, y2 = box
+    wmin = math.floor(F32(x1) / F32(w) * F32(W))
+    wmax = math.ceil(F32(x2) / F32(w) * F32(W))
+    hmin = math.floor(F32(y1) / F32(h) * F32(H))
+    hmax = math.ceil(F32(y2) / F32(h) * F32(H))
+    return hmin, hmax, wmin, wmax, F32(1) / F32(hmax + 1 - hmin) / F32(wmax + 1 - wmin)
+
+
+def naive_bg(fg):
+    """Step 6: 1 / N_bg (float32) on each image's cells where fg == 0."""
+    bg = np.zeros_like(fg)
+    for n in range(fg.shape[0]):
+        n_bg = int((fg[n] == 0).sum())
+        if n_bg:
+            bg[n][fg[n] == 0] = F32(1) / F32(n_bg)
+    return bg
+
+
 def naive_masks(gt_bboxes, img_shapes, level_sizes):
     """docs/fgd.md "Masks from boxes" read literally: a loop per level, image, box and cell, numpy float32 scalars."""
     out = []
     for H, W in level_sizes:
         fg = np.zeros((len(gt_bboxes), H, W), np.float32)
-        bg = np.zeros_like(fg)
         for n, (boxes, (h, w)) in enumerate(zip(gt_bboxes, img_shapes)):
-            for x1, y1, x2, y2 in boxes.reshape(-1, 4).tolist():
-                wmin = math.floor(F32(x1) / F32(w) * F32(W))
-                wmax = math.ceil(F32(x2) / F32(w) * F32(W))
-                hmin = math.floor(F32(y1) / F32(h) * F32(H))
-                hmax = math.ceil(F32(y2) / F32(h) * F32(H))
-                v = F32(1) / F32(hmax + 1 - hmin) / F32(wmax + 1 - wmin)
+            for box in boxes.reshape(-1, 4).tolist():
+                hmin, hmax, wmin, wmax, v = naive_extent(box, h, w, H, W)
                 for i in range(max(hmin, 0), min(hmax, H - 1) + 1):
                     for j in range(max(wmin, 0), min(wmax, W - 1) + 1):
                         fg[n, i, j] = max(fg[n, i, j], v)
-            n_bg = int((fg[n] == 0).sum())
-            if n_bg:
-                bg[n][fg[n] == 0] = F32(1) / F32(n_bg)
-        out.append((torch.from_numpy(fg), torch.from_numpy(bg)))
+        out.append((torch.from_numpy(fg), torch.from_numpy(naive_bg(fg))))
+    return out
+
+
+def sliced_masks(gt_bboxes, img_shapes, level_sizes):
+    """border="wrap" by definition: each box painted through the Python slice
+    fg[hmin:hmax + 1, wmin:wmax + 1] of a torch tensor, on the unclipped extents."""
+    out = []
+    for H, W in level_sizes:
+        fg = torch.zeros(len(gt_bboxes), H, W)
+        for n, (boxes, (h, w)) in enumerate(zip(gt_bboxes, img_shapes)):
+            for box in boxes.reshape(-1, 4).tolist():
+                hmin, hmax, wmin, wmax, v = naive_extent(box, h, w, H, W)
+                fg[n][hmin:hmax + 1, wmin:wmax + 1] = torch.maximum(
+                    fg[n][hmin:hmax + 1, wmin:wmax + 1], torch.tensor(v))
+        out.append((fg, torch.from_numpy(naive_bg(fg.numpy()))))
     return out
 
 
@@ -132,11 +161,13 @@ def test_all_cells_covered_gives_zero_bg(backend):
 
 # ------------------------------------------------------------------ random cases
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("border,painter", [("clip", naive_masks), ("wrap", sliced_masks)])
 @pytest.mark.parametrize("N,seed,fractional", [(1, 0, False), (1, 1, True), (5, 2, False),
                                                (5, 3, True), (5, 4, False)])
-def test_random_matches_naive(N, seed, fractional, backend):
+def test_random_matches_naive(N, seed, fractional, border, painter, backend):
     gt, shapes, sizes = random_case(N, seed, fractional)
-    assert_masks_equal(rasterize_boxes(gt, shapes, sizes, backend), naive_masks(gt, shapes, sizes))
+    got = rasterize_boxes(gt, shapes, sizes, backend, border)
+    assert_masks_equal(got, painter(gt, shapes, sizes))
 
 
 def test_reference_in_small_chunks(monkeypatch):
@@ -163,40 +194,79 @@ def packed_case(seed):
 
 
 @needs_op
-def test_op_equals_reference_bitwise():
+@pytest.mark.parametrize("wrap", [False, True])
+def test_op_equals_reference_bitwise(wrap):
     for seed in range(40):
-        args = packed_case(seed)
+        args = (*packed_case(seed), wrap)
         got, want = torch.ops.fgdkern.rasterize_boxes(*args), masks.rasterize_packed(*args)
         assert all(torch.equal(a, b) for a, b in zip(got, want)), f"seed {seed}"
 
 
 @needs_op
-def test_op_equals_reference_on_extreme_coordinates():
+@pytest.mark.parametrize("wrap", [False, True])
+def test_op_equals_reference_on_extreme_coordinates(wrap):
     """Huge, infinite and NaN coordinates (the wrapper rejects the last two) saturate alike."""
     nan, inf = float("nan"), float("inf")
     boxes = torch.tensor([[-1e30, 2.0, 3.0, 1e30], [1e20, 1e20, 3e38, 3e38], [nan, 0, 8, 8],
                           [-inf, 1, inf, 9], [0, 0, nan, 9], [3.0, 4.0, 5.0, 6.0]])
-    args = (boxes, torch.tensor([3, 3]), torch.tensor([[10.0, 20.0], [16.0, 16.0]]), [5, 7, 1, 1])
+    args = (boxes, torch.tensor([3, 3]), torch.tensor([[10.0, 20.0], [16.0, 16.0]]), [5, 7, 1, 1],
+            wrap)
     got, want = torch.ops.fgdkern.rasterize_boxes(*args), masks.rasterize_packed(*args)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("border", ["clip", "wrap"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_cuda_equals_cpu(backend):
+def test_cuda_equals_cpu(backend, border):
     skip_without_kernel(backend, "cuda")
     for seed in range(10):
         gt, shapes, sizes = random_case(5, seed, fractional=seed % 2 == 1)
-        want = rasterize_boxes(gt, shapes, sizes, backend)
+        want = rasterize_boxes(gt, shapes, sizes, backend, border)
         on_cuda = "fused" if backend == "cpp" else backend   # the compiled kernel of each device
-        got = rasterize_boxes([b.cuda() for b in gt], shapes, sizes, on_cuda)
+        got = rasterize_boxes([b.cuda() for b in gt], shapes, sizes, on_cuda, border)
         assert_masks_equal(got, want)
     packed = torch.ops.fgdkern.rasterize_boxes if backend == "cpp" else masks.rasterize_packed
     for seed in range(20):
-        args = packed_case(seed)
+        args = (*packed_case(seed), border == "wrap")
         want = packed(*args)
         got = packed(*[a.cuda() if torch.is_tensor(a) else a for a in args])
         assert all(torch.equal(a.cpu(), b) for a, b in zip(got, want)), f"seed {seed}"
+
+
+# ------------------------------------------------------------------ border="wrap"
+# Boxes as fractions of (w, h): across each border and two corners; the whole map (from
+# one cell before it, exactly, beyond it); wholly outside on each side (above and left:
+# ending on the map's first cell or before it); zero-size; inverted.
+BORDER_BOXES = torch.tensor([
+    [.2, -.1, .5, .3], [-.1, .2, .3, .5], [.2, .8, .5, 1.2], [.8, .2, 1.3, .5],
+    [-.2, -.2, .4, .4], [.7, .7, 1.1, 1.1], [-.01, -.01, 1, 1], [0, 0, 1, 1],
+    [-.5, -.5, 1.5, 1.5], [.2, -.5, .5, -.2], [-.5, .2, -.2, .5], [.2, -.6, .5, -.01],
+    [-.6, -.6, -.01, -.01], [.2, 1.2, .5, 1.5], [1.2, .2, 1.5, .5], [1.01, 1.01, 2, 2],
+    [.5, .5, .5, .5], [0, 0, 0, 0], [1, 1, 1, 1], [.5, .5, .3, .3], [.1, .1, -.2, -.2]])
+WRAP_SIZES = [(1, 1), (2, 3), (5, 7), (8, 8), (13, 10)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("img", [(64, 64), (50.5, 37.0), (33, 80)])
+@pytest.mark.parametrize("per_image", [True, False])
+def test_wrap_border_boxes_match_slices(per_image, img, backend, device):
+    skip_without_kernel(backend, device)
+    boxes = BORDER_BOXES * torch.tensor([img[1], img[0], img[1], img[0]])
+    gt = list(boxes[:, None]) if per_image else [boxes]  # one image per box, or one for all
+    shapes = [img] * len(gt)
+    on_device = "fused" if backend == "cpp" and device != "cpu" else backend
+    got = rasterize_boxes([b.to(device) for b in gt], shapes, WRAP_SIZES, on_device, "wrap")
+    assert_masks_equal(got, sliced_masks(gt, shapes, WRAP_SIZES))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrap_whole_map_from_minus_one_paints_last_cell(backend):
+    """Rows and columns -1..8 of an 8 x 8 map: the slice [-1:9] is row (column) 7 only."""
+    box, v = [torch.tensor([[-1.0, -1.0, 64.0, 64.0]])], F32(1) / F32(10) / F32(10)
+    [(fg, _)] = rasterize_boxes(box, [(64, 64)], [(8, 8)], backend, border="wrap")
+    assert torch.equal(fg[0], _fg(8, 8, (7, 7, v)))
 
 
 # ------------------------------------------------------------------ input forms
@@ -236,18 +306,19 @@ def test_cpp_without_kernel_raises(monkeypatch):
 # ------------------------------------------------------------------ registration, compile
 @needs_op
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_opcheck(seed, device):
+@pytest.mark.parametrize("seed,wrap", [(0, False), (1, True), (2, False), (3, True)])
+def test_opcheck(seed, wrap, device):
     skip_without_kernel("cpp", device)
-    args = [a.to(device) if torch.is_tensor(a) else a for a in packed_case(seed)]
+    args = [a.to(device) if torch.is_tensor(a) else a for a in packed_case(seed)] + [wrap]
     torch.library.opcheck(torch.ops.fgdkern.rasterize_boxes.default, args)
 
 
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile unavailable")
-@pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_compile_fullgraph(backend):
+@pytest.mark.parametrize("backend,border", [("auto", "clip"), ("reference", "clip"),
+                                            ("auto", "wrap"), ("reference", "wrap")])
+def test_compile_fullgraph(backend, border):
     def masks_of(b0, b1):
-        return rasterize_boxes([b0, b1], [(64, 48), (40, 64)], [(4, 3), (2, 2)], backend)
+        return rasterize_boxes([b0, b1], [(64, 48), (40, 64)], [(4, 3), (2, 2)], backend, border)
 
     gt, _, _ = random_case(2, 6)
     compiled = torch.compile(masks_of, fullgraph=True, backend="aot_eager")
@@ -290,6 +361,8 @@ BAD = [
     (dict(level_sizes=[(4, True)]), ValueError, r"level_sizes\[0\] must be a pair"),
     (dict(level_sizes=[(4, 4, 4)]), ValueError, r"level_sizes\[0\] must be a pair"),
     (dict(backend="triton"), ValueError, "backend must be one of"),
+    (dict(border="Wrap"), ValueError, r"border must be one of \('clip', 'wrap'\), got 'Wrap'"),
+    (dict(border=None), ValueError, "border must be one of"),
 ]
 
 
@@ -303,12 +376,25 @@ def test_bad_input(kwargs, exc, match, backend):
 
 @needs_op
 def test_op_checks_its_inputs():
-    counts, shapes = torch.tensor([1]), torch.tensor([[8.0, 8.0]])
-    with pytest.raises(RuntimeError, match="boxes must be"):
-        torch.ops.fgdkern.rasterize_boxes(BOX.double(), counts, shapes, [4, 4])
-    with pytest.raises(RuntimeError, match="counts sum to 2"):
-        torch.ops.fgdkern.rasterize_boxes(BOX, torch.tensor([2]), shapes, [4, 4])
-    with pytest.raises(RuntimeError, match="level_sizes must be"):
-        torch.ops.fgdkern.rasterize_boxes(BOX, counts, shapes, [4, 4, 4])
+    op, shapes = torch.ops.fgdkern.rasterize_boxes, torch.tensor([[8.0, 8.0]])
+    for boxes, counts, sizes, match in [
+            (BOX.double(), [1], [4, 4], "boxes must be"), (BOX, [1], [4, 4, 4], "level_sizes must"),
+            (BOX, [2], [4, 4], "sum to more than the 1 rows"), (BOX, [0], [4, 4], "sum to 0 but"),
+            (BOX, [-1, 2], [4, 4], "counts must be non-negative, got -1"),
+            (BOX, [2**62] * 3 + [2**62 + 1], [4, 4], "sum to more than")]:  # 2^64 + 1 wraps to 1
+        with pytest.raises(RuntimeError, match=match):
+            op(boxes, torch.tensor(counts), shapes.expand(len(counts), 2), sizes)
     with pytest.raises(RuntimeError, match="img_shapes must be"):
-        torch.ops.fgdkern.rasterize_boxes(BOX, counts, shapes.repeat(2, 1), [4, 4])
+        op(BOX, torch.tensor([1]), shapes.repeat(2, 1), [4, 4])
+
+
+@pytest.mark.cuda
+def test_cuda_op_checks_counts_on_the_device():
+    """Negative counts stop the CUDA kernel with a device-side assertion, in a child process
+    (the assertion leaves the CUDA context of its process unusable)."""
+    skip_without_kernel("cpp", "cuda")
+    code = ("import torch, fgdkern; o = dict(device='cuda'); torch.ops.fgdkern.rasterize_boxes("
+            "torch.ones(3, 4, **o), torch.tensor([5, -2], **o), torch.full((2, 2), 8.0, **o), "
+            "[4, 4]); torch.cuda.synchronize()")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0 and "counts must be non-negative" in run.stdout + run.stderr
