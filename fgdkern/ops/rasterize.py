@@ -26,17 +26,30 @@ if HAS_EXT:
         return out
 
 
-def _checking() -> bool:
-    """Data-dependent checks (one host sync) run in eager mode only."""
-    return not torch.compiler.is_compiling()
+def _checking(t: Tensor, check_finite: bool) -> bool:
+    """Whether to check the values of t (docs/fgd.md, "Validation"): in eager mode, when t
+    is on the host (no sync) or when asked to (one host sync)."""
+    return not torch.compiler.is_compiling() and (t.device.type == "cpu" or check_finite)
+
+
+def host_to(t: Tensor, device: torch.device) -> Tensor:
+    """t on device; a small host tensor goes to a GPU from pinned memory, so that the copy
+    does not block the host."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _is_real(t: Tensor) -> bool:
     return not (t.dtype.is_complex or t.dtype == torch.bool)
 
 
-def pack_boxes(gt_bboxes) -> tuple[Tensor, Tensor]:
-    """gt_bboxes: N (K_n, 4) tensors -> boxes (sum K_n, 4) float32 and counts (N,) int64."""
+def pack_boxes(gt_bboxes, check_finite: bool = False) -> tuple[Tensor, Tensor]:
+    """gt_bboxes: N (K_n, 4) tensors -> boxes (sum K_n, 4) float32 and counts (N,) int64.
+
+    The boxes are detached: the masks are piecewise constant in them."""
     if not isinstance(gt_bboxes, (list, tuple)):
         raise TypeError("gt_bboxes must be a list of N (K, 4) tensors, "
                         f"got {type(gt_bboxes).__name__}")
@@ -53,15 +66,13 @@ def pack_boxes(gt_bboxes) -> tuple[Tensor, Tensor]:
         if b.device != gt_bboxes[0].device:
             raise ValueError(f"gt_bboxes[{n}] is on {b.device} but gt_bboxes[0] is on "
                              f"{gt_bboxes[0].device}")
-    boxes = torch.cat([b.reshape(-1, 4).to(torch.float32) for b in gt_bboxes])
-    if _checking() and not bool(torch.isfinite(boxes).all()):
+    boxes = torch.cat([b.detach().reshape(-1, 4).to(torch.float32) for b in gt_bboxes])
+    if _checking(boxes, check_finite) and not bool(torch.isfinite(boxes).all()):
         raise ValueError("gt_bboxes contains non-finite coordinates (NaN or Inf)")
     # Valid by construction (non-negative, summing to the rows of boxes), so
     # the kernels' own checks never fire from here.
     counts = torch.tensor([b.numel() // 4 for b in gt_bboxes], dtype=torch.int64)
-    if boxes.device.type == "cuda" and not torch.compiler.is_compiling():
-        counts = counts.pin_memory()  # so the copy below does not block the host
-    return boxes, counts.to(boxes.device, non_blocking=True)
+    return boxes, host_to(counts, boxes.device)
 
 
 def _shape_row(n: int, hw) -> list:
@@ -77,8 +88,24 @@ def _shape_row(n: int, hw) -> list:
     return list(hw)
 
 
-def pack_image_shapes(img_shapes, N: int, device: torch.device) -> Tensor:
-    """A (N, 2) tensor or N (h, w) pairs -> (N, 2) float32 on ``device``."""
+def _is_number(x) -> bool:
+    return (isinstance(x, numbers.Real) and not isinstance(x, bool)
+            or isinstance(x, Tensor) and x.dim() == 0 and _is_real(x))
+
+
+def _one_shape(img_shapes) -> bool:
+    """One (h, w) for every image: two numbers, a torch.Size, or a 2-element 1-d tensor."""
+    if isinstance(img_shapes, Tensor):
+        return img_shapes.dim() == 1 and img_shapes.shape[0] == 2
+    return (isinstance(img_shapes, (list, tuple)) and len(img_shapes) == 2
+            and all(_is_number(x) for x in img_shapes))
+
+
+def pack_image_shapes(img_shapes, N: int, device: torch.device,
+                      check_finite: bool = False) -> Tensor:
+    """A (N, 2) tensor, N (h, w) pairs, or one (h, w) for all -> (N, 2) float32 on ``device``."""
+    if _one_shape(img_shapes):
+        img_shapes = [img_shapes] * N
     if isinstance(img_shapes, Tensor):
         if not _is_real(img_shapes):
             raise TypeError(f"img_shapes must have a real dtype, got {img_shapes.dtype}")
@@ -89,20 +116,20 @@ def pack_image_shapes(img_shapes, N: int, device: torch.device) -> Tensor:
     elif isinstance(img_shapes, (list, tuple)):
         rows = [_shape_row(n, hw) for n, hw in enumerate(img_shapes)]
     else:
-        raise TypeError(f"img_shapes must be a list of N (h, w) pairs or a (N, 2) tensor, "
-                        f"got {type(img_shapes).__name__}")
+        raise TypeError(f"img_shapes must be a list of N (h, w) pairs, a (N, 2) tensor or one "
+                        f"(h, w) for every image, got {type(img_shapes).__name__}")
     if len(rows) != N:
         raise ValueError(f"gt_bboxes has {N} images but img_shapes has {len(rows)}")
     if isinstance(rows, Tensor):
-        shapes = rows.to(device, torch.float32)
+        shapes = rows.to(torch.float32)
     elif any(isinstance(x, Tensor) for row in rows for x in row):
         shapes = torch.stack([torch.stack([torch.as_tensor(x, device=device).to(torch.float32)
                                            for x in row]) for row in rows])
     else:
-        shapes = torch.tensor(rows, dtype=torch.float32).to(device)
-    if _checking() and not bool((torch.isfinite(shapes) & (shapes > 0)).all()):
+        shapes = torch.tensor(rows, dtype=torch.float32)
+    if _checking(shapes, check_finite) and not bool((torch.isfinite(shapes) & (shapes > 0)).all()):
         raise ValueError(f"img_shapes must be positive and finite (h, w), got {shapes.tolist()}")
-    return shapes
+    return host_to(shapes, device)
 
 
 def _positive_int(x) -> bool:
@@ -133,26 +160,31 @@ def check_border(border) -> bool:
 
 
 def rasterize_boxes(gt_bboxes, img_shapes, level_sizes, backend: str = "auto",
-                    border: str = "clip") -> list[tuple[Tensor, Tensor]]:
+                    border: str = "clip", check_finite: bool = False
+                    ) -> list[tuple[Tensor, Tensor]]:
     """The masks of every level (docs/fgd.md, "Masks from boxes"): one (fg, bg) pair of
     (N, H, W) float32 per level.
 
     gt_bboxes: N tensors (K_n, 4) xyxy pixels (K_n may be 0; a (0,) tensor also
-    means no box), any real dtype; img_shapes: N (h, w) pairs or a (N, 2)
-    tensor, the pixel extent the maps span; level_sizes: (H, W) per level.
+    means no box), any real dtype, detached here; img_shapes: N (h, w) pairs, a
+    (N, 2) tensor, or one (h, w) for every image (e.g. a padded batch's
+    ``images.tensors.shape[-2:]``), the pixel extent the maps span;
+    level_sizes: (H, W) per level.
     backend: "auto", "fused", "cpp" or "reference" (fgdkern.ops.dispatch: the
     compiled kernel of the boxes' device, or PyTorch). border: "clip" (the
     default) drops the cells outside the map; "wrap" paints each box like the
     Python slice ``mask[hmin:hmax + 1, wmin:wmax + 1]`` of the widely used FGD
     code, where a negative start counts from the far edge (docs/fgd.md,
     "Boxes across the top or left border"). The masks are on the boxes'
-    device.
+    device. Non-finite boxes and non-positive sizes raise ValueError when they
+    are on the host, on any device with check_finite=True (docs/fgd.md,
+    "Validation").
     """
     dispatch.check_backend("rasterize", backend)
     wrap = check_border(border)
     sizes = flat_level_sizes(level_sizes)
-    boxes, counts = pack_boxes(gt_bboxes)
-    shapes = pack_image_shapes(img_shapes, len(gt_bboxes), boxes.device)
+    boxes, counts = pack_boxes(gt_bboxes, check_finite)
+    shapes = pack_image_shapes(img_shapes, len(gt_bboxes), boxes.device, check_finite)
     if dispatch.resolve("rasterize", backend, boxes.device) != "reference":
         flat = torch.ops.fgdkern.rasterize_boxes(boxes, counts, shapes, sizes, wrap)
     else:
