@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from fgdkern import _checks
 from fgdkern.ops import dispatch
 from fgdkern.ops.fgd import fgd_terms
+from fgdkern.ops.rasterize import check_border
 from fgdkern.reference.fgd import FGDTerms, GcBlockParams
 
 # docs/fgd.md, "Presets": (temp, alpha, beta, gamma, lambda, number of levels distilled)
@@ -73,7 +74,7 @@ def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: str,
-                      check_finite: bool = False) -> list[FGDTerms]:
+                      check_finite: bool = False, border: str = "clip") -> list[FGDTerms]:
     """Unweighted FGD terms of every level; ``levels`` are FGDLoss modules (parameters).
 
     What is checked, and when: docs/fgd.md, "Validation".
@@ -90,7 +91,8 @@ def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: 
     pairs = [_same_dtype(S, T.detach()) for S, T in zip(S_list, feats_T)]
     return fgd_terms(backend, [p[0] for p in pairs], [p[1] for p in pairs], gt_bboxes,
                      img_shapes, [m.gc_block("s") for m in levels],
-                     [m.gc_block("t") for m in levels], [m.temp for m in levels], check_finite)
+                     [m.gc_block("t") for m in levels], [m.temp for m in levels], check_finite,
+                     border)
 
 
 class FGDLoss(nn.Module):
@@ -103,15 +105,19 @@ class FGDLoss(nn.Module):
     check_finite: raise ValueError when a feature or box is NaN or infinite
     (one host sync per call); by default such values propagate into the loss,
     as in PyTorch's own losses, so that an AMP GradScaler can skip the step
-    (docs/fgd.md, "Validation").
+    (docs/fgd.md, "Validation"). border: "clip" (default) or "wrap", the
+    widely used code's painting of boxes across the top or left border
+    (docs/fgd.md, "Masks from boxes").
     """
 
     def __init__(self, student_channels: int, teacher_channels: int, temp: float = 0.5,
                  alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4, gamma_fgd: float = 1e-3,
-                 lambda_fgd: float = 5e-6, backend: str = "auto", check_finite: bool = False):
+                 lambda_fgd: float = 5e-6, backend: str = "auto", check_finite: bool = False,
+                 border: str = "clip"):
         super().__init__()
         dispatch.check_backend("fgd", backend)
         _checks.check_flag("check_finite", check_finite)
+        check_border(border)
         for name, value, least in (("student_channels", student_channels, 1),
                                    ("teacher_channels", teacher_channels, 2)):
             if not isinstance(value, int) or value < least:  # the GcBlock MLP halves C
@@ -120,6 +126,7 @@ class FGDLoss(nn.Module):
             raise ValueError(f"temp must be positive, got {temp!r}")
         self.student_channels, self.teacher_channels = student_channels, teacher_channels
         self.temp, self.backend, self.check_finite = float(temp), backend, check_finite
+        self.border = border
         self.alpha_fgd, self.beta_fgd = alpha_fgd, beta_fgd
         self.gamma_fgd, self.lambda_fgd = gamma_fgd, lambda_fgd
         C = teacher_channels
@@ -158,7 +165,7 @@ class FGDLoss(nn.Module):
     def terms(self, preds_S, preds_T, gt_bboxes, img_shapes) -> FGDTerms:
         """The four unweighted terms (fg_loss, bg_loss, mask_loss, rela_loss)."""
         return fgd_pyramid_terms([self], [preds_S], [preds_T], gt_bboxes, img_shapes,
-                                 self.backend, self.check_finite)[0]
+                                 self.backend, self.check_finite, self.border)[0]
 
     def forward(self, preds_S, preds_T, gt_bboxes, img_shapes) -> Tensor:
         return self.weighted(self.terms(preds_S, preds_T, gt_bboxes, img_shapes))
@@ -167,7 +174,7 @@ class FGDLoss(nn.Module):
         return (f"student_channels={self.student_channels}, teacher_channels="
                 f"{self.teacher_channels}, temp={self.temp}, alpha_fgd={self.alpha_fgd}, "
                 f"beta_fgd={self.beta_fgd}, gamma_fgd={self.gamma_fgd}, "
-                f"lambda_fgd={self.lambda_fgd}, backend={self.backend!r}")
+                f"lambda_fgd={self.lambda_fgd}, backend={self.backend!r}, border={self.border!r}")
 
 
 class MultiLevelFGDLoss(nn.Module):
@@ -181,14 +188,15 @@ class MultiLevelFGDLoss(nn.Module):
     def __init__(self, num_levels: int, student_channels: int, teacher_channels: int,
                  temp: float = 0.5, alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4,
                  gamma_fgd: float = 1e-3, lambda_fgd: float = 5e-6, backend: str = "auto",
-                 check_finite: bool = False):
+                 check_finite: bool = False, border: str = "clip"):
         super().__init__()
         if not isinstance(num_levels, int) or num_levels < 1:
             raise ValueError(f"num_levels must be a positive int, got {num_levels!r}")
         self.num_levels, self.backend, self.check_finite = num_levels, backend, check_finite
+        self.border = border
         self.levels = nn.ModuleList(
             FGDLoss(student_channels, teacher_channels, temp, alpha_fgd, beta_fgd, gamma_fgd,
-                    lambda_fgd, backend, check_finite) for _ in range(num_levels))
+                    lambda_fgd, backend, check_finite, border) for _ in range(num_levels))
 
     @classmethod
     def for_detector(cls, detector: str, student_channels: int, teacher_channels: int, **kwargs):
@@ -201,7 +209,7 @@ class MultiLevelFGDLoss(nn.Module):
         S = _checks.as_level_list("feats_S", feats_S, self.num_levels)
         T = _checks.as_level_list("feats_T", feats_T, self.num_levels)
         return fgd_pyramid_terms(list(self.levels), S, T, gt_bboxes, img_shapes,
-                                 self.backend, self.check_finite)
+                                 self.backend, self.check_finite, self.border)
 
     def forward(self, feats_S, feats_T, gt_bboxes, img_shapes) -> Tensor:
         terms = self.terms(feats_S, feats_T, gt_bboxes, img_shapes)

@@ -123,8 +123,9 @@ class _FGDStats(torch.autograd.Function):
         S, T, fg, bg, w_s, w_t, pix, chan = (saved[i * L:(i + 1) * L] for i in range(8))
         # float32 whatever autocast region the backward is called from, as in the forward
         with torch.autocast(S[0].device.type, enabled=False):
-            coefs = [_grad_coefficients(lvl, gp.float(), gc.float(), temp) for lvl, gp, gc, temp
-                     in zip(zip(fg, bg, w_s, w_t, pix, chan), grads[:L], grads[L:], ctx.temps)]
+            coefs = [_grad_coefficients(lvl, gp.float(), gc.float(), temp)
+                     for lvl, gp, gc, temp in
+                     zip(zip(fg, bg, w_s, w_t, pix, chan), grads[:L], grads[L:], ctx.temps)]
             pix_coef, chan_coef, K = (list(c) for c in zip(*coefs))
             out = passes(ctx.impl)[1](list(S), list(T), pix_coef, chan_coef, K)
         dS, dw_s, dw_t = out[:L], out[L:2 * L], out[2 * L:]
@@ -188,7 +189,7 @@ def _check_stats_finite(pix: list[Tensor], names: list[str]) -> None:
 # ------------------------------------------------------------------ the op
 def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_shapes,
               gc_s: list[GcBlockParams], gc_t: list[GcBlockParams], temps: list[float],
-              check_finite: bool = False) -> list[FGDTerms]:
+              check_finite: bool = False, border: str = "clip") -> list[FGDTerms]:
     """Unweighted FGD terms of every level (docs/fgd.md).
 
     S, T: per level (N, C, H, W) features of one dtype per level (S aligned, T
@@ -196,10 +197,13 @@ def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_sha
     takes them; gc_s / gc_t: the GcBlock parameters of each level; temps: each
     level's temperature. check_finite: raise on NaN/Inf features (one host
     sync); otherwise they propagate into the terms (docs/fgd.md, "Validation").
+    border: how boxes across the map's border paint ("clip" or "wrap",
+    docs/fgd.md, "Masks from boxes").
     """
     names = [f"[{k}]" if len(S) > 1 else "" for k in range(len(S))]
     device = S[0].device
-    masks = rasterize_boxes(gt_bboxes, img_shapes, [tuple(s.shape[-2:]) for s in S])
+    masks = rasterize_boxes(gt_bboxes, img_shapes, [tuple(s.shape[-2:]) for s in S],
+                            border=border, check_finite=check_finite)
     fg = [f.to(device) for f, _ in masks]
     bg = [b.to(device) for _, b in masks]
     impl = dispatch.resolve("fgd", backend, device, S[0].dtype)

@@ -61,8 +61,8 @@ def wrapped(state):
             "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "momentum": 0.9}]}}
 
 
-def new_loss(Cs, Ct, levels=len(SIZES), backend="reference"):
-    return MultiLevelFGDLoss(levels, Cs, Ct, backend=backend, **HYPER)
+def new_loss(Cs, Ct, levels=len(SIZES), backend="reference", border="clip"):
+    return MultiLevelFGDLoss(levels, Cs, Ct, backend=backend, border=border, **HYPER)
 
 
 def inside_boxes(seed=0):
@@ -120,11 +120,11 @@ def test_loads_every_form_by_level_number(form, tmp_path):
     assert_params_equal(ms, ports)
 
 
-def runner(ports, Cs, Ct, device):
+def runner(ports, Cs, Ct, device, boxes=None, border="clip"):
     """The harness's run(name, float64): "reference" is the port (the ground truth here),
-    "fgdkern:<backend>" the loaded MultiLevelFGDLoss on that backend."""
+    "fgdkern:<backend>" the loaded MultiLevelFGDLoss on that backend with ``border``."""
     S, T = features(len(IMG_SHAPES), Cs, Ct, device)
-    boxes = inside_boxes()
+    boxes = inside_boxes() if boxes is None else boxes
     metas = [{"img_shape": (h, w, 3)} for h, w in IMG_SHAPES]
     levels = [ports[f"loss_fgd_fpn_{k}"].to(device) for k in range(len(SIZES))]
 
@@ -143,7 +143,7 @@ def runner(ports, Cs, Ct, device):
         return terms, loss, S_, names, params
 
     def run_loaded(backend):
-        ms = new_loss(Cs, Ct, backend=backend).to(device)
+        ms = new_loss(Cs, Ct, backend=backend, border=border).to(device)
         load_fgd_checkpoint(ms, wrapped(distiller_state(ports)))
         S_ = [s.detach().clone().requires_grad_() for s in S]
         terms = ms.terms(S_, T, boxes, IMG_SHAPES)
