@@ -51,7 +51,8 @@ struct GradBlock {
     GradRows rows;
     rows.chan_in = {cc + kGCtxS * C, cc + kGCtxT * C};
     rows.pix_out = {dz_s, dz_t};
-    sweep<kOrder>(rows, x);
+    float* sweep_space = scratch + 2 * np;
+    sweep<kOrder>(rows, x, sweep_space);
     for (int64_t p = 0; p < np; ++p) {
       dz_s[p] = pc[kPS * HW + p] * (dz_s[p] - K[0]);
       dz_t[p] = pc[kPT * HW + p] * (dz_t[p] - K[1]);
@@ -63,7 +64,7 @@ struct GradBlock {
                     cc + kKBg * C,   cc + kGCtxS * C, cc + kWS * C,       cc + kCtxCoefS * C,
                     cc + kCtxCoefT * C};
     cols.chan_out = {part, part + C};
-    sweep<kOrder>(cols, x);
+    sweep<kOrder>(cols, x, sweep_space);
   }
 };
 
@@ -105,10 +106,14 @@ std::vector<at::Tensor> fgd_grad_cpu(at::TensorList S, at::TensorList T, at::Ten
   const char* op = "fgd_grad_cpp";
   check_levels(op, S.size(), {T, pix_coef, chan_coef, K});
   std::vector<GradLevel> levels;
+  int64_t max_C = 0;
   for (size_t l = 0; l < S.size(); ++l) {
     levels.push_back(make_level(op, l, S[l], T[l], pix_coef[l], chan_coef[l], K[l]));
+    max_C = std::max(max_C, levels.back().C);
   }
-  for_each_block(levels, 2 * kMaxBlock, GradBlock{});
+  const int64_t sweep_space = std::max(sweep_scratch<GradRows>(max_C, kMaxBlock),
+                                      sweep_scratch<GradCols>(max_C, kMaxBlock));
+  for_each_block(levels, 2 * kMaxBlock + sweep_space, GradBlock{});
   parallel_each(static_cast<int64_t>(levels.size()), [&](int64_t l) { merge_grad(levels[l]); });
   return outputs(levels, &GradLevel::dS, &GradLevel::dw_s, &GradLevel::dw_t);
 }

@@ -76,10 +76,11 @@ struct StatsBlock {
     rows.chan_in = {lv.w_s.const_data_ptr<float>(), lv.w_t.const_data_ptr<float>()};
     rows.pix_out = {pix + kGsS * HW, pix + kGsT * HW, pix + kZS * HW, pix + kZT * HW};
     rows.chan_out = {part + kGcS * C, part + kGcT * C, part + kSumD * C};
-    sweep<kOrder>(rows, x);
-
     float* e = scratch;  // e_s, e_t, a_fg, a_bg
     float* mean_d = scratch + 4 * np;
+    float* sweep_space = mean_d + C;
+    sweep<kOrder>(rows, x, sweep_space);
+
     block_weights(lv, b, pix, e, lv.soft.data() + 3 * b.index);
     for (int64_t c = 0; c < C; ++c) mean_d[c] = part[kSumD * C + c] / static_cast<float>(np);
 
@@ -88,7 +89,7 @@ struct StatsBlock {
     cols.chan_in = {mean_d};
     cols.chan_out = {part + kCtxS * C, part + kCtxT * C, part + kM2D * C, part + kXFg * C,
                      part + kXBg * C};
-    sweep<kOrder>(cols, x);
+    sweep<kOrder>(cols, x, sweep_space);
   }
 };
 
@@ -156,7 +157,9 @@ std::vector<at::Tensor> fgd_stats_cpu(at::TensorList S, at::TensorList T, at::Te
     levels.push_back(make_level(op, l, S[l], T[l], fg[l], bg[l], w_s[l], w_t[l], temp[l]));
     max_C = std::max(max_C, levels.back().C);
   }
-  for_each_block(levels, 4 * kMaxBlock + max_C, StatsBlock{});
+  const int64_t sweep_space = std::max(sweep_scratch<StatsRows>(max_C, kMaxBlock),
+                                      sweep_scratch<StatsCols>(max_C, kMaxBlock));
+  for_each_block(levels, 4 * kMaxBlock + max_C + sweep_space, StatsBlock{});
   for_each_image(levels, merge_stats);
   return outputs(levels, &StatsLevel::pix, &StatsLevel::chan);
 }

@@ -9,10 +9,17 @@
 // A tile is swept either channels-outer (S, T with unit pixel stride) or
 // pixels-outer (unit channel stride, or any strides with strided loads); both
 // run the same loop. Every order of summation is fixed by the tile alone.
+//
+// The sums along the inner axis gain one group of lines at a time, a long
+// sequence of additions (C / kGroup of them per pixel, channels-outer): each
+// addition is compensated (TwoSum), its exact rounding error added up in an
+// error row that is folded in after the sweep, so these sums are as precise
+// as a pairwise sum (docs/kernels.md, "Precision").
 #pragma once
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 
 #include "tiles.h"
@@ -47,6 +54,7 @@ struct Axes {
   static constexpr int kOuterOut = kPixInner ? L::kChanOut : L::kPixOut;
   using OuterIn = std::array<Vecs<kOuterIn>, kGroup>;
   using OuterSums = std::array<Vecs<kOuterOut>, kGroup>;
+  using Errors = std::array<float*, kInnerOut>;
 
   static FGDKERN_INLINE const auto& inner_in(const L& f) {
     if constexpr (kPixInner) return f.pix_in; else return f.chan_in;
@@ -81,10 +89,12 @@ template <bool kUnit>
 FGDKERN_INLINE int64_t at(int64_t i, int64_t step) { return kUnit ? i : i * step; }
 
 // Elements i .. i + n - 1 of G lines (n == kLanes when kFull).
+// err: the error rows of the inner sums.
 template <bool kPixInner, bool kUnit, bool kFull, int G, class L, typename scalar_t>
 FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64_t n,
                           const typename Axes<kPixInner, L>::OuterIn& outer,
-                          typename Axes<kPixInner, L>::OuterSums& acc) {
+                          typename Axes<kPixInner, L>::OuterSums& acc,
+                          const typename Axes<kPixInner, L>::Errors& err) {
   using A = Axes<kPixInner, L>;
   Vecs<A::kInnerIn> inner;
   for (int k = 0; k < A::kInnerIn; ++k) inner[k] = load<true, kFull>(A::inner_in(f)[k] + i, 1, n);
@@ -107,8 +117,10 @@ FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64
     }
   }
   for (int k = 0; k < A::kInnerOut; ++k) {
-    float* sum = A::inner_out(f)[k] + i;
-    store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + inner_sum[k]);
+    float *sum = A::inner_out(f)[k] + i, *e = err[k] + i;
+    Vec rounding;
+    store<true, kFull>(sum, 1, n, two_sum(load<true, kFull>(sum, 1, n), inner_sum[k], rounding));
+    store<true, kFull>(e, 1, n, load<true, kFull>(e, 1, n) + rounding);
   }
 }
 
@@ -120,7 +132,8 @@ FGDKERN_INLINE scalar_t* line(const Plane<scalar_t>& F, const Tile<T>& x, int64_
 
 // Outer lines o .. o + G - 1, all of the inner axis.
 template <bool kPixInner, bool kUnit, int G, class L, typename scalar_t>
-FGDKERN_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o) {
+FGDKERN_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o,
+                          const typename Axes<kPixInner, L>::Errors& err) {
   using A = Axes<kPixInner, L>;
   const int64_t n_outer = kPixInner ? x.C : x.np, n_inner = kPixInner ? x.np : x.C;
   Lines<scalar_t> r;
@@ -140,23 +153,37 @@ FGDKERN_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o) {
   typename A::OuterSums acc{};
   int64_t i = 0;
   for (; i + kLanes <= n_inner; i += kLanes) {
-    lanes<kPixInner, kUnit, true, G>(f, r, i, kLanes, outer, acc);
+    lanes<kPixInner, kUnit, true, G>(f, r, i, kLanes, outer, acc, err);
   }
-  if (i < n_inner) lanes<kPixInner, kUnit, false, G>(f, r, i, n_inner - i, outer, acc);
+  if (i < n_inner) lanes<kPixInner, kUnit, false, G>(f, r, i, n_inner - i, outer, acc, err);
   for (int g = 0; g < G; ++g) {
     for (int k = 0; k < A::kOuterOut; ++k) A::outer_out(f)[k][o + g] += lane_sum(acc[g][k]);
   }
 }
 
-// Runs loop f over every element of tile x.
+// Floats of scratch that sweep needs for loop L on tiles of C channels and np pixels.
+template <class L>
+constexpr int64_t sweep_scratch(int64_t C, int64_t np) {
+  return std::max(L::kPixOut * np, L::kChanOut * C);
+}
+
+// Runs loop f over every element of tile x; scratch: sweep_scratch<L> floats.
 template <Order kOrder, class L, typename scalar_t>
-FGDKERN_INLINE void sweep(const L& f, const Tile<scalar_t>& x) {
+FGDKERN_INLINE void sweep(const L& f, const Tile<scalar_t>& x, float* scratch) {
   constexpr bool kPixInner = kOrder == Order::kChannelsOuter;
   constexpr bool kUnit = kOrder != Order::kPixelsOuterStrided;
-  const int64_t n_outer = kPixInner ? x.C : x.np;
+  using A = Axes<kPixInner, L>;
+  const int64_t n_outer = kPixInner ? x.C : x.np, n_inner = kPixInner ? x.np : x.C;
+  typename A::Errors err;
+  for (int k = 0; k < A::kInnerOut; ++k) err[k] = scratch + k * n_inner;
+  std::fill_n(scratch, A::kInnerOut * n_inner, 0.0f);
   int64_t o = 0;
-  for (; o + kGroup <= n_outer; o += kGroup) group<kPixInner, kUnit, kGroup>(f, x, o);
-  for (; o < n_outer; ++o) group<kPixInner, kUnit, 1>(f, x, o);
+  for (; o + kGroup <= n_outer; o += kGroup) group<kPixInner, kUnit, kGroup>(f, x, o, err);
+  for (; o < n_outer; ++o) group<kPixInner, kUnit, 1>(f, x, o, err);
+  for (int k = 0; k < A::kInnerOut; ++k) {  // a sum that met inf or NaN keeps it
+    float* sum = A::inner_out(f)[k];
+    for (int64_t i = 0; i < n_inner; ++i) sum[i] += std::isfinite(sum[i]) ? err[k][i] : 0.0f;
+  }
 }
 
 }  // namespace fgdkern::cpu

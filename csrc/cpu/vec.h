@@ -142,6 +142,13 @@ FGDKERN_INLINE void store(scalar_t* x, int64_t step, int64_t n, const Vec& v) {
   }
 }
 
+// s = a + b rounded, and e = (a + b) - s exactly (Knuth's TwoSum; any |a|, |b|).
+FGDKERN_INLINE Vec two_sum(const Vec& a, const Vec& b, Vec& e) {
+  const Vec s = a + b, b_part = s - a;
+  e = (a - (s - b_part)) + (b - b_part);
+  return s;
+}
+
 // Halves of a vector: lanes 0 .. W/2-1 and W/2 .. W-1.
 template <typename Half, typename V>
 FGDKERN_INLINE void split(const V& v, Half& lo, Half& hi) {
