@@ -160,6 +160,16 @@ def block_sum(v):
 
 
 @triton.jit
+def sum_channels(x, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """[ROWS, BLOCK_C, SECTOR] -> [ROWS, SECTOR], summing the channels as a pairwise tree
+    (channel c with c + BLOCK_C / 2, and so on): a reduction whose rounding does not grow
+    with BLOCK_C, in whatever order tl.sum would take (docs/kernels.md, "Precision")."""
+    for _ in tl.static_range(BLOCK_C.bit_length() - 1):
+        x = tl.sum(tl.reshape(x, [BLOCK_HW // SECTOR, 2, x.shape[1] // 2, SECTOR]), 1)
+    return tl.reshape(x, [BLOCK_HW // SECTOR, SECTOR])
+
+
+@triton.jit
 def channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, tile_c, tile_in,
                  ABS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
                  SECTOR: tl.constexpr):
@@ -180,4 +190,5 @@ def channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, tile_c, 
         if ABS:
             abs_s += tl.abs(s)
             abs_t += tl.abs(t)
-    return tl.sum(ws_s, 1), tl.sum(wt_t, 1), tl.sum(abs_s, 1), tl.sum(abs_t, 1)
+    return (sum_channels(ws_s, BLOCK_C, BLOCK_HW, SECTOR), sum_channels(wt_t, BLOCK_C, BLOCK_HW, SECTOR),
+            sum_channels(abs_s, BLOCK_C, BLOCK_HW, SECTOR), sum_channels(abs_t, BLOCK_C, BLOCK_HW, SECTOR))
