@@ -10,11 +10,12 @@
 // pixels-outer (unit channel stride, or any strides with strided loads); both
 // run the same loop. Every order of summation is fixed by the tile alone.
 //
-// The sums along the inner axis gain one group of lines at a time, a long
-// sequence of additions (C / kGroup of them per pixel, channels-outer): each
-// addition is compensated (TwoSum), its exact rounding error added up in an
-// error row that is folded in after the sweep, so these sums are as precise
-// as a pairwise sum (docs/kernels.md, "Precision").
+// Channels-outer, the sums over channels per pixel gain one group of lines at a
+// time, C / kGroup additions in sequence: each is compensated (TwoSum), its
+// exact rounding error added up in an error row that is folded in after the
+// sweep, so they are as precise as a pairwise sum (docs/kernels.md,
+// "Precision"). Pixels-outer, they are register sums of C / kLanes terms and
+// a lane tree, and the sums over pixels are merged per block in double.
 #pragma once
 
 #include <algorithm>
@@ -117,10 +118,14 @@ FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64
     }
   }
   for (int k = 0; k < A::kInnerOut; ++k) {
-    float *sum = A::inner_out(f)[k] + i, *e = err[k] + i;
-    Vec rounding;
-    store<true, kFull>(sum, 1, n, two_sum(load<true, kFull>(sum, 1, n), inner_sum[k], rounding));
-    store<true, kFull>(e, 1, n, load<true, kFull>(e, 1, n) + rounding);
+    float* sum = A::inner_out(f)[k] + i;
+    if constexpr (kPixInner) {
+      Vec rounding;
+      store<true, kFull>(sum, 1, n, two_sum(load<true, kFull>(sum, 1, n), inner_sum[k], rounding));
+      store<true, kFull>(err[k] + i, 1, n, load<true, kFull>(err[k] + i, 1, n) + rounding);
+    } else {
+      store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + inner_sum[k]);
+    }
   }
 }
 
@@ -163,8 +168,8 @@ FGDKERN_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o,
 
 // Floats of scratch that sweep needs for loop L on tiles of C channels and np pixels.
 template <class L>
-constexpr int64_t sweep_scratch(int64_t C, int64_t np) {
-  return std::max(L::kPixOut * np, L::kChanOut * C);
+constexpr int64_t sweep_scratch(int64_t, int64_t np) {
+  return L::kPixOut * np;
 }
 
 // Runs loop f over every element of tile x; scratch: sweep_scratch<L> floats.
@@ -174,13 +179,13 @@ FGDKERN_INLINE void sweep(const L& f, const Tile<scalar_t>& x, float* scratch) {
   constexpr bool kUnit = kOrder != Order::kPixelsOuterStrided;
   using A = Axes<kPixInner, L>;
   const int64_t n_outer = kPixInner ? x.C : x.np, n_inner = kPixInner ? x.np : x.C;
-  typename A::Errors err;
-  for (int k = 0; k < A::kInnerOut; ++k) err[k] = scratch + k * n_inner;
-  std::fill_n(scratch, A::kInnerOut * n_inner, 0.0f);
+  typename A::Errors err{};  // the error rows (channels-outer only)
+  for (int k = 0; k < A::kInnerOut && kPixInner; ++k) err[k] = scratch + k * n_inner;
+  if constexpr (kPixInner) std::fill_n(scratch, A::kInnerOut * n_inner, 0.0f);
   int64_t o = 0;
   for (; o + kGroup <= n_outer; o += kGroup) group<kPixInner, kUnit, kGroup>(f, x, o, err);
   for (; o < n_outer; ++o) group<kPixInner, kUnit, 1>(f, x, o, err);
-  for (int k = 0; k < A::kInnerOut; ++k) {  // a sum that met inf or NaN keeps it
+  for (int k = 0; k < A::kInnerOut && kPixInner; ++k) {  // a sum that met inf or NaN keeps it
     float* sum = A::inner_out(f)[k];
     for (int64_t i = 0; i < n_inner; ++i) sum[i] += std::isfinite(sum[i]) ? err[k][i] : 0.0f;
   }
