@@ -3,9 +3,7 @@ import pytest
 import torch
 
 from fgdkern.ops import dispatch
-from fgdkern.rows import FGD_CHAN_COEF
-from tests import helpers
-from tests.helpers import make_inputs
+from tests.helpers import make_coefs, make_inputs  # noqa: F401  (make_coefs: re-exported)
 
 # Every test module of the C++ passes is skipped when the extension was not built
 # (dispatch.available asks the dispatcher only when the extension loaded: without it
@@ -28,10 +26,3 @@ def valid_args():
     return make_inputs(2, 6, [(3, 4), (2, 2)])
 
 
-def make_coefs(S, seed=1):
-    """tests.helpers.make_coefs, with a random chan_coef row for every row of FGD_CHAN_COEF."""
-    pix, chan, K = helpers.make_coefs(S, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    chan = [torch.cat([c, torch.randn(c.shape[0], len(FGD_CHAN_COEF) - c.shape[1], c.shape[2],
-                                      generator=g).to(c.device)], 1) for c in chan]
-    return pix, chan, K

@@ -10,11 +10,9 @@ import torch
 
 from fgdkern.ops import fgd as fused
 from fgdkern.reference import fgd_passes as contract
-from fgdkern.rows import FGD_CHAN_COEF
-from tests import helpers
 from tests.harness import (FUSED_BACKENDS, LAYOUTS, LOW_PRECISION, PASS_TOLS, assert_close_list,
                            backend_device)
-from tests.helpers import make_inputs
+from tests.helpers import make_coefs, make_inputs
 
 BACKENDS = FUSED_BACKENDS
 # (N, C, [(H, W), ...])
@@ -28,13 +26,6 @@ SHAPES = [
 TOL = PASS_TOLS
 
 
-def make_coefs(S, seed=1):
-    """tests.helpers.make_coefs, with a random chan_coef row for every row of FGD_CHAN_COEF."""
-    pix, chan, K = helpers.make_coefs(S, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    chan = [torch.cat([c, torch.randn(c.shape[0], len(FGD_CHAN_COEF) - c.shape[1], c.shape[2],
-                                      generator=g).to(c.device)], 1) for c in chan]
-    return pix, chan, K
 
 
 device_of = backend_device

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from fgdkern.reference import fgd_passes as contract
-from fgdkern.rows import FGD_CHAN_COEF
-from tests import helpers
+from tests.helpers import make_coefs  # noqa: F401  (the Triton tests import it from here)
 from tests.harness import HAS_CUDA, backend_device
 from tests.harness import PASS_TOLS as TOL, assert_close_list
 
@@ -22,13 +21,6 @@ DEVICE = backend_device("triton")
 F32 = TOL[torch.float32]
 
 
-def make_coefs(S, seed=1):
-    """tests.helpers.make_coefs, with a random chan_coef row for every row of FGD_CHAN_COEF."""
-    pix, chan, K = helpers.make_coefs(S, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    chan = [torch.cat([c, torch.randn(c.shape[0], len(FGD_CHAN_COEF) - c.shape[1], c.shape[2],
-                                      generator=g).to(c.device)], 1) for c in chan]
-    return pix, chan, K
 
 
 def same_temps(args, temp=0.5):
