@@ -87,13 +87,13 @@ def _grad_coefficients(saved, g_pix, g_chan, temp):
                     p_t=torch.softmax(pix[:, FGD_PIX.z_t], -1))
     g = dict(zip(FGD_CHAN, g_chan.unbind(1)))
     mean_d = chan[:, FGD_CHAN.sum_d] / HW
+    ctx_s, ctx_t = chan[:, FGD_CHAN.ctx_s], chan[:, FGD_CHAN.ctx_t]
     chan_rows = dict(b_sign=g["gc_s"] / HW, k_d=2 * g["m2_d"],
                      k_const=g["sum_d"] - 2 * g["m2_d"] * mean_d, k_fg=2 * g["x_fg"],
                      k_bg=2 * g["x_bg"], g_ctx_s=g["ctx_s"], g_ctx_t=g["ctx_t"],
                      w_s=w_s.expand(N, C), w_t=w_t.expand(N, C),
-                     ctx_s=chan[:, FGD_CHAN.ctx_s], ctx_t=chan[:, FGD_CHAN.ctx_t])
-    K = torch.stack([(g["ctx_s"] * chan[:, FGD_CHAN.ctx_s]).sum(1),
-                     (g["ctx_t"] * chan[:, FGD_CHAN.ctx_t]).sum(1)], 1)
+                     ctx_s=ctx_s, ctx_t=ctx_t)
+    K = torch.stack([(g["ctx_s"] * ctx_s).sum(1), (g["ctx_t"] * ctx_t).sum(1)], 1)
     return (torch.stack([pix_rows[r] for r in FGD_PIX_COEF], 1),
             torch.stack([chan_rows[r] for r in FGD_CHAN_COEF], 1), K)
 
