@@ -42,7 +42,7 @@ def check_pair(S, T, student_channels: int, teacher_channels: int, level: str = 
 
 def check_flag(name: str, value) -> None:
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
 
 
 def check_batch(name: str, N: int, gt_bboxes) -> None:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from fgdkern import _checks
 from fgdkern.losses.fgd import MultiLevelFGDLoss
 
 # Group 1: the level number k; group 2: the parameter name below the level.
@@ -195,8 +196,7 @@ def load_fgd_checkpoint(loss: MultiLevelFGDLoss, checkpoint, strict: bool = True
     """
     if not isinstance(loss, MultiLevelFGDLoss):
         raise TypeError(f"loss must be a fgdkern.MultiLevelFGDLoss, got {type(loss).__name__}")
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    _checks.check_flag("strict", strict)
     pattern = compile_name_pattern(name_pattern)
     entries = _loss_entries(read_checkpoint(checkpoint), pattern)
     expected = loss.state_dict()
