@@ -37,3 +37,11 @@ FGD_CHAN = Rows("gc_s", "gc_t", "ctx_s", "ctx_t", "sum_d", "m2_d", "x_fg", "x_bg
 FGD_PIX_COEF = Rows("a_sign", "fgA", "bgA", "p_s", "p_t")
 FGD_CHAN_COEF = Rows("b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_t",
                      "w_s", "w_t", "ctx_s", "ctx_t")
+# Imitation passes, shared by FKD and PFI (docs/kernels.md, "Imitation passes"):
+# sums over channels per pixel and over pixels per channel of X, and the
+# channel-weighted squared difference of X and Y per pixel; the gradient
+# pass's coefficient tables.
+IMIT_PIX = Rows("abs_x", "sum_x", "sq_d")
+IMIT_CHAN = Rows("abs_x", "sum_x")
+IMIT_PIX_COEF = Rows("a", "b", "s")
+IMIT_CHAN_COEF = Rows("w", "b", "s")

@@ -10,7 +10,7 @@ Every loss and op takes ``backend=`` from one vocabulary:
 * ``"triton"``: Triton kernels on CUDA tensors (on CPU tensors only under
   ``TRITON_INTERPRET=1``, the interpreter the tests use);
 * ``"reference"``: pure PyTorch, the ground truth of the tests;
-* ``"torch"`` (FGD only): the fused passes' contract in PyTorch, run through
+* ``"torch"`` (fused ops only): the fused passes' contract in PyTorch, run through
   the same autograd wrapper as the kernels; it tests the decomposition.
 
 What ``"auto"`` and ``"fused"`` pick:
@@ -19,6 +19,7 @@ What ``"auto"`` and ``"fused"`` pick:
 op         CPU tensors                 CUDA tensors
 =========  ==========================  ================================
 fgd        ``cpp`` (float16/32, bf16)  ``triton`` (float16/32, bf16)
+imitation  ``cpp`` (float16/32, bf16)  ``triton`` (float16/32, bf16)
 rasterize  ``cpp``                     ``cuda`` (the extension's kernel)
 =========  ==========================  ================================
 
@@ -38,17 +39,24 @@ from fgdkern._ext import HAS_EXT
 BACKENDS = {
     "fgd": ("auto", "reference", "fused", "triton", "cpp", "torch"),
     "rasterize": ("auto", "reference", "fused", "cpp"),
+    "imitation": ("auto", "reference", "fused", "triton", "cpp", "torch"),
 }
 # The fused implementation of each op per device type.
 FUSED = {
     "fgd": {"cpu": "cpp", "cuda": "triton"},
     "rasterize": {"cpu": "cpp", "cuda": "cuda"},
+    "imitation": {"cpu": "cpp", "cuda": "triton"},
 }
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _has_kernel(op_name: str, dispatch_key: str) -> bool:
-    return HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(op_name, dispatch_key)
+    if not HAS_EXT:
+        return False
+    try:  # an extension built from older sources lacks the op altogether
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op_name, dispatch_key)
+    except RuntimeError:
+        return False
 
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -56,6 +64,8 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 AVAILABLE = {
     ("fgd", "cpp"): _has_kernel("fgdkern::fgd_stats_cpp", "CPU"),
     ("fgd", "triton"): HAS_TRITON,
+    ("imitation", "cpp"): _has_kernel("fgdkern::imitation_stats_cpp", "CPU"),
+    ("imitation", "triton"): HAS_TRITON,
     ("rasterize", "cpp"): _has_kernel("fgdkern::rasterize_boxes", "CPU"),
     ("rasterize", "cuda"): _has_kernel("fgdkern::rasterize_boxes", "CUDA"),
 }
