@@ -24,15 +24,25 @@ HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-# The fused backends; "torch" is the PyTorch form of the same passes.
-FUSED_BACKENDS = [
-    pytest.param("cpp", marks=pytest.mark.skipif(
-        not dispatch.available("fgd", "cpp"), reason="C++ kernels not built")),
-    pytest.param("triton", marks=pytest.mark.skipif(
-        not (dispatch.HAS_TRITON and (HAS_CUDA or INTERPRETED)),
-        reason="needs triton on CUDA or TRITON_INTERPRET=1")),
-]
-ALL_FUSED = [pytest.param("torch")] + FUSED_BACKENDS
+
+def fused_backends(op: str) -> list:
+    """The fused backends of ``op`` (a row of fgdkern.ops.dispatch.BACKENDS), skipped where
+    they cannot run; "torch" is the PyTorch form of the same passes."""
+    return [
+        pytest.param("cpp", marks=pytest.mark.skipif(
+            not dispatch.available(op, "cpp"), reason=f"C++ {op} kernels not built")),
+        pytest.param("triton", marks=pytest.mark.skipif(
+            not (dispatch.HAS_TRITON and (HAS_CUDA or INTERPRETED)),
+            reason="needs triton on CUDA or TRITON_INTERPRET=1")),
+    ]
+
+
+def all_fused(op: str) -> list:
+    return [pytest.param("torch")] + fused_backends(op)
+
+
+FUSED_BACKENDS = fused_backends("fgd")
+ALL_FUSED = all_fused("fgd")
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 
