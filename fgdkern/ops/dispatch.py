@@ -21,6 +21,7 @@ op         CPU tensors                 CUDA tensors
 fgd        ``cpp`` (float16/32, bf16)  ``triton`` (float16/32, bf16)
 imitation  ``cpp`` (float16/32, bf16)  ``triton`` (float16/32, bf16)
 rasterize  ``cpp``                     ``cuda`` (the extension's kernel)
+rm         ``reference``               ``reference`` (no fused pass)
 =========  ==========================  ================================
 
 float64 features (gradcheck) run on the reference under ``"auto"``; a fused
@@ -40,12 +41,14 @@ BACKENDS = {
     "fgd": ("auto", "reference", "fused", "triton", "cpp", "torch"),
     "rasterize": ("auto", "reference", "fused", "cpp"),
     "imitation": ("auto", "reference", "fused", "triton", "cpp", "torch"),
+    "rm": ("auto", "reference"),
 }
 # The fused implementation of each op per device type.
 FUSED = {
     "fgd": {"cpu": "cpp", "cuda": "triton"},
     "rasterize": {"cpu": "cpp", "cuda": "cuda"},
     "imitation": {"cpu": "cpp", "cuda": "triton"},
+    "rm": {},
 }
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
