@@ -10,7 +10,9 @@ output shaped like them) and the float32 workspace, from which every float32
 input and output is addressed. So S and T may have any strides (offsets
 inside one image are int32) and every level its own shape. The common columns
 come first; a pass adds its own after them (extra_columns). Levels of
-different dtypes get one launch each (per_dtype).
+different dtypes get one launch each (per_dtype). S and T are the columns'
+names, not a loss's: a pass over another pair of maps (the imitation
+passes' X and Y) puts them there and names them in its errors (check_features).
 
 Blocks and runs. A block is BLOCK_HW consecutive pixels of one image of one
 level. A main-kernel program takes a run of BLOCKS_PER_PROG consecutive blocks
@@ -98,38 +100,61 @@ def level_shape(lv):
     return tl.load(lv + COL_C), tl.load(lv + COL_HW), tl.load(lv + COL_W).to(tl.int32)
 
 
+@triton.jit
+def image_channel_block(table, L, NCOL: tl.constexpr, LEVELS: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """A combine program that owns BLOCK_C channels of one image (a level's combine programs,
+    from COL_COMB0, take its images in turn, each as cdiv(C, BLOCK_C) channel blocks; see
+    image_channel_blocks): its level row, image n, channels c [BLOCK_C] and their mask, and
+    the image's runs, main-kernel programs first .. first + nsplit - 1 of the level."""
+    pid = tl.program_id(0)
+    lv = find_level(table, pid, L, COL_COMB0, NCOL, LEVELS)
+    C = tl.load(lv + COL_C)
+    local = pid - tl.load(lv + COL_COMB0)
+    n_cblocks = tl.cdiv(C, BLOCK_C)
+    n = local // n_cblocks
+    c = (local % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    nsplit = tl.load(lv + COL_NSPLIT)
+    return lv, n, c, c < C, n * nsplit, nsplit
+
+
 # ------------------------------------------------------------------ argument checks
-def check_features(S: list[Tensor], T: list[Tensor]) -> None:
+def check_features(S: list[Tensor], T: list[Tensor], names: tuple[str, str] = ("S", "T")) -> None:
+    """S and T: one non-empty (N, C, H, W) map each per level, of one supported dtype, shape
+    and device. names: what errors call the two lists (a pass may name its maps otherwise)."""
+    a, b = names
     if len(S) == 0 or len(S) != len(T):
-        raise ValueError(f"S and T must be lists of one tensor per level, got {len(S)} and "
+        raise ValueError(f"{a} and {b} must be lists of one tensor per level, got {len(S)} and "
                          f"{len(T)}")
     device = S[0].device
     for k, (s, t) in enumerate(zip(S, T)):
-        for name, x in ((f"S[{k}]", s), (f"T[{k}]", t)):
+        for name, x in ((f"{a}[{k}]", s), (f"{b}[{k}]", t)):
             if x.dim() != 4 or x.numel() == 0:
                 raise ValueError(f"{name} must be a non-empty (N, C, H, W) tensor, got shape "
                                  f"{tuple(x.shape)}")
             if x.device != device:
-                raise ValueError(f"{name} is on {x.device}, S[0] is on {device}")
+                raise ValueError(f"{name} is on {x.device}, {a}[0] is on {device}")
         if s.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"S[{k}] must be float32, float16 or bfloat16, got {s.dtype}")
+            raise TypeError(f"{a}[{k}] must be float32, float16 or bfloat16, got {s.dtype}")
         if t.dtype != s.dtype:
-            raise TypeError(f"T[{k}] is {t.dtype} but S[{k}] is {s.dtype}: they must match")
+            raise TypeError(f"{b}[{k}] is {t.dtype} but {a}[{k}] is {s.dtype}: they must match")
         if t.shape != s.shape:
-            raise ValueError(f"T[{k}] has shape {tuple(t.shape)}, S[{k}] {tuple(s.shape)}")
+            raise ValueError(f"{b}[{k}] has shape {tuple(t.shape)}, {a}[{k}] {tuple(s.shape)}")
 
 
-def float32_levels(name: str, xs: list[Tensor], shapes: list[tuple], device) -> list[Tensor]:
-    """xs, checked to be float32 of shapes[k] on device, contiguous."""
+def float32_levels(name: str, xs: list[Tensor], shapes: list[tuple], device,
+                   maps: str = "S") -> list[Tensor]:
+    """xs, checked to be float32 of shapes[k] on device, contiguous (maps: what errors call
+    the feature maps the shapes come from)."""
     if len(xs) != len(shapes):
-        raise ValueError(f"{name} has {len(xs)} levels, S has {len(shapes)}")
+        raise ValueError(f"{name} has {len(xs)} levels, {maps} has {len(shapes)}")
     for k, (x, shape) in enumerate(zip(xs, shapes)):
         if x.dtype != torch.float32:
             raise TypeError(f"{name}[{k}] must be float32, got {x.dtype}")
         if tuple(x.shape) != shape:
             raise ValueError(f"{name}[{k}] must have shape {shape}, got {tuple(x.shape)}")
         if x.device != device:
-            raise ValueError(f"{name}[{k}] is on {x.device}, S[0] is on {device}")
+            raise ValueError(f"{name}[{k}] is on {x.device}, {maps}[0] is on {device}")
     return [x.contiguous() for x in xs]
 
 
@@ -190,6 +215,11 @@ def _target_programs(device: torch.device) -> int:
         return INTERPRETER_PROGRAMS
     index = device.index if device.index is not None else torch.cuda.current_device()
     return PROGRAMS_PER_SM * _sm_count(index)
+
+
+def image_channel_blocks(S: list[Tensor]) -> list[int]:
+    """Combine programs per level when each takes COMBINE_BLOCK_C channels of one image."""
+    return [s.shape[0] * triton.cdiv(s.shape[1], COMBINE_BLOCK_C) for s in S]
 
 
 class Launch:

@@ -142,6 +142,12 @@ def per_channel(v):
 
 
 @triton.jit
+def sign(x):
+    """sign(x) of a float32 tile, with sign(0) = sign(-0) = 0."""
+    return (x > 0).to(tl.float32) - (x < 0).to(tl.float32)
+
+
+@triton.jit
 def channel_row(row, c, c_mask):
     """Values row[c] of a per-channel row, broadcast over pixels: [1, BLOCK_C, 1]."""
     return per_channel(tl.load(row + c, mask=c_mask, other=0.0))
