@@ -1,6 +1,8 @@
 """Triton kernels of the fused passes; each pass is one module named after what it computes.
 
 fgd_stats.py, fgd_grad.py   the two FGD passes (contract: fgdkern.reference.fgd_passes)
+imitation_stats.py,         the two imitation passes of FKD and PFI
+imitation_grad.py           (contract: fgdkern.reference.imitation_passes)
 tiles.py                    addressing, loading, storing and reducing tiles of feature maps
 merges.py                   exact merges of partial reductions (online softmax, Chan's moments)
 levels.py                   every pyramid level in one launch: the level table, runs, checks
@@ -9,5 +11,7 @@ Importing this package needs triton; callers import it lazily.
 """
 from fgdkern.triton.fgd_grad import fgd_grad
 from fgdkern.triton.fgd_stats import fgd_stats
+from fgdkern.triton.imitation_grad import imitation_grad
+from fgdkern.triton.imitation_stats import imitation_stats
 
-__all__ = ["fgd_grad", "fgd_stats"]
+__all__ = ["fgd_grad", "fgd_stats", "imitation_grad", "imitation_stats"]

@@ -1,0 +1,112 @@
+"""Triton kernel of the imitation gradient pass (contract:
+fgdkern.reference.imitation_passes.imitation_grad), shared by FKD and PFI.
+
+Reads X, Y (any strides, float32/16 or bfloat16; Y may be X itself) and the
+float32 coefficient tables pix_coef (N, 3, HW) and chan_coef (N, 3, C) of
+every level, rows named in fgdkern.rows (IMIT_PIX_COEF: a, b, s;
+IMIT_CHAN_COEF: w, b, s); writes dX (shape, dtype and strides of X, as
+torch.empty_like gives them), per image, channel c and pixel ij:
+    dX = a[ij] w[c] (X - Y) + b[ij] + b[c] + sign(X) (s[ij] + s[c]),  sign(0) = 0
+computed in float32 and rounded once to X's dtype.
+
+One launch over every level (levels.py: the level table holds X in the S
+columns, Y in the T columns and dX in columns of its own, from level 0's dX;
+tile shapes as tiles.TILE_SHAPES). The pass is elementwise: a program takes
+a run of pixel blocks and, per block, reads the pixel coefficients once and
+then goes over the channel chunks of the block, reading X and Y and writing
+dX once. No sums, so no workspace and no combine kernel: the float32 base of
+the level table's offsets is level 0's pix_coef.
+"""
+# No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
+# tl.constexpr annotations of kernel arguments as objects, not strings.
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX_COEF
+from fgdkern.triton.levels import (
+    COL_S, COL_T, VIEW_COLS, Launch, check_features, extra_columns, float32_levels,
+    host_copy_if_interpreted, level_shape, offset, per_dtype, program_run, row_indices, view)
+from fgdkern.triton.tiles import (
+    block_grids, channel_row, image_tile, load_tile, per_pixel, sign, store_tile, tile_mask)
+
+# Rows of pix_coef and chan_coef (fgdkern.rows).
+PA, PB, PS, PIX_COEF_ROWS = row_indices(IMIT_PIX_COEF, "a", "b", "s")
+CW, CB, CS, CHAN_COEF_ROWS = row_indices(IMIT_CHAN_COEF, "w", "b", "s")
+
+# Columns of the level table after the common ones: element offsets of pix_coef and
+# chan_coef from level 0's pix_coef, then the view of dX from level 0's dX.
+COL_PC, COL_CC, COL_DX = extra_columns(3)
+NCOL = tl.constexpr(COL_DX.value + VIEW_COLS)
+
+
+@triton.jit
+def pixel_coef(pc, row, p, p_mask, HW):
+    """Row `row` of an image's pix_coef at the block's pixels, broadcast over channels."""
+    return per_pixel(tl.load(pc + row * HW + p, mask=p_mask, other=0.0))
+
+
+@triton.jit
+def imitation_grad_bwd_kernel(
+    table,            # int64 [L, NCOL]: the level table
+    X, Y, dX,         # level 0's X, Y, dX: bases of every level's
+    f32,              # level 0's pix_coef: base of every pix_coef and chan_coef
+    L,                # number of levels
+    BLOCKS_PER_PROG,  # pixel blocks per program (per run)
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
+):
+    """Reads X, Y and the coefficients of a run of blocks; writes their dX."""
+    lv, _, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
+    C, HW, W = level_shape(lv)
+    pc = f32 + tl.load(lv + COL_PC) + n * PIX_COEF_ROWS * HW
+    cc = f32 + tl.load(lv + COL_CC) + n * CHAN_COEF_ROWS * C
+    for blk in range(blk_lo, blk_hi):
+        p, p_mask, tile_c, tile_p, tile_in = block_grids(blk, HW, BLOCK_C, BLOCK_HW, SECTOR)
+        x_img, x_tile, x_sc = image_tile(X, lv + COL_S, n, tile_c, tile_p, W, LAYOUT)
+        y_img, y_tile, y_sc = image_tile(Y, lv + COL_T, n, tile_c, tile_p, W, LAYOUT)
+        dx_img, dx_tile, dx_sc = image_tile(dX, lv + COL_DX, n, tile_c, tile_p, W, LAYOUT)
+        a_p = pixel_coef(pc, PA, p, p_mask, HW)                     # [ROWS, 1, SECTOR]
+        b_p = pixel_coef(pc, PB, p, p_mask, HW)
+        s_p = pixel_coef(pc, PS, p, p_mask, HW)
+        for c0 in range(0, C, BLOCK_C):  # dX of the block, one channel chunk at a time
+            c = c0 + tl.arange(0, BLOCK_C)
+            c_mask = c < C
+            mask = tile_mask(tile_c, tile_in, c0, C)
+            x = load_tile(x_img, x_tile, x_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            y = load_tile(y_img, y_tile, y_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            w_c = channel_row(cc + CW * C, c, c_mask)                 # [1, BLOCK_C, 1]
+            b_c = channel_row(cc + CB * C, c, c_mask)
+            s_c = channel_row(cc + CS * C, c, c_mask)
+            grad = a_p * w_c * (x - y) + b_p + b_c + sign(x) * (s_p + s_c)
+            store_tile(dx_img, dx_tile, dx_sc, c0, mask, grad, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+def _launch(X, Y, pix_coef, chan_coef, programs):
+    """dX of levels of one dtype."""
+    dX = [torch.empty_like(x) for x in X]
+    run = Launch(X, Y, X + Y + dX, programs)
+    base = pix_coef[0]
+    extra = [[offset(pc, base), offset(cc, base), *view(dx, dX[0])]
+             for pc, cc, dx in zip(pix_coef, chan_coef, dX)]
+    table = run.table(NCOL.value, [0] * len(X), [0] * len(X), extra)
+    run.main(imitation_grad_bwd_kernel, table, [X[0], Y[0], dX[0]], base)
+    return (dX,)
+
+
+@host_copy_if_interpreted
+def imitation_grad(X: list[Tensor], Y: list[Tensor], pix_coef: list[Tensor],
+                   chan_coef: list[Tensor], *, programs: Optional[int] = None) -> list[Tensor]:
+    """[dX_0..dX_{L-1}] of imitation_passes.imitation_grad (programs: as in imitation_stats)."""
+    check_features(X, Y, names=("X", "Y"))
+    device = X[0].device
+    pix_coef = float32_levels(
+        "pix_coef", pix_coef, [(x.shape[0], len(IMIT_PIX_COEF), x.shape[2] * x.shape[3])
+                               for x in X], device, maps="X")
+    chan_coef = float32_levels(
+        "chan_coef", chan_coef, [(x.shape[0], len(IMIT_CHAN_COEF), x.shape[1]) for x in X],
+        device, maps="X")
+    return per_dtype(_launch, X, [X, Y, pix_coef, chan_coef], programs)
