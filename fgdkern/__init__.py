@@ -1,12 +1,13 @@
 """fgdkern: exact fused kernels for detector knowledge-distillation losses.
 
-Public API (docs/README.md): FGDLoss, MultiLevelFGDLoss, PFILoss and
-RankMimickingLoss, rasterize_boxes, the target adapters of fgdkern.targets,
-load_fgd_checkpoint / export_fgd_checkpoint (checkpoints of the widely used
-FGD code) and check_loss_scale.
+Public API (docs/README.md): FGDLoss, MultiLevelFGDLoss, FKDLoss,
+MultiLevelFKDLoss, PFILoss and RankMimickingLoss, rasterize_boxes, the target
+adapters of fgdkern.targets, load_fgd_checkpoint / export_fgd_checkpoint
+(checkpoints of the widely used FGD code) and check_loss_scale.
 """
 from fgdkern._ext import HAS_EXT
 from fgdkern.losses.fgd import FGDLoss, MultiLevelFGDLoss, preset
+from fgdkern.losses.fkd import FKDLoss, MultiLevelFKDLoss
 from fgdkern.losses.scale import check_loss_scale
 from fgdkern.losses.fgd_checkpoint import export_fgd_checkpoint, load_fgd_checkpoint
 from fgdkern.losses.pfi import PFILoss
@@ -17,6 +18,7 @@ from fgdkern import targets
 
 __version__ = "0.1.0"
 __all__ = ["FGDLoss", "MultiLevelFGDLoss", "FGDTerms", "rasterize_boxes", "preset", "targets",
+           "FKDLoss", "MultiLevelFKDLoss",
            "check_loss_scale", "PFILoss", "RankMimickingLoss",
            "load_fgd_checkpoint", "export_fgd_checkpoint",
            "HAS_EXT", "__version__"]
