@@ -2,7 +2,7 @@
 
 RM reads a few thousand scores, not feature maps, so it has no fused pass:
 every backend runs the vectorised reference (fgdkern/reference/rm.py), which
-is O(P log P) tensor work with ordinary autograd. The "rm" row of
+is O(P log P) tensor work with a closed-form gradient. The "rm" row of
 fgdkern/ops/dispatch.py keeps the project's one ``backend=`` vocabulary.
 """
 from __future__ import annotations

@@ -44,6 +44,25 @@ def segment_log_softmax(x: Tensor, segment: Tensor) -> Tensor:
     return shifted - total.log()[segment]
 
 
+class _RankKL(torch.autograd.Function):
+    """sum_i t'_i log(t'_i / s'_i) / M over every instance, eq. (6), with its gradient in
+    closed form, (s' - t') / M (docs/rm.md, "Gradient"): exactly zero where the student's
+    scores equal the teacher's, which the chain rule through the log-softmax is not."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, segment: Tensor, M: Tensor) -> Tensor:
+        log_s = segment_log_softmax(s, segment)
+        log_t = segment_log_softmax(t, segment)
+        p_t = log_t.exp()
+        ctx.save_for_backward(log_s, p_t, M)
+        return (p_t * (log_t - log_s)).sum() / M
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        log_s, p_t, M = ctx.saved_tensors
+        return grad * (log_s.exp() - p_t) / M, None, None, None
+
+
 def rm_reference(scores_S: Tensor, scores_T: Tensor, instance_ids: Tensor) -> RMTerms:
     """Loss_RM = 1/M sum_j sum_i t'_ij log(t'_ij / s'_ij), eq. (6), of (P,) student and
     teacher logits of each anchor's instance class and (P,) instance ids. Accumulated in
@@ -53,8 +72,5 @@ def rm_reference(scores_S: Tensor, scores_T: Tensor, instance_ids: Tensor) -> RM
     with torch.autocast(scores_S.device.type, enabled=False):
         s, t = scores_S.to(dtype), scores_T.detach().to(dtype)
         segment, M = dense_ids(instance_ids)
-        log_s = segment_log_softmax(s, segment)
-        log_t = segment_log_softmax(t, segment)
-        kl = log_t.exp() * (log_t - log_s)                # t' log(t' / s') per anchor
-        loss = kl.sum() / M.clamp(min=1).to(dtype)
+        loss = _RankKL.apply(s, t, segment, M.clamp(min=1).to(dtype))
     return RMTerms(loss, M)
