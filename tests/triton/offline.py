@@ -1,0 +1,152 @@
+"""Compile every Triton kernel of fgdkern for a GPU without one, and report its resources.
+
+    python -m tests.triton.offline [--arch 90 80 ...] [--jobs N]
+
+For each kernel of the fgdkern.triton modules (every JITFunction whose name
+ends in ``_kernel``) and each variant a launch can ask for -- feature dtype x
+LAYOUT for the main kernels, one variant for the combine kernels -- it runs
+``triton.compile`` for ``GPUTarget("cuda", arch, 32)`` (ptxas of the triton
+wheel; no GPU, no driver) and reads the cubin's resource usage with the
+wheel's cuobjdump: registers per thread, stack and local memory. A kernel that
+spills (stack or local memory above zero) fails the check. The compiled code
+is what a real launch of the same constexprs compiles, so this shows register
+pressure and spills before any GPU runs it (docs/kernels.md, "Offline compile").
+
+Runs in subprocesses without TRITON_INTERPRET (the interpreter replaces the
+kernels by Python functions that cannot be compiled).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib
+import json
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+FEATURE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+ARCHS = (90, 80)
+# Scalar arguments of the kernels (launch-time ints); all other non-constexpr arguments
+# are pointers: the level table, the float32 workspace, or feature maps.
+SCALARS = {"L": "i32", "BLOCKS_PER_PROG": "i32"}
+POINTERS = {"table": "*i64", "f32": "*fp32"}
+SPILL = re.compile(r"STACK:(\d+).*?LOCAL:(\d+)")
+REGS = re.compile(r"REG:(\d+)")
+
+
+def kernels() -> list[tuple[str, str]]:
+    """(module, name) of every Triton kernel of the package."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    import fgdkern.triton as pkg
+    found = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"fgdkern.triton.{info.name}")
+        for name, obj in vars(module).items():
+            if (isinstance(obj, triton.runtime.jit.JITFunction) and name.endswith("_kernel")
+                    and obj.__module__ == module.__name__):
+                found.append((module.__name__, name))
+    return sorted(found)
+
+
+def variants(module: str, name: str) -> list[dict]:
+    """The (dtype, constexprs) variants of a kernel that launches compile."""
+    import torch
+    from fgdkern.triton.levels import COMBINE_BLOCK_C
+    from fgdkern.triton.tiles import tile_shape
+    fn = getattr(importlib.import_module(module), name)
+    args = fn.arg_names
+    out = []
+    if "LAYOUT" not in args:  # a combine kernel: float32 workspace only
+        return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK_C=COMBINE_BLOCK_C))]
+    for dtype, torch_name in FEATURE_DTYPES.items():
+        for layout in (0, 1, 2):
+            block_c, block_hw, sector = tile_shape(getattr(torch, torch_name), layout)
+            out.append(dict(dtype=dtype, constexprs=dict(
+                LEVELS=8, LAYOUT=layout, BLOCK_C=block_c, BLOCK_HW=block_hw, SECTOR=sector)))
+    return out
+
+
+def compile_one(module: str, name: str, variant: dict, arch: int) -> dict:
+    """Compiles one variant for sm_<arch>; returns its resource usage."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from fgdkern.triton.levels import NUM_WARPS
+    fn = getattr(importlib.import_module(module), name)
+    consts = {k: v for k, v in variant["constexprs"].items() if k in fn.arg_names}
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in consts:
+            signature[arg] = "constexpr"
+        else:
+            signature[arg] = SCALARS.get(arg) or POINTERS.get(arg) or f"*{variant['dtype']}"
+    src = ASTSource(fn=fn, signature=signature, constexprs=consts)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=NUM_WARPS))
+    usage = _resource_usage(kernel.asm["cubin"])
+    return dict(kernel=name, arch=arch, dtype=variant["dtype"],
+                layout=consts.get("LAYOUT"), **usage)
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers per thread, stack and local bytes of a cubin (cuobjdump -res-usage)."""
+    import triton
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "-res-usage", f.name], check=True,
+                              capture_output=True, text=True).stdout
+    stack, local = (int(x) for x in SPILL.search(text).groups())
+    return dict(registers=int(REGS.search(text).group(1)), stack=stack, local=local)
+
+
+def _job(args: tuple) -> dict:
+    return compile_one(*args)
+
+
+def run(archs=ARCHS, jobs: int = 2) -> list[dict]:
+    """Resource usage of every variant of every kernel for every arch."""
+    todo = [(m, n, v, a) for m, n in kernels() for v in variants(m, n) for a in archs]
+    env_ok = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+            return list(pool.map(_job, todo))
+    finally:
+        if env_ok is not None:
+            os.environ["TRITON_INTERPRET"] = env_ok
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'kernel':34} {'arch':>5} {'dtype':>5} {'layout':>6} {'regs':>5} {'stack':>6} "
+             f"{'local':>6}"]
+    for r in rows:
+        layout = "-" if r["layout"] is None else r["layout"]
+        lines.append(f"{r['kernel']:34} {'sm_' + str(r['arch']):>5} {r['dtype']:>5} "
+                     f"{layout:>6} {r['registers']:>5} {r['stack']:>6} {r['local']:>6}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, nargs="+", default=list(ARCHS))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--json", help="also write the rows to this file")
+    a = p.parse_args(argv)
+    rows = run(a.arch, a.jobs)
+    print(table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    spilled = [r for r in rows if r["stack"] or r["local"]]
+    return 1 if spilled else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Every Triton kernel compiles for sm_90 and sm_80 without register spills (no GPU needed).
+
+tests/triton/offline.py compiles each kernel variant with triton.compile for a
+GPUTarget and reads registers, stack and local memory from the cubin; this
+test runs it in a subprocess without TRITON_INTERPRET and prints the table
+(pytest -s shows it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import INTERPRETED
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = {"fgd_stats_fwd_kernel", "fgd_stats_combine_kernel", "fgd_grad_bwd_kernel",
+           "fgd_grad_combine_kernel", "imitation_stats_fwd_kernel"}
+
+
+def _tools_present() -> bool:
+    try:
+        import triton
+    except ImportError:
+        return False
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    return (bin_dir / "ptxas").exists() and (bin_dir / "cuobjdump").exists()
+
+
+@pytest.fixture(scope="module")
+def usage(tmp_path_factory) -> list[dict]:
+    if not _tools_present():
+        pytest.skip("the triton wheel's ptxas / cuobjdump are missing")
+    out = tmp_path_factory.mktemp("offline") / "usage.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "tests.triton.offline", "--arch", "90", "80",
+                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    print(proc.stdout)
+    if not out.exists():
+        pytest.fail(f"offline compile failed:\n{proc.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def test_every_kernel_variant_compiles_for_both_archs(usage):
+    names = {r["kernel"] for r in usage}
+    assert KERNELS <= names, KERNELS - names
+    for name in names:
+        rows = [r for r in usage if r["kernel"] == name]
+        assert {r["arch"] for r in rows} == {90, 80}, name
+        if "combine" not in name:
+            assert {(r["dtype"], r["layout"]) for r in rows if r["arch"] == 90} == {
+                (d, lay) for d in ("fp32", "fp16", "bf16") for lay in (0, 1, 2)}, name
+
+
+def test_no_register_spills(usage):
+    spilled = [r for r in usage if r["stack"] or r["local"]]
+    assert not spilled, f"kernels that spill to local memory: {spilled}"
+    assert all(0 < r["registers"] <= 255 for r in usage)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="checks the subprocess ignores the interpreter")
+def test_runs_outside_the_interpreter(usage):
+    assert usage, "no kernel was compiled"
