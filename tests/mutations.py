@@ -87,6 +87,17 @@ MUTATIONS = [
              "_FGDStats.apply(impl, [float(t) for t in temps], L,",
              "_FGDStats.apply(impl, [float(temps[0]) for t in temps], L,",
              [LOSS, "-k", "temperature and torch"]),
+    Mutation("pfi-fused-p-dif-not-squared", "fgdkern/ops/pfi.py",
+             "(p.to(f.dtype) * f).square().sum()", "(p.to(f.dtype) * f.square()).sum()",
+             ["tests/losses/test_pfi.py", "-k", "fused_matches_reference and torch"]),
+    Mutation("rm-softmax-over-all-anchors", "fgdkern/reference/rm.py",
+             "        segment, M = dense_ids(instance_ids)\n",
+             "        segment, M = dense_ids(instance_ids)\n"
+             "        segment = torch.zeros_like(segment)\n",
+             ["tests/reference/test_rm.py", "tests/losses/test_rm.py"]),
+    Mutation("rm-M-counts-empty-instances", "fgdkern/reference/rm.py",
+             "return segment, starts.sum()", "return segment, (sorted_ids[-1:] + 1).sum()",
+             ["tests/reference/test_rm.py", "tests/losses/test_rm.py"]),
 ]
 
 
