@@ -119,6 +119,20 @@ def test_compile_fullgraph(backend):
     harness.assert_compiles_fullgraph(module, (S, T, PS, PT), S)
 
 
+@pytest.mark.parametrize("backend", IMIT_FUSED)
+def test_autocast_gives_the_float32_values(backend):
+    """Inside a bfloat16 autocast region (no align conv, so autocast has nothing of the
+    model to run) the fused path computes in float32: the float32 reference's values."""
+    module, S, T, PS, PT = build(2, 6, 6, 3, [(6, 8), (3, 4)], device=backend_device(backend))
+    plain = runner(module, S, T, PS, PT)
+
+    def run(b, float64):
+        with torch.autocast(backend_device(backend), dtype=torch.bfloat16,
+                            enabled=b != "reference"):
+            return plain(b, float64)
+    harness.assert_matches_reference(run, backend)
+
+
 def test_no_grad_forward():
     module, S, T, PS, PT = build(1, 4, 4, 2, [(4, 4)])
     module.backend = "torch"
