@@ -26,7 +26,8 @@ def _levels(name: str, value) -> tuple[list, list | None]:
         return list(value.values()), list(value.keys())
     if isinstance(value, Sequence) and not isinstance(value, str):
         return list(value), None
-    raise TypeError(f"{name} must be a list or dict of per-level tensors, got {type(value).__name__}")
+    raise TypeError(f"{name} must be a list or dict of per-level tensors, "
+                    f"got {type(value).__name__}")
 
 
 def level_lists(*pyramids) -> list[list]:
@@ -119,7 +120,8 @@ class PFILoss(nn.Module):
         if student_channels is None or teacher_channels is None:
             student_channels = teacher_channels = student_channels or teacher_channels
         self.student_channels, self.teacher_channels = student_channels, teacher_channels
-        self.loss_weight, self.backend, self.check_finite = float(loss_weight), backend, check_finite
+        self.loss_weight = float(loss_weight)
+        self.backend, self.check_finite = backend, check_finite
         self.align = (nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
                       if student_channels != teacher_channels else None)
 

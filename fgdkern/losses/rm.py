@@ -76,7 +76,8 @@ class RankMimickingLoss(nn.Module):
         super().__init__()
         dispatch.check_backend("rm", backend)
         _checks.check_flag("check_finite", check_finite)
-        self.loss_weight, self.backend, self.check_finite = float(loss_weight), backend, check_finite
+        self.loss_weight = float(loss_weight)
+        self.backend, self.check_finite = backend, check_finite
 
     def terms(self, scores_S, scores_T, instance_ids) -> RMTerms:
         """The unweighted loss: RMTerms(rm_loss, num_instances)."""

@@ -16,7 +16,7 @@ from torch import Tensor
 class PFITerms(NamedTuple):
     """The unweighted PFI loss (docs/pfi.md, "What it computes"), float32 (float64 for float64)."""
     pfi_loss: Tensor       # scalar: mean over levels of level_losses, eq. (9)
-    level_losses: Tensor   # (L,): 1/(H_l W_l) sum_ij (P_dif F_dif)^2 of each level, mean over images
+    level_losses: Tensor   # (L,): 1/(H_l W_l) sum_ij (P_dif F_dif)^2 per level, image mean
 
 
 def accumulation_dtype(*tensors: Tensor) -> torch.dtype:

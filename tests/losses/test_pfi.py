@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fgdkern import PFILoss
+from fgdkern.ops import dispatch
 from tests import harness
 from tests.harness import backend_device
 
@@ -168,3 +169,17 @@ def test_gradient_reaches_only_the_student():
     S, T, PS, PT = ([x.requires_grad_() for x in xs] for xs in (S, T, PS, PT))
     grads = torch.autograd.grad(module(S, T, PS, PT), S + T + PS + PT, allow_unused=True)
     assert grads[0] is not None and all(g is None for g in grads[1:])
+
+
+def test_float64_runs_on_the_reference():
+    """float64 anywhere: "auto" runs the reference; a fused backend named rejects it
+    ("torch", the passes' PyTorch form, computes in float64 like the reference)."""
+    module, S, T, PS, PT = build(1, 4, 4, 2, [(3, 4)], dtype=torch.float64)
+    module = module.double()
+    assert module(S, T, PS, PT).dtype == torch.float64
+    module.backend = "torch"
+    assert module(S, T, PS, PT).dtype == torch.float64
+    if dispatch.available("imitation", "cpp"):
+        module.backend = "cpp"
+        with pytest.raises(TypeError, match="float64"):
+            module(S, T, PS, PT)

@@ -23,8 +23,10 @@ def replaced(args, which, level, value):
 
 BAD_LEVELS = [
     # (argument index, level, value, error, message)
-    (2, 2, torch.rand(2, 2, 2, 2), ValueError, r"probs_S\[2\] has 2 classes but probs_T\[2\] has 3"),
-    (3, 1, torch.rand(2, 3, 3, 5), ValueError, r"probs_T\[1\] is \(3, 5\) but feats_S\[1\] is \(3, 4\)"),
+    (2, 2, torch.rand(2, 2, 2, 2), ValueError,
+     r"probs_S\[2\] has 2 classes but probs_T\[2\] has 3"),
+    (3, 1, torch.rand(2, 3, 3, 5), ValueError,
+     r"probs_T\[1\] is \(3, 5\) but feats_S\[1\] is \(3, 4\)"),
     (1, 0, torch.randn(3, 4, 6, 8), ValueError, r"feats_T\[0\] has batch size 3"),
     (0, 2, torch.randn(2, 5, 2, 2), ValueError, r"feats_S\[2\] has 5 channels"),
     (2, 0, [[0.5]], TypeError, r"probs_S\[0\] must be a torch.Tensor"),
