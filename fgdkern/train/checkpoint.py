@@ -1,6 +1,7 @@
 """Checkpoints of one role: written atomically, restored exactly (docs/training.md, "Resuming").
 
-A checkpoint is ``<out>/<role>/checkpoint.pth``: the detector, the FGD module,
+A checkpoint is ``<out>/<role>/checkpoint.pth``: the detector, the distillation
+losses' modules (FGD's under "fgd", FKD's and PFI's under "distill"),
 optimizer, scheduler, AMP scaler, the RNG states (torch, CUDA, numpy, python),
 the data position (epoch and batches already consumed in it), the step, and the
 configs the role was built from. ``finished`` marks the end of the role's
@@ -108,28 +109,45 @@ def training_state(step_module, optimizer, scheduler, scaler, pos: Position, *, 
                    finished: bool, meta: dict) -> dict:
     """The dict saved at a checkpoint (tensors are the live ones; torch.save copies them)."""
     fgd = getattr(step_module, "fgd", None)
+    losses = getattr(step_module, "distill", None)
     return {"format": FORMAT, "role": role, "step": pos.step, "epoch": pos.epoch,
             "batch": pos.batch, "finished": finished,
             "model": step_module.model.state_dict(),
             "fgd": None if fgd is None else fgd.state_dict(),
+            "distill": None if not losses else losses.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_state(), **meta}
 
 
+def saved(state: dict, key: str):
+    """``state[key]``; "distill_config" of a checkpoint written before ``--distill`` existed
+    is what it trained with: FGD alone in a distilled role, nothing in another role."""
+    if key == "distill_config" and key not in state:
+        return {"losses": ["fgd"]} if state.get("fgd_config") is not None else None
+    return state.get(key)
+
+
 def check_compatible(state: dict, meta: dict, path) -> None:
     """A checkpoint is continued or reused only by the run it was written by: the same model
-    and FGD configs (ValueError otherwise)."""
-    for key in ("model_config", "fgd_config"):
-        if key in meta and state.get(key) != meta[key]:
-            raise ValueError(f"{path} was written with another {key} ({state.get(key)!r}, "
+    and distillation configs (ValueError otherwise)."""
+    for key in ("model_config", "distill_config", "fgd_config"):
+        if key in meta and saved(state, key) != meta[key]:
+            raise ValueError(f"{path} was written with another {key} ({saved(state, key)!r}, "
                              f"now {meta[key]!r}): give the same options, or a new --out")
+
+
+def load_modules(state: dict, step_module) -> None:
+    """The detector and the distillation losses' parameters of a checkpoint."""
+    step_module.model.load_state_dict(state["model"])
+    if state["fgd"] is not None:
+        step_module.fgd.load_state_dict(state["fgd"])
+    if state.get("distill") is not None:
+        step_module.distill.load_state_dict(state["distill"])
 
 
 def restore(state: dict, step_module, optimizer, scheduler, scaler) -> Position:
     """Load a training_state dict into the live objects; returns the data position."""
-    step_module.model.load_state_dict(state["model"])
-    if state["fgd"] is not None:
-        step_module.fgd.load_state_dict(state["fgd"])
+    load_modules(state, step_module)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])

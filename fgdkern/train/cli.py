@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fgdkern.train import presets
+from fgdkern.train import distill, presets
 
 EXIT_USAGE = 2  # as argparse
 EXIT_NON_FINITE = 3
@@ -70,8 +70,36 @@ def _add_model(p) -> None:
     _flag(g, "--weights-backbone", metavar="PATH", help="initial student backbone weights")
 
 
+def _distill_choice(text: str) -> str:
+    """--distill's value in canonical form (argparse turns the ValueError into exit code 2)."""
+    try:
+        return distill.name_of(distill.parse_choice(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_distill(p) -> None:
+    g = p.add_argument_group("distillation")
+    _flag(g, "--distill", type=_distill_choice, metavar="LOSSES",
+          help="the distilled role's losses: fgd, fkd, pfi, rm, a combination joined with + "
+               "(pfi+rm: the PFI/RM paper's), or none (no distilled role); default fgd")
+    g = p.add_argument_group("FKD (--distill fkd)")
+    _flag(g, "--fkd-variant", choices=("code", "paper"))
+    _flag(g, "--fkd-temp", type=float)
+    _flag(g, "--alpha-fkd", type=float)
+    _flag(g, "--beta-fkd", type=float)
+    _flag(g, "--gamma-fkd", type=float)
+    _flag(g, "--fkd-levels", type=int, metavar="N")
+    _flag(g, "--fkd-backend", choices=("auto", "reference", "fused", "triton", "cpp", "torch"))
+    g = p.add_argument_group("PFI and RM (--distill pfi, rm; RetinaNet)")
+    _flag(g, "--pfi-weight", type=float, help="PFI's loss weight (default 1.5)")
+    _flag(g, "--pfi-backend", choices=("auto", "reference", "fused", "triton", "cpp", "torch"))
+    _flag(g, "--rm-weight", type=float, help="RM's loss weight (default 4.0)")
+    _flag(g, "--rm-backend", choices=("auto", "reference"))
+
+
 def _add_fgd(p) -> None:
-    g = p.add_argument_group("distillation (FGD)")
+    g = p.add_argument_group("FGD (--distill fgd)")
     _flag(g, "--fgd-temp", type=float)
     _flag(g, "--alpha-fgd", type=float)
     _flag(g, "--beta-fgd", type=float)
@@ -103,9 +131,10 @@ def _add_optim(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fgdkern.train",
-        description="Train a teacher, a student and an FGD-distilled student; evaluate COCO "
+        description="Train a teacher, a student and a distilled student (FGD, FKD, PFI, "
+                    "RM); evaluate COCO "
                     "mAP; write report.json and report.png (docs/training.md).")
-    for add in (_add_run, _add_data, _add_model, _add_fgd, _add_optim):
+    for add in (_add_run, _add_data, _add_model, _add_distill, _add_fgd, _add_optim):
         add(p)
     return p
 
@@ -133,6 +162,27 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--teacher gives a trained teacher; --teacher-weights/-backbone would be unused")
     if a.resume and a.test_only:
         p.error("--resume and --test-only exclude each other")
+    _check_distill(p, a)
+
+
+def _check_distill(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    losses = distill.parse_choice(a.distill)
+    head = [x for x in losses if x in distill.HEAD_LOSSES]
+    if head and a.arch != "retinanet":
+        p.error(f"--distill {a.distill}: {'+'.join(head)} reads RetinaNet's classification "
+                f"head; --arch {a.arch} has none (use fgd or fkd)")
+    if not losses and a.role == "distilled":
+        p.error("--role distilled needs a distillation loss, not --distill none")
+    for name in ("pfi_weight", "rm_weight"):
+        if not getattr(a, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    for name in ("alpha_fkd", "beta_fkd", "gamma_fkd"):
+        if getattr(a, name) is not None and getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    if a.fkd_temp is not None and not a.fkd_temp > 0:
+        p.error(f"--fkd-temp must be positive, got {a.fkd_temp}")
+    if a.fkd_levels is not None and not 1 <= a.fkd_levels <= 5:
+        p.error(f"--fkd-levels must lie in 1..5 (the FPN has 5), got {a.fkd_levels}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -147,6 +197,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.steps is not None and given.epochs is not None and given.steps is None:
         args.steps = None  # an explicit --epochs beats the preset's step count
     _check(p, args)
+    unused = distill.unused_flags(distill.parse_choice(args.distill), vars(given))
+    if unused:
+        p.error(f"{', '.join(unused)}: unused with --distill {args.distill}")
     return args
 
 

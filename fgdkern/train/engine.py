@@ -1,8 +1,9 @@
 """The training loop of one role and its step (docs/training.md, "One student pass").
 
 TrainStep.forward runs the detector once: transform -> backbone -> head losses;
-for the distilled role the frozen teacher's backbone reads the same transformed
-batch under no_grad and MultiLevelFGDLoss compares the two pyramids. ``train``
+for the distilled role the frozen teacher's backbone (and, for PFI and RM, its
+classification head) reads the same transformed batch under no_grad and the
+chosen losses (fgdkern.train.distill) compare the two. ``train``
 drives SGD with linear warm-up and step decay, gradient clipping, AMP,
 checkpoints, the JSONL log and the progress bar, and stops with
 NonFiniteLossError when a loss is NaN or infinite.
@@ -20,9 +21,10 @@ from torch import nn
 import fgdkern
 from fgdkern import targets as fgd_targets
 from fgdkern.train import checkpoint as ckpt
-from fgdkern.train import distributed, logs, models
+from fgdkern.train import distill, distributed, logs, models
 
-# Steps at whose start the FGD loss is compared with the task loss (fgdkern.check_loss_scale).
+# Steps at whose start each distillation loss is compared with the task loss
+# (fgdkern.check_loss_scale).
 SCALE_CHECK_STEPS = 10
 # FGD term -> the weight attribute of each level's FGDLoss (docs/fgd.md, "Loss terms").
 FGD_WEIGHTS = (("fg", "alpha_fgd"), ("bg", "beta_fgd"), ("mask", "gamma_fgd"),
@@ -67,36 +69,61 @@ class WarmupMultiStep:
 
 
 class TrainStep(nn.Module):
-    """The trained modules of a role (detector, FGD loss) behind one forward, for one DDP.
+    """The trained modules of a role (detector, distillation losses) behind one forward, for
+    one DDP.
 
     forward(images, targets) -> dict of loss tensors: "task/<name>" for the
-    detector's losses and, when distilling, "fgd/fg", "fgd/bg", "fgd/mask",
-    "fgd/rela" (weighted, summed over levels).
+    detector's losses and, when distilling, each chosen loss's weighted terms
+    (docs/training.md, "--distill"): "fgd/fg", "fgd/bg", "fgd/mask", "fgd/rela";
+    "fkd/<term>"; "pfi/imitation"; "rm/rank".
     """
 
     def __init__(self, model: nn.Module, fgd: nn.Module | None = None,
-                 teacher: nn.Module | None = None):
+                 teacher: nn.Module | None = None, losses: nn.ModuleDict | None = None):
         super().__init__()
-        if (fgd is None) != (teacher is None):
-            raise ValueError("distilling needs both an FGD loss and a teacher")
         self.model = model
         self.fgd = fgd
+        self.distill = losses if losses is not None else nn.ModuleDict()
+        if (fgd is None and not len(self.distill)) != (teacher is None):
+            raise ValueError("distilling needs both a distillation loss and a teacher")
         # Frozen and shared: kept out of the module tree, so out of state_dict and DDP.
         self.__dict__["teacher"] = teacher
+
+    @property
+    def needs_head(self) -> bool:
+        return distill.needs_head(self.distill)
 
     def forward(self, images, targets) -> dict:
         images, targets = self.model.transform(images, targets)
         feats = self.model.backbone(images.tensors)
-        losses = models.task_losses(self.model, images, feats, targets)
+        head = {} if self.needs_head else None
+        losses = models.task_losses(self.model, images, feats, targets, keep=head)
         out = {f"task/{k}": v for k, v in losses.items()}
-        if self.fgd is not None:
-            out.update(self.fgd_losses(images.tensors, targets, feats))
+        if self.teacher is not None:
+            out.update(self.distill_losses(images.tensors, targets, feats, head))
         return out
 
-    def fgd_losses(self, batch: torch.Tensor, targets, feats_S) -> dict:
-        """Weighted FGD terms summed over levels, from one evaluation of the loss."""
+    def distill_losses(self, batch: torch.Tensor, targets, feats_S, head) -> dict:
+        """Every chosen loss's weighted terms; the teacher runs once, under no_grad."""
         with torch.no_grad():
             feats_T = self.teacher.backbone(batch)
+            logits_T = distill.teacher_logits(self.teacher, feats_T) if head is not None \
+                else None
+        out = {}
+        if self.fgd is not None:
+            out.update(self.fgd_losses(batch, targets, feats_S, feats_T))
+        if "fkd" in self.distill:
+            out.update(distill.fkd_terms(self.distill["fkd"], feats_S, feats_T))
+        if "pfi" in self.distill:
+            out.update(distill.pfi_terms(self.distill["pfi"], self.model, feats_S, feats_T,
+                                         head["outputs"]["cls_logits"], logits_T))
+        if "rm" in self.distill:
+            out.update(distill.rm_terms(self.distill["rm"], self.model, head, targets,
+                                        logits_T))
+        return out
+
+    def fgd_losses(self, batch: torch.Tensor, targets, feats_S, feats_T) -> dict:
+        """Weighted FGD terms summed over levels, from one evaluation of the loss."""
         boxes, shapes = fgd_targets.from_torchvision(targets, batch.shape[-2:])
         terms = self.fgd.terms(feats_S, feats_T, boxes, shapes)
         return {f"fgd/{name}": sum(getattr(m, w) * getattr(t, f"{name}_loss")
@@ -146,10 +173,11 @@ def log_values(losses: dict, ctx: distributed.Context) -> dict:
     values = distributed.mean_over_ranks(stacked, ctx).tolist()
     out = dict(zip(names, values))
     out["loss_task"] = values[-1]
-    fgd = [out[k] for k in names if k.startswith("fgd/")]
-    if fgd:
-        out["fgd"] = sum(fgd)
-    out["loss"] = out["loss_task"] + out.get("fgd", 0.0)
+    for loss in distill.LOSSES:   # "fgd": the sum of its "fgd/..." terms, and so on
+        terms = [out[k] for k in names if k.startswith(f"{loss}/")]
+        if terms:
+            out[loss] = sum(terms)
+    out["loss"] = out["loss_task"] + sum(out.get(loss, 0.0) for loss in distill.LOSSES)
     return out
 
 
@@ -197,8 +225,11 @@ class Trainer:
         total = sum(losses.values())
         values = log_values(losses, self.ctx)
         check_finite(values, self.role, self.pos.step + 1)
-        if "fgd" in values and self.pos.step < SCALE_CHECK_STEPS:
-            fgdkern.check_loss_scale(values["fgd"], values["loss_task"], name="FGD")
+        if self.pos.step < SCALE_CHECK_STEPS:
+            for loss in distill.LOSSES:
+                if loss in values:
+                    fgdkern.check_loss_scale(values[loss], values["loss_task"],
+                                             name=loss.upper())
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -246,7 +277,7 @@ class Trainer:
             step_time = time.perf_counter() - tick
             log.write({"step": self.pos.step, "epoch": self.pos.epoch, **values,
                        "step_time": step_time, "data_time": data_time})
-            bar.update(self.pos.step, {k: values[k] for k in ("loss", "loss_task", "fgd", "lr")
+            bar.update(self.pos.step, {k: values[k] for k in ("loss", "loss_task", *distill.LOSSES, "lr")
                                        if k in values})
             if self.s.ckpt_every > 0 and self.pos.step % self.s.ckpt_every == 0 \
                     and self.pos.step < self.s.steps:

@@ -170,19 +170,26 @@ def build_detector(cfg: DetectorConfig, weights=None, weights_backbone=None) -> 
 
 
 def task_losses(model: nn.Module, images, features: "OrderedDict[str, torch.Tensor]",
-                targets) -> dict:
+                targets, keep: dict | None = None) -> dict:
     """The detector's training losses from FPN ``features`` of the transformed ``images``.
 
-    RetinaNet: head, anchor_generator, compute_loss. Faster R-CNN: rpn, roi_heads.
+    RetinaNet: head, anchor_generator, the matches of its compute_loss
+    (fgdkern.retinanet.match_anchors), the head's losses; ``keep``, when given,
+    receives "outputs" (the head's), "anchors" and "matched_idxs" for the
+    distillation losses that read them. Faster R-CNN: rpn, roi_heads.
     """
     if hasattr(model, "rpn"):
         proposals, rpn_losses = model.rpn(images, features, targets)
         _, roi_losses = model.roi_heads(features, proposals, images.image_sizes, targets)
         return {**rpn_losses, **roi_losses}
+    from fgdkern import retinanet
     feats = list(features.values())
     head_outputs = model.head(feats)
     anchors = model.anchor_generator(images, feats)
-    return model.compute_loss(targets, head_outputs, anchors)
+    matched = retinanet.match_anchors(model, anchors, targets)
+    if keep is not None:
+        keep.update(outputs=head_outputs, anchors=anchors, matched_idxs=matched)
+    return model.head.compute_loss(targets, head_outputs, anchors, matched)
 
 
 def check_same_transform(student: nn.Module, teacher: nn.Module) -> None:

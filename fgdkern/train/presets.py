@@ -3,7 +3,9 @@
 The value of an option is, in order of precedence: the flag given on the
 command line, the preset's value, BASE. ``None`` for an FGD weight or the
 temperature means "the official value of the detector's FGD preset"
-(fgdkern.preset: retinanet for RetinaNet, two_stage for Faster R-CNN).
+(fgdkern.preset: retinanet for RetinaNet, two_stage for Faster R-CNN); likewise
+for FKD (fgdkern.losses.fkd.preset: one_stage, two_stage). PFI's and RM's
+weights are the PFI/RM paper's (1.5 and 4.0).
 """
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ BASE = dict(
     anchor_scale=1.0, norm="auto", trainable_backbone_layers=None,
     teacher=None, teacher_weights=None, teacher_weights_backbone=None, weights=None,
     weights_backbone=None,
+    distill="fgd",
     fgd_temp=None, alpha_fgd=None, beta_fgd=None, gamma_fgd=None, lambda_fgd=None,
     fgd_levels=None, fgd_backend="auto", attention_level=0,
+    fkd_variant="code", fkd_temp=None, alpha_fkd=None, beta_fkd=None, gamma_fkd=None,
+    fkd_levels=None, fkd_backend="auto", pfi_weight=1.5, pfi_backend="auto", rm_weight=4.0,
+    rm_backend="auto",
     batch_size=2, epochs=26, steps=None, teacher_schedule=1.0, lr=0.02, lr_steps=[16.0, 22.0],
     lr_gamma=0.1,
     warmup_steps=1000, warmup_factor=0.001, momentum=0.9, weight_decay=1e-4, clip_grad=35.0,

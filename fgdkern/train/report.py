@@ -1,9 +1,10 @@
 """The report of a run: ``<out>/report.json`` and ``<out>/report.png`` (rank 0 only).
 
 report.json: per role the COCO metrics (mAP = AP@[.5:.95], AP50, AP75, AP_S/M/L
-in 0..1), steps, step and wall times, the model; plus the settings, versions
-and device. report.png: the loss curves of the roles (task loss; FGD terms of
-the distilled student), the metric table, and for a few validation images the
+in 0..1), steps, step and wall times, the model; the distillation loss(es)
+(``--distill``); plus the settings, versions and device. report.png: the loss
+curves of the roles (task loss; the distillation terms of the distilled
+student), the metric table, and for a few validation images the
 fg/bg masks and the spatial attention of the teacher, the student and the
 distilled student on one FPN level (the FGD paper's Figure 1 on this data).
 """
@@ -25,7 +26,7 @@ from fgdkern.train import logs, require
 
 METRICS = ("mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
 COMPARABLE = ("student and distilled use the same seed, initial weights, data order and "
-              "number of steps: their mAPs differ only by the FGD loss")
+              "number of steps: their mAPs differ only by the distillation ({})")
 COLORS = {"teacher": "tab:blue", "student": "tab:orange", "distilled": "tab:green"}
 
 
@@ -58,10 +59,15 @@ def report_dict(run, results: dict, wall: float) -> dict:
     """The content of report.json."""
     out = {role: dict(r) for role, r in results.items()}
     s, d = out.get("student"), out.get("distilled")
+    if d:
+        d["distillation"] = run.args.distill
     if s and d and s.get("step_time_s") and d.get("step_time_s"):
-        out["fgd_step_time_ratio"] = d["step_time_s"] / s["step_time_s"]
+        out["distill_step_time_ratio"] = d["step_time_s"] / s["step_time_s"]
+        if run.args.distill == "fgd":   # the key of reports made before --distill
+            out["fgd_step_time_ratio"] = out["distill_step_time_ratio"]
     if s and d:
-        out["comparable"] = COMPARABLE
+        out["comparable"] = COMPARABLE.format(run.args.distill)
+    out["distillation"] = run.args.distill
     schedules = {role: asdict(sc) for role, sc in run.schedules.items()}
     out.update(settings=vars(run.args), schedules=schedules, data=run.data_meta,
                versions=versions(), device=device_name(run.ctx.device),
@@ -120,8 +126,21 @@ def _plot_curves(ax, records: list[dict], keys, labels, colors, title: str, log:
         ax.legend(fontsize=8)
 
 
+# Labels of FGD's terms in the figure; other terms are shown by their log key.
+TERM_LABELS = {"fgd/fg": "fgd/fg (alpha)", "fgd/bg": "fgd/bg (beta)",
+               "fgd/mask": "fgd/mask (gamma)", "fgd/rela": "fgd/rela (lambda)"}
+TERM_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:cyan", "tab:olive", "tab:pink",
+               "tab:gray", "tab:blue", "tab:orange")
+
+
+def distill_keys(records: list[dict]) -> list[str]:
+    """The distillation terms of a log ("fgd/fg", "pfi/imitation", ...), in logged order."""
+    return [k for k in (records[0] if records else {}) if "/" in k and not k.startswith("task/")]
+
+
 def _plot_losses(axes, run, roles) -> None:
-    """Task loss of every role; FGD terms (weighted, summed over levels) of the distilled role."""
+    """Task loss of every role; the distillation terms (weighted, summed over levels) of the
+    distilled role."""
     ax_task, ax_fgd = axes
     for role in roles:
         records = logs.read_jsonl(run.out / role / "log.jsonl")
@@ -129,11 +148,12 @@ def _plot_losses(axes, run, roles) -> None:
                      "detection (task) loss", log=False)
     ax_task.set_ylabel("loss (running mean; raw faint)")
     records = logs.read_jsonl(run.out / "distilled" / "log.jsonl") if "distilled" in roles else []
-    keys = ["loss_task", "fgd/fg", "fgd/bg", "fgd/mask", "fgd/rela"]
-    labels = ["task", "fg (alpha)", "bg (beta)", "mask (gamma)", "rela (lambda)"]
-    colors = ["black", "tab:red", "tab:purple", "tab:brown", "tab:cyan"]
-    _plot_curves(ax_fgd, records, keys, labels, colors, "distilled: task loss and FGD terms",
-                 log=True)
+    terms = distill_keys(records)
+    keys = ["loss_task", *terms]
+    labels = ["task", *[TERM_LABELS.get(k, k) for k in terms]]
+    colors = ["black", *[TERM_COLORS[i % len(TERM_COLORS)] for i in range(len(terms))]]
+    _plot_curves(ax_fgd, records, keys, labels, colors,
+                 f"distilled ({run.args.distill}): task loss and distillation terms", log=True)
     if not records:
         ax_fgd.text(0.5, 0.5, "no distilled role in this run", ha="center", va="center",
                     transform=ax_fgd.transAxes)
@@ -150,7 +170,9 @@ def _plot_table(ax, data: dict, roles) -> None:
             + [str(data[r].get("steps", "")),
                f"{data[r]['step_time_s']:.3f}" if data[r].get("step_time_s") else "n/a"]
             for r in roles]
-    table = ax.table(cellText=rows, rowLabels=list(roles), colLabels=cols, loc="center",
+    names = [f"{r} ({data[r]['distillation']})" if "distillation" in data[r] else r
+             for r in roles]
+    table = ax.table(cellText=rows, rowLabels=names, colLabels=cols, loc="center",
                      cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(9)
@@ -247,7 +269,8 @@ def plot(run, data: dict, trained: dict, path) -> None:
         _plot_row(fig, [fig.add_subplot(grid[1 + k, j]) for j in range(6)], row,
                   names[min(level, 4)])
     backbones = ", ".join(f"{r} {data[r]['model']['backbone']}" for r in roles)
-    fig.suptitle(f"fgdkern.train: {run.args.arch} ({backbones}); {data['device']}",
+    how = f"; distillation: {run.args.distill}" if "distilled" in roles else ""
+    fig.suptitle(f"fgdkern.train: {run.args.arch} ({backbones}){how}; {data['device']}",
                  fontsize=12)
     fig.tight_layout()
     tmp = pathlib.Path(path).with_name(f".{pathlib.Path(path).name}.tmp.png")

@@ -1,8 +1,8 @@
 """One invocation: data, then each role (build, train or reuse, evaluate), then the report.
 
 Roles: "teacher" (the large detector), "student" (the small one, no
-distillation) and "distilled" (the small one + MultiLevelFGDLoss against the
-frozen teacher). Student and distilled start from the same weights and see the
+distillation) and "distilled" (the small one + the ``--distill`` losses against
+the frozen teacher, fgdkern.train.distill). Student and distilled start from the same weights and see the
 same batches in the same order for the same number of steps, so their mAPs are
 comparable. Reads/writes ``<out>/<role>/{checkpoint.pth,log.jsonl}``,
 ``<out>/data`` (the built-in dataset) and, on rank 0, the report files.
@@ -18,7 +18,7 @@ import torch
 
 import fgdkern
 from fgdkern.train import checkpoint as ckpt
-from fgdkern.train import distributed, engine, logs, models
+from fgdkern.train import distill, distributed, engine, logs, models
 
 ROLES = ("teacher", "student", "distilled")
 
@@ -41,9 +41,11 @@ class Run:
     data_meta: dict
 
 
-def roles_needed(role: str) -> list[str]:
-    """--role all: the three; distilled needs its teacher; teacher/student alone."""
-    return {"all": list(ROLES), "distilled": ["teacher", "distilled"]}.get(role, [role])
+def roles_needed(role: str, distill_choice: str = "fgd") -> list[str]:
+    """--role all: the three (no distilled with --distill none); distilled needs its
+    teacher; teacher/student alone."""
+    roles = {"all": list(ROLES), "distilled": ["teacher", "distilled"]}.get(role, [role])
+    return [r for r in roles if not (r == "distilled" and distill_choice == distill.NONE)]
 
 
 def prepare_data(args, ctx: distributed.Context, out: pathlib.Path) -> tuple[pathlib.Path, dict]:
@@ -159,7 +161,8 @@ def _existing(role_dir: pathlib.Path):
 
 
 def _same_training(state: dict, meta: dict) -> bool:
-    return all(state.get(k) == meta[k] for k in ("model_config", "fgd_config", "schedule", "data"))
+    return all(ckpt.saved(state, k) == meta[k]
+               for k in ("model_config", "distill_config", "fgd_config", "schedule", "data"))
 
 
 def decide(run: Run, role: str, state, meta: dict) -> str:
@@ -192,9 +195,7 @@ def train_or_reuse(run: Run, role: str, step_module, meta: dict) -> str:
         except ValueError as exc:  # a checkpoint of another configuration
             raise UsageError(str(exc)) from None
     if how == "done":
-        step_module.model.load_state_dict(state["model"])
-        if step_module.fgd is not None and state["fgd"] is not None:
-            step_module.fgd.load_state_dict(state["fgd"])
+        ckpt.load_modules(state, step_module)
         logs.say(f"{role}: reusing {ckpt.path_of(role_dir)} (step {state['step']})",
                  run.ctx.main)
         return "cached" if role == "teacher" and not run.args.resume else "checkpoint"
@@ -216,16 +217,34 @@ def build_role(run: Run, role: str, teacher=None, teacher_cfg=None):
     backbone_weights = (args.teacher_weights_backbone if role == "teacher"
                         else args.weights_backbone)
     model = models.build_detector(cfg, weights, backbone_weights).to(run.ctx.device)
-    fgd = fcfg = None
+    fgd = fcfg = dcfg = losses = None
     if role == "distilled":
-        models.check_same_transform(model, teacher)
-        fcfg = fgd_config(args, cfg, teacher_cfg)
-        fgd = build_fgd(fcfg).to(run.ctx.device)
+        fgd, fcfg, losses, dcfg = build_distillation(args, model, cfg, teacher, teacher_cfg)
+        fgd = fgd.to(run.ctx.device) if fgd is not None else None
+        losses.to(run.ctx.device)
     schedule = {k: v for k, v in asdict(run.schedules[role]).items()
                 if k not in ("print_freq", "ckpt_every")}
-    meta = dict(model_config=cfg.to_dict(), fgd_config=fcfg, schedule=schedule,
-                data=run.data_meta)
-    return engine.TrainStep(model, fgd, teacher if fgd is not None else None), meta
+    meta = dict(model_config=cfg.to_dict(), distill_config=dcfg, fgd_config=fcfg,
+                schedule=schedule, data=run.data_meta)
+    return engine.TrainStep(model, fgd, teacher if role == "distilled" else None, losses), meta
+
+
+def build_distillation(args, model, cfg, teacher, teacher_cfg):
+    """The --distill losses of the distilled role: (FGD module or None, its config, the
+    other losses' ModuleDict, the distillation config saved in the checkpoint)."""
+    try:
+        models.check_same_transform(model, teacher)
+        dcfg = distill.config(args, cfg.fpn_channels, teacher_cfg.fpn_channels)
+        if distill.needs_head(dcfg["losses"]):
+            from fgdkern import retinanet
+            retinanet.check_same_anchors(model, teacher)
+        losses = distill.build(dcfg)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--distill {args.distill}: {exc}") from None
+    if "fgd" not in dcfg["losses"]:
+        return None, None, losses, dcfg
+    fcfg = fgd_config(args, cfg, teacher_cfg)
+    return build_fgd(fcfg), fcfg, losses, dcfg
 
 
 def role_result(run: Run, role: str, model, how: str, cfg: dict, seconds: float) -> dict:
@@ -258,7 +277,8 @@ def run_role(run: Run, role: str, teacher=None, teacher_cfg=None):
         step_module, meta = build_role(run, role, teacher, teacher_cfg)
         how = train_or_reuse(run, role, step_module, meta)
         model, cfg = step_module.model, models.DetectorConfig.from_dict(meta["model_config"])
-        cfg_dict = {**meta["model_config"], "fgd": meta["fgd_config"]}
+        cfg_dict = {**meta["model_config"], "fgd": meta["fgd_config"],
+                    "distill": meta["distill_config"]}
     result = role_result(run, role, model, how, cfg_dict, time.perf_counter() - tick)
     return model, cfg, result
 
@@ -270,7 +290,7 @@ def run(args) -> dict:
         wall = time.perf_counter()
         run_ = build_run(args, ctx)
         trained, configs, results = {}, {}, {}
-        for role in roles_needed(args.role):
+        for role in roles_needed(args.role, args.distill):
             teacher = trained.get("teacher")
             if teacher is not None:
                 engine.freeze(teacher)
