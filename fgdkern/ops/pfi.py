@@ -63,12 +63,10 @@ def pfi_loss(backend: str, feats_S: list[Tensor], feats_T: list[Tensor], probs_S
     """The unweighted PFI loss (docs/pfi.md) of per level (N, C, H_l, W_l) features (the
     student's aligned) and (N, K, H_l, W_l) probabilities, all on one device.
 
-    The implementation is ``dispatch.resolve("imitation", backend, ...)`` for the widest
-    dtype of the inputs: float64 anywhere runs the reference under "auto".
+    The implementation is ``dispatch.resolve("imitation", backend, ...)`` for the
+    accumulation dtype of the inputs: float64 anywhere runs the reference under "auto".
     """
     dtype = accumulation_dtype(*feats_S, *feats_T, *probs_S, *probs_T)
-    if dtype == torch.float32:
-        dtype = feats_S[0].dtype
     impl = dispatch.resolve("imitation", backend, feats_S[0].device, dtype)
     if impl == "reference":
         return pfi_reference(feats_S, feats_T, probs_S, probs_T)
