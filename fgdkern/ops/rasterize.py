@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fgdkern._device import host_to
 from fgdkern._ext import HAS_EXT
 from fgdkern.ops import dispatch
 from fgdkern.reference.masks import rasterize_packed
@@ -30,16 +31,6 @@ def _checking(t: Tensor, check_finite: bool) -> bool:
     """Whether to check the values of t (docs/fgd.md, "Validation"): in eager mode, when t
     is on the host (no sync) or when asked to (one host sync)."""
     return not torch.compiler.is_compiling() and (t.device.type == "cpu" or check_finite)
-
-
-def host_to(t: Tensor, device: torch.device) -> Tensor:
-    """t on device; a small host tensor goes to a GPU from pinned memory, so that the copy
-    does not block the host."""
-    if t.device == device:
-        return t
-    if t.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def _is_real(t: Tensor) -> bool:

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from fgdkern.rows import FGD_CHAN_COEF, FGD_PIX_COEF
 from fgdkern.triton.levels import (
+    RUNTIME_INTS,
     COL_C, COL_COMB0, COL_N, COL_NSPLIT, COL_PART, COL_S, COL_T, COMBINE_BLOCK_C, VIEW_COLS,
     Launch, check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
     level_shape, offset, per_dtype, program_run, row_indices, view)
@@ -53,7 +54,7 @@ COL_PC, COL_CC, COL_K, COL_DWS, COL_DWT, COL_DS = extra_columns(6)
 NCOL = tl.constexpr(COL_DS.value + VIEW_COLS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_INTS)
 def fgd_grad_bwd_kernel(
     table,            # int64 [L, NCOL]: the level table
     S, T, dS,         # level 0's S, T, dS: bases of every level's
@@ -112,7 +113,7 @@ def fgd_grad_bwd_kernel(
         tl.debug_barrier()  # the next block re-reads rows that other threads stored
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])
 def fgd_grad_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.constexpr):
     """Reads the partial dw rows of every run of a level; writes dw_s, dw_t of one channel block."""
     pid = tl.program_id(0)

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from fgdkern.rows import FGD_CHAN, FGD_PIX
 from fgdkern.triton.levels import (
+    RUNTIME_INTS, device_values,
     COL_COMB0, COL_NSPLIT, COL_PART, COL_PROG0, COL_S, COL_T, COMBINE_BLOCK_C, Launch,
     check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
     level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
@@ -50,7 +51,7 @@ M_ZS, L_ZS, M_ZT, L_ZT, M_A, L_A, N_RUN = (tl.constexpr(k) for k in range(7))
 N_SCALARS = tl.constexpr(8)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_INTS)
 def fgd_stats_fwd_kernel(
     table,            # int64 [L, NCOL]: the level table
     S, T,             # level 0's S and T: bases of every level's S and T
@@ -132,7 +133,7 @@ def fgd_stats_fwd_kernel(
     tl.store(scalars + N_RUN, n_run)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])
 def fgd_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.constexpr):
     """Reads the partial rows and scalars of the runs of an image; writes chan[n, :, c_block]."""
     pid = tl.program_id(0)
@@ -196,7 +197,7 @@ def _launch(S, T, fg, bg, w_s, w_t, temps, programs):
     pix = [s.new_empty((s.shape[0], len(FGD_PIX), s.shape[2] * s.shape[3]), dtype=torch.float32)
            for s in S]
     chan = [s.new_empty((s.shape[0], len(FGD_CHAN), s.shape[1]), dtype=torch.float32) for s in S]
-    temps = torch.tensor(temps, dtype=torch.float32, device=S[0].device)
+    temps = device_values(temps, torch.float32, S[0].device)
     ws, part0 = run.workspace(len(FGD_CHAN), head=run.programs * N_SCALARS.value)
     extra = [[offset(x, ws) for x in xs] for xs in zip(fg, bg, w_s, w_t, pix, chan, temps)]
     comb_counts = [s.shape[0] * triton.cdiv(s.shape[1], COMBINE_BLOCK_C) for s in S]

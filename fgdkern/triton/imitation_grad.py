@@ -28,6 +28,7 @@ from torch import Tensor
 
 from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX_COEF
 from fgdkern.triton.levels import (
+    RUNTIME_INTS,
     COL_S, COL_T, VIEW_COLS, Launch, check_features, extra_columns, float32_levels,
     host_copy_if_interpreted, level_shape, offset, per_dtype, program_run, row_indices, view)
 from fgdkern.triton.tiles import (
@@ -49,7 +50,7 @@ def pixel_coef(pc, row, p, p_mask, HW):
     return per_pixel(tl.load(pc + row * HW + p, mask=p_mask, other=0.0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_INTS)
 def imitation_grad_bwd_kernel(
     table,            # int64 [L, NCOL]: the level table
     X, Y, dX,         # level 0's X, Y, dX: bases of every level's

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from fgdkern.rows import IMIT_CHAN, IMIT_PIX
 from fgdkern.triton.levels import (
+    RUNTIME_INTS,
     COL_PART, COL_S, COL_T, Launch, check_features, extra_columns,
     float32_levels, host_copy_if_interpreted, image_channel_block, image_channel_blocks,
     level_shape, offset, per_dtype, program_run, row_indices)
@@ -52,7 +53,7 @@ COL_WEIGHT, COL_PIX, COL_CHAN = extra_columns(3)
 NCOL = tl.constexpr(COL_CHAN.value + 1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_INTS)
 def imitation_stats_fwd_kernel(
     table,            # int64 [L, NCOL]: the level table
     X, Y,             # level 0's X and Y: bases of every level's X and Y
@@ -95,7 +96,7 @@ def imitation_stats_fwd_kernel(
         tl.debug_barrier()  # the next block re-reads rows that other threads stored
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])
 def imitation_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.constexpr):
     """Reads the partial rows of the runs of an image; writes chan[n, :, c_block]."""
     lv, n, c, c_mask, first, nsplit = image_channel_block(table, L, NCOL, LEVELS, BLOCK_C)

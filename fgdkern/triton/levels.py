@@ -36,9 +36,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fgdkern._device import device_values, on_device  # noqa: F401  (kernels import them here)
 from fgdkern.triton.tiles import choose_layout, tile_shape
 
 COMBINE_BLOCK_C = 128  # channels per combine program
+MIN_LEVELS = 8  # the LEVELS constexpr of a launch of up to this many levels
+# Launch-time ints Triton must not specialise on (value 1, multiples of 16): a new level
+# count or image size would compile a new variant mid-run. For @triton.jit(do_not_specialize=).
+RUNTIME_INTS = ["L", "BLOCKS_PER_PROG"]
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 2
 INTERPRETER_PROGRAMS = 4  # without CUDA: few programs, so that runs of several blocks are exercised
@@ -239,7 +244,9 @@ class Launch:
         self.nsplit = [triton.cdiv(b, self.blocks_per_prog) for b in blocks]
         self.level_programs = [s.shape[0] * k for s, k in zip(S, self.nsplit)]
         self.programs = sum(self.level_programs)
-        self.levels = max(2, triton.next_power_of_2(len(S)))
+        # One compiled variant for any pyramid of up to MIN_LEVELS levels (docs/kernels.md,
+        # "Launches on a GPU").
+        self.levels = max(MIN_LEVELS, triton.next_power_of_2(len(S)))
 
     def workspace(self, part_rows: int, head: int = 0) -> tuple[Tensor, list[int]]:
         """The float32 workspace: head values, then part_rows partial rows of C values per
@@ -257,19 +264,21 @@ class Launch:
             rows.append([prog0[l], self.nsplit[l], comb0[l], N, C, H * W, W,
                          *view(s, self.S[0]), *view(t, self.T[0]), part0[l], *extra[l]])
         assert all(len(row) == ncol for row in rows)
-        return torch.tensor(rows, dtype=torch.int64, device=self.S[0].device)
+        return device_values(rows, torch.int64, self.S[0].device)
 
     def main(self, kernel, table: Tensor, bases: list[Tensor], ws: Tensor) -> None:
         """Launches a main kernel (table, *bases, ws, L, BLOCKS_PER_PROG, constexprs)."""
-        kernel[(self.programs,)](table, *bases, ws, len(self.S), self.blocks_per_prog,
-                                 LEVELS=self.levels, LAYOUT=self.layout, BLOCK_C=self.block_c,
-                                 BLOCK_HW=self.block_hw, SECTOR=self.sector,
-                                 num_warps=NUM_WARPS)
+        with on_device(self.S[0].device):
+            kernel[(self.programs,)](table, *bases, ws, len(self.S), self.blocks_per_prog,
+                                     LEVELS=self.levels, LAYOUT=self.layout,
+                                     BLOCK_C=self.block_c, BLOCK_HW=self.block_hw,
+                                     SECTOR=self.sector, num_warps=NUM_WARPS)
 
     def combine(self, kernel, table: Tensor, ws: Tensor, comb_counts: list[int]) -> None:
         """Launches a combine kernel (table, ws, L, constexprs), sum(comb_counts) programs."""
-        kernel[(sum(comb_counts),)](table, ws, len(self.S), LEVELS=self.levels,
-                                    BLOCK_C=COMBINE_BLOCK_C, num_warps=NUM_WARPS)
+        with on_device(self.S[0].device):
+            kernel[(sum(comb_counts),)](table, ws, len(self.S), LEVELS=self.levels,
+                                        BLOCK_C=COMBINE_BLOCK_C, num_warps=NUM_WARPS)
 
 
 def per_dtype(launch: Callable, S: list[Tensor], per_level: list[list], *args) -> list[Tensor]:

@@ -31,8 +31,9 @@ from pathlib import Path
 
 FEATURE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ARCHS = (90, 80)
-# Scalar arguments of the kernels (launch-time ints); all other non-constexpr arguments
-# are pointers: the level table, the float32 workspace, or feature maps.
+# Scalar arguments of the kernels (launch-time ints, which no kernel may specialise on:
+# fgdkern.triton.levels.RUNTIME_INTS); all other non-constexpr arguments are pointers:
+# the level table, the float32 workspace, or feature maps.
 SCALARS = {"L": "i32", "BLOCKS_PER_PROG": "i32"}
 POINTERS = {"table": "*i64", "f32": "*fp32"}
 SPILL = re.compile(r"STACK:(\d+).*?LOCAL:(\d+)")
@@ -91,8 +92,9 @@ def compile_one(module: str, name: str, variant: dict, arch: int) -> dict:
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=NUM_WARPS))
     usage = _resource_usage(kernel.asm["cubin"])
+    specialised = [p.name for p in fn.params if p.name in SCALARS and not p.do_not_specialize]
     return dict(kernel=name, arch=arch, dtype=variant["dtype"],
-                layout=consts.get("LAYOUT"), **usage)
+                layout=consts.get("LAYOUT"), specialised=specialised, **usage)
 
 
 def _resource_usage(cubin: bytes) -> dict:

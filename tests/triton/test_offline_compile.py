@@ -63,6 +63,12 @@ def test_no_register_spills(usage):
     assert all(0 < r["registers"] <= 255 for r in usage)
 
 
+def test_launch_ints_are_not_specialised(usage):
+    """A new level count or image size (L, BLOCKS_PER_PROG of 1 or a multiple of 16) must not
+    compile a new variant mid-run: no kernel specialises on them."""
+    assert not [(r["kernel"], r["specialised"]) for r in usage if r["specialised"]]
+
+
 @pytest.mark.skipif(not INTERPRETED, reason="checks the subprocess ignores the interpreter")
 def test_runs_outside_the_interpreter(usage):
     assert usage, "no kernel was compiled"
