@@ -111,6 +111,16 @@ def test_repeatable_bit_for_bit():
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, "contiguous"),
+                                          (torch.bfloat16, "channels_last")])
+def test_detector_pyramid(dtype, layout):
+    """A RetinaNet-sized pyramid: many runs per image, over every SM of the device."""
+    sizes = [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)]
+    X, Y, _ = make_maps(2, 256, sizes, dtype=dtype, layout=layout)
+    check_grad(X, Y)
+
+
 def test_opcheck():
     X, Y, _ = make_maps(2, 3, [(2, 3), (1, 1)])
     torch.library.opcheck(torch.ops.fgdkern.imitation_grad_triton.default,

@@ -110,6 +110,15 @@ def test_abs_x_of_maps_with_a_large_mean_is_kept_to_an_ulp(seed):
     assert_exact("abs_x", got, want, lambda: truth, X[0].shape[1])
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,layout", [(torch.float32, "contiguous"),
+                                          (torch.bfloat16, "channels_last")])
+def test_detector_pyramid(dtype, layout):
+    """A RetinaNet-sized pyramid: many runs per image, over every SM of the device."""
+    sizes = [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)]
+    check_stats(*make_maps(2, 256, sizes, dtype=dtype, layout=layout))
+
+
 def test_opcheck():
     import fgdkern.ops.imitation  # noqa: F401  (registers the ops)
 
