@@ -11,7 +11,7 @@ computed in float32 and rounded once to X's dtype.
 
 One launch over every level (levels.py: the level table holds X in the S
 columns, Y in the T columns and dX in columns of its own, from level 0's dX;
-tile shapes as tiles.TILE_SHAPES). The pass is elementwise: a program takes
+tile shapes as tiles.tile_shape gives them). The pass is elementwise: a program takes
 a run of pixel blocks and, per block, reads the pixel coefficients once and
 then goes over the channel chunks of the block, reading X and Y and writing
 dX once. No sums, so no workspace and no combine kernel: the float32 base of

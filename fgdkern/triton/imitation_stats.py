@@ -20,10 +20,9 @@ both
     kept to about one ulp: docs/kernels.md, "Precision"), and
   * adding the chunk's sums over the block's pixels into the run's partial
     chan rows in the float32 workspace (merges.accumulate).
-The combine kernel adds the runs of each image in order. Tile shapes are
-tiles.TILE_SHAPES (BLOCK_C x BLOCK_HW of 32 x 32 float32 or 16 x 64 half
-precision elements, 128 x 8 for channels_last); a combine program takes
-levels.COMBINE_BLOCK_C channels of one image.
+The combine kernel adds the runs of each image in order, a program taking
+levels.COMBINE_BLOCK_C channels of one image. Tile shapes (BLOCK_C x BLOCK_HW)
+are those tiles.tile_shape gives every pass for the dtype and LAYOUT.
 """
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
 # tl.constexpr annotations of kernel arguments as objects, not strings.
