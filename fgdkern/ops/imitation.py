@@ -91,12 +91,19 @@ def _acc(x: Tensor) -> Tensor:
 class _ImitationStats(torch.autograd.Function):
     """Differentiable imitation_stats over L levels. Inputs: X*L, Y*L, w*L.
 
-    has_y False: Y is X itself (no difference wanted), and gets no second pass.
+    has_y False: Y is X itself (no difference wanted), and gets no second pass; the
+    inputs are then X*L, w*L (torch.compile cannot trace one tensor passed twice).
     """
 
     @staticmethod
+    def _split(L: int, has_y: bool, tensors) -> tuple[list, list, list]:
+        X = list(tensors[:L])
+        Y = list(tensors[L:2 * L]) if has_y else X
+        return X, Y, list(tensors[(2 if has_y else 1) * L:])
+
+    @staticmethod
     def forward(ctx, impl: str, L: int, has_y: bool, *tensors):
-        X, Y, w = (list(tensors[i * L:(i + 1) * L]) for i in range(3))
+        X, Y, w = _ImitationStats._split(L, has_y, tensors)
         out = passes(impl)[0](X, Y, w)
         ctx.impl, ctx.L, ctx.has_y = impl, L, has_y
         ctx.save_for_backward(*tensors)
@@ -106,7 +113,7 @@ class _ImitationStats(torch.autograd.Function):
     def backward(ctx, *grads):
         L, run = ctx.L, passes(ctx.impl)[1]
         saved = ctx.saved_tensors
-        X, Y, w = (list(saved[i * L:(i + 1) * L]) for i in range(3))
+        X, Y, w = _ImitationStats._split(L, ctx.has_y, saved)
         with torch.autocast(X[0].device.type, enabled=False):
             coefs = [_coefficients(_acc(gp), _acc(gc), wl)
                      for gp, gc, wl in zip(grads[:L], grads[L:], w)]
@@ -114,9 +121,7 @@ class _ImitationStats(torch.autograd.Function):
             dX = run(X, Y, [c[0] for c in coefs], [c[1] for c in coefs]) if need_x else [None] * L
             need_y = ctx.has_y and ctx.needs_input_grad[3 + L]
             dY = run(Y, X, [c[2] for c in coefs], [c[3] for c in coefs]) if need_y else [None] * L
-        if not ctx.has_y:
-            dY = [None] * L
-        return (None, None, None, *dX, *dY, *([None] * L))
+        return (None, None, None, *dX, *(dY if ctx.has_y else []), *([None] * L))
 
 
 def imitation_stats(impl: str, X: list[Tensor], Y: list[Tensor] | None = None,
@@ -131,11 +136,10 @@ def imitation_stats(impl: str, X: list[Tensor], Y: list[Tensor] | None = None,
     """
     L = len(X)
     has_y = Y is not None
-    Y = list(Y) if has_y else list(X)
     if w is None:
         w = [x.new_ones((x.shape[0], x.shape[1]), dtype=_acc(x).dtype) for x in X]
     else:
         w = [_acc(wl.detach()).to(_acc(x).dtype).expand(x.shape[0], x.shape[1]).contiguous()
              for wl, x in zip(w, X)]
-    out = _ImitationStats.apply(impl, L, has_y, *X, *Y, *w)
+    out = _ImitationStats.apply(impl, L, has_y, *X, *(Y if has_y else []), *w)
     return list(out[:L]), list(out[L:])
