@@ -277,8 +277,8 @@ class Trainer:
             step_time = time.perf_counter() - tick
             log.write({"step": self.pos.step, "epoch": self.pos.epoch, **values,
                        "step_time": step_time, "data_time": data_time})
-            bar.update(self.pos.step, {k: values[k] for k in ("loss", "loss_task", *distill.LOSSES, "lr")
-                                       if k in values})
+            shown = ("loss", "loss_task", *distill.LOSSES, "lr")
+            bar.update(self.pos.step, {k: values[k] for k in shown if k in values})
             if self.s.ckpt_every > 0 and self.pos.step % self.s.ckpt_every == 0 \
                     and self.pos.step < self.s.steps:
                 self.save(finished=False)

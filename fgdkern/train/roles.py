@@ -2,10 +2,11 @@
 
 Roles: "teacher" (the large detector), "student" (the small one, no
 distillation) and "distilled" (the small one + the ``--distill`` losses against
-the frozen teacher, fgdkern.train.distill). Student and distilled start from the same weights and see the
-same batches in the same order for the same number of steps, so their mAPs are
-comparable. Reads/writes ``<out>/<role>/{checkpoint.pth,log.jsonl}``,
-``<out>/data`` (the built-in dataset) and, on rank 0, the report files.
+the frozen teacher, fgdkern.train.distill). Student and distilled start from
+the same weights and see the same batches in the same order for the same
+number of steps, so their mAPs are comparable. Reads/writes
+``<out>/<role>/{checkpoint.pth,log.jsonl}``, ``<out>/data`` (the built-in
+dataset) and, on rank 0, the report files.
 """
 from __future__ import annotations
 
