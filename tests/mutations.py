@@ -98,6 +98,21 @@ MUTATIONS = [
     Mutation("rm-M-counts-empty-instances", "fgdkern/reference/rm.py",
              "return segment, starts.sum()", "return segment, (sorted_ids[-1:] + 1).sum()",
              ["tests/reference/test_rm.py", "tests/losses/test_rm.py"]),
+    Mutation("fkd-code-mask-not-averaged", "fgdkern/ops/fkd.py",
+             "M = ((A_t + A_s) / 2).detach()", "M = (A_t + A_s).detach()",
+             ["tests/losses/test_fkd.py", "-k", "fused_matches_reference and torch and code"]),
+    Mutation("fkd-signed-mean-taken-absolute", "fgdkern/ops/fkd.py",
+             "chan_s[k][:, IMIT_CHAN.sum_x] / HW,", "chan_s[k][:, IMIT_CHAN.abs_x] / HW,",
+             ["tests/losses/test_fkd.py", "-k", "fused_matches_reference and torch and code"]),
+    # In the reference itself: only the hand-computed cases and the loop can see them.
+    Mutation("fkd-feat-sqrt-dropped", "fgdkern/reference/fkd.py",
+             "feat = safe_sqrt(((t - conv1x1(s, p.adapt_weight, p.adapt_bias)).square() * M)"
+             ".sum())",
+             "feat = ((t - conv1x1(s, p.adapt_weight, p.adapt_bias)).square() * M).sum()",
+             ["tests/reference/test_fkd.py", "-k", "by_hand"]),
+    Mutation("fkd-sqrt-gradient-at-zero-nan", "fgdkern/reference/fkd.py",
+             "return torch.where(positive, root, torch.zeros_like(x))", "return x.sqrt()",
+             ["tests/reference/test_fkd.py", "-k", "zero"]),
 ]
 
 
