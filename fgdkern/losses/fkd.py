@@ -235,7 +235,8 @@ class MultiLevelFKDLoss(nn.Module):
     @classmethod
     def for_detector(cls, detector: str, num_levels: int, student_channels: int,
                      teacher_channels: int, **kwargs):
-        """The paper's hyper-parameters for ``detector`` (docs/fkd.md, "Presets"); kwargs override."""
+        """The paper's hyper-parameters for ``detector`` (docs/fkd.md, "Presets");
+        kwargs override."""
         return cls(num_levels, student_channels, teacher_channels,
                    **{**preset(detector), **kwargs})
 

@@ -153,7 +153,8 @@ def loop_pool(x):
     for c in range(C):
         for a in range(H // kh):
             for b in range(W // kw):
-                out[c, a, b] = max(x[c, a * kh + u, b * kw + v] for u in range(kh) for v in range(kw))
+                out[c, a, b] = max(x[c, a * kh + u, b * kw + v]
+                                   for u in range(kh) for v in range(kw))
     return out
 
 
