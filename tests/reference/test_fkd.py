@@ -292,27 +292,53 @@ def test_non_local_is_the_identity_at_initialisation():
 
 
 # ------------------------------------------------------------------ gradcheck
-def _gradcheck(m, S, T, params):
+def _gradcheck(m, S, T, params, fast):
     names = list(params)
 
     def f(s, *ps):
         return torch.func.functional_call(m, dict(zip(names, ps)), (s, T))
-    assert torch.autograd.gradcheck(f, (S, *params.values()), eps=1e-6, atol=1e-5, rtol=1e-3)
+    assert torch.autograd.gradcheck(f, (S, *params.values()), eps=1e-6, atol=1e-5, rtol=1e-3,
+                                    fast_mode=fast)
+
+
+def _gradcheck_case(variant, N, Cs, Ct, H, W):
+    g = torch.Generator().manual_seed(Cs + Ct + H)
+    S = torch.randn(N, Cs, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    T = torch.randn(N, Ct, H, W, generator=g, dtype=torch.float64)
+    m = randomized(FKDLoss(Cs, Ct, variant=variant, temp=1e6, alpha=0.7, beta=1.3, gamma=0.9,
+                           backend="reference"), Cs).double()
+    return m, S, T
 
 
 @pytest.mark.parametrize("variant", ["code", "paper"])
 @pytest.mark.parametrize("Cs,Ct", [(3, 3), (2, 4)])
 def test_gradcheck(variant, Cs, Ct):
-    """Every parameter and S in float64. The masks are detached (docs/fkd.md): with a
-    temperature of 1e6 they are constant to 1e-6 over the inputs, so gradcheck's
-    numerical derivative (which sees them move) agrees; the parameters of the code
-    variant (its masks do not depend on them) are also checked at temp 0.5."""
-    g = torch.Generator().manual_seed(Cs + Ct)
-    S = torch.randn(2, Cs, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    T = torch.randn(2, Ct, 4, 3, generator=g, dtype=torch.float64)
-    m = randomized(FKDLoss(Cs, Ct, variant=variant, temp=1e6, alpha=0.7, beta=1.3, gamma=0.9,
-                           backend="reference"), Cs).double()
-    _gradcheck(m, S, T, dict(m.named_parameters()))
+    """S and every parameter in float64, along random directions (gradcheck's fast mode).
+    The masks are detached (docs/fkd.md): with a temperature of 1e6 they are constant to
+    1e-6 over the inputs, so the numerical derivative (which sees them move) agrees; the
+    parameters of the code variant (its masks do not depend on them) also at temp 0.5."""
+    m, S, T = _gradcheck_case(variant, 2, Cs, Ct, 4, 3)
+    _gradcheck(m, S, T, dict(m.named_parameters()), fast=True)
     if variant == "code":
         m.temp = 0.5
-        _gradcheck(m, S.detach(), T, dict(m.named_parameters()))
+        _gradcheck(m, S.detach(), T, dict(m.named_parameters()), fast=True)
+
+
+@pytest.mark.parametrize("variant", ["code", "paper"])
+def test_gradcheck_every_element(variant):
+    """Element by element: every entry of S, and of the align / adaptation layers."""
+    m, S, T = _gradcheck_case(variant, 1, 2, 3, 2, 3)
+    layers = ("align", "adaptation", "channel_adaptation", "non_local_adaptation")
+    _gradcheck(m, S, T, {n: p for n, p in m.named_parameters() if n.split(".")[0] in layers},
+               fast=False)
+
+
+def test_gradcheck_non_local_block():
+    """Every parameter of a non-local block, batch statistics, element by element."""
+    X = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    block = randomized(NonLocalBlock2d(3)).double()
+    params = dict(block.named_parameters())
+
+    def f(x, *ps):
+        return torch.func.functional_call(block, dict(zip(params, ps)), (x,))
+    assert torch.autograd.gradcheck(f, (X, *params.values()), eps=1e-6, atol=1e-5, rtol=1e-3)
