@@ -52,6 +52,7 @@ class Case:
     boxes_per_image: int
     heavy: bool = False  # seconds per call for the slow implementations on CPU
     seed: int = 0
+    loss: str = "fgd"    # fgd, or fkd / pfi / rm (bench/seed_cases.py)
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -72,6 +73,15 @@ CASES = {
     "small": Case("small", 2, 64, (256, 384), (8, 16, 32), 5),
     "retinanet": Case("retinanet", 2, 256, (800, 1216), (8, 16, 32, 64, 128), 7),
     "faster_rcnn": Case("faster_rcnn", 2, 256, (800, 1216), (4, 8, 16, 32, 64), 7, heavy=True),
+    # The other losses (bench/seed_cases.py). FKD's non-local blocks are PyTorch in every
+    # implementation and cost seconds per call at RetinaNet's P3 on a CPU: timed with them
+    # on the small pyramid, without them ("no NL") at RetinaNet shapes.
+    "fkd small": Case("fkd small", 2, 64, (256, 384), (8, 16, 32), 0, loss="fkd"),
+    "fkd retinanet no NL": Case("fkd retinanet no NL", 2, 256, (800, 1216),
+                                (8, 16, 32, 64, 128), 0, loss="fkd"),
+    "pfi retinanet": Case("pfi retinanet", 2, 256, (800, 1216), (8, 16, 32, 64, 128), 0,
+                          loss="pfi"),
+    "rm 16 images": Case("rm 16 images", 16, 1, (800, 1216), (8,), 7, loss="rm"),
 }
 # A case small enough to find out in a second whether an implementation runs at all.
 PROBE = Case("probe", 2, 8, (64, 96), (8, 16), 3)
@@ -198,6 +208,9 @@ def _param_names(loss: torch.nn.Module) -> list[str]:
 
 
 def make_runner(impl: str, case: Case, device: torch.device) -> Runner:
+    if case.loss != "fgd":
+        import seed_cases
+        return seed_cases.make_runner(impl, case, device)
     loss = build_loss(impl, case, device)
     feats_S, feats_T, gt_bboxes, img_shapes = make_inputs(case, device)
     S_grad = [S.detach().requires_grad_() for S in feats_S]
@@ -270,6 +283,10 @@ def default_device() -> torch.device:
 
 
 def feature_bytes(case: Case, mode: str, dtype=torch.float32) -> int:
-    """Minimum bytes moved: fwd reads S and T once; fwd+bwd reads them twice and writes dS."""
+    """Minimum bytes moved: fwd reads S and T once; fwd+bwd reads them twice and writes dS
+    (the other losses: seed_cases.feature_bytes)."""
+    if case.loss != "fgd":
+        import seed_cases
+        return seed_cases.feature_bytes(case, mode)
     passes = {"fwd": 2, "fwd+bwd": 5}[mode]
     return passes * case.elements * torch.tensor([], dtype=dtype).element_size()

@@ -1,7 +1,8 @@
-"""Time every available FGD implementation side by side in one run; write JSON and a plot.
+"""Time every available implementation of each loss side by side in one run; write JSON
+and a plot.
 
     python bench/report.py [--quick] [--out DIR] [--device cpu|cuda] [--impls a,b,...]
-                           [--threads N] [--allow-dirty]
+                           [--losses fgd,fkd,pfi,rm] [--threads N] [--allow-dirty]
 
 For each case of bench/cases.py and each implementation that runs here: its
 output checked against the reference (bench/checks.py; one that disagrees is
@@ -35,6 +36,7 @@ from timing import (copy_bandwidth_gbs, first_call, interleaved_ms, peak_memory_
                     summary)
 
 RESULTS = meta.REPO / "bench" / "results"
+LOSSES = ("fgd", "fkd", "pfi", "rm")
 
 
 @dataclass(frozen=True)
@@ -167,10 +169,11 @@ def measure_case(impls, case: cases.Case, device: torch.device, plan: Plan, log)
     return entries, ready.skipped
 
 
-def run_cases(impls, device: torch.device, plan: Plan, log) -> tuple[list[dict], list[dict]]:
-    """(entries, skipped) over every case."""
+def run_cases(impls, device: torch.device, plan: Plan, log,
+              losses=LOSSES) -> tuple[list[dict], list[dict]]:
+    """(entries, skipped) over every case of ``losses``."""
     entries, skipped = [], []
-    for case in cases.CASES.values():
+    for case in (c for c in cases.CASES.values() if c.loss in losses):
         new, left = measure_case(impls, case, device, plan, log)
         entries += new
         skipped += left
@@ -224,8 +227,8 @@ COLUMNS = [("case", "{}", "case"), ("mode", "{}", "mode"), ("name", "{}", "impl"
 
 
 def runs(implementation: dict) -> str:
-    """What ran, short: the FGD implementation, '+inductor' when compiled."""
-    name = implementation["fgd"].split()[0]
+    """What ran, short: the loss's implementation, '+inductor' when compiled."""
+    name = (implementation.get("fgd") or implementation["op"]).split()[0]
     return name + ("+inductor" if implementation["compiled"] else "")
 
 
@@ -285,13 +288,14 @@ def fresh_compile_caches():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def measure(device: torch.device, plan: Plan, impls) -> dict:
-    """Every case and sweep of ``impls``: {"results", "skipped", "sweeps", "copy_gbs"}."""
+def measure(device: torch.device, plan: Plan, impls, losses=LOSSES) -> dict:
+    """Every case of ``losses`` and (with fgd) every sweep of ``impls``:
+    {"results", "skipped", "sweeps", "copy_gbs"}."""
     copy_gbs = copy_bandwidth_gbs(device, plan.reps)
     print(f"copy bandwidth: {copy_gbs:.1f} GB/s")
-    entries, skipped = run_cases(impls, device, plan, print)
+    entries, skipped = run_cases(impls, device, plan, print, losses)
     add_ratios(entries, copy_gbs)
-    rows, sweep_skipped = run_sweeps(impls, device, plan, print)
+    rows, sweep_skipped = run_sweeps(impls, device, plan, print) if "fgd" in losses else ([], [])
     return dict(results=entries, skipped=skipped + sweep_skipped, sweeps=rows,
                 copy_gbs=copy_gbs)
 
@@ -311,7 +315,7 @@ def main(argv=None) -> int:
     plan = make_plan(args.quick, device)
     with fresh_compile_caches():
         impls = cases.available(device, requested_impls(args), report=print)
-        run = measure(device, plan, impls)
+        run = measure(device, plan, impls, requested_losses(args))
     now = datetime.datetime.now()
     end = meta.git_state()
     code = meta.code_state(start, end, args.allow_dirty)
@@ -321,6 +325,15 @@ def main(argv=None) -> int:
     refuse_dirty(end, out_dir, args.allow_dirty, "Not written: during the run")
     write(dict(metadata=info, **run), out_dir, f"{device.type}-{now.strftime('%Y-%m-%d-%H%M%S')}")
     return 0
+
+
+def requested_losses(args) -> tuple[str, ...]:
+    """--losses, else every loss."""
+    losses = tuple(args.losses.split(",")) if args.losses else LOSSES
+    unknown = set(losses) - set(LOSSES)
+    if unknown:
+        sys.exit(f"--losses: unknown {sorted(unknown)}; choose from {','.join(LOSSES)}")
+    return losses
 
 
 def requested_impls(args) -> tuple[str, ...]:
@@ -352,6 +365,8 @@ def parse_args(argv):
     p.add_argument("--out", default=str(RESULTS), help="output folder (default bench/results)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=cases.default_device().type)
     p.add_argument("--impls", help=f"comma-separated subset of {','.join(cases.IMPLEMENTATIONS)}")
+    p.add_argument("--losses", help=f"comma-separated subset of {','.join(LOSSES)} (the sweeps "
+                                    "run with fgd)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--allow-dirty", action="store_true",
                    help="write to bench/results/ even when the working tree differs from its "
