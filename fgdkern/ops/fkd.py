@@ -92,6 +92,16 @@ def _paper_fused(impl: str, S: list[Tensor], T: list[Tensor], params: list[Paper
              ref.safe_sqrt((M_s[k] * pix_d[k][:, IMIT_PIX.sq_d]).sum())) for k in range(L)]
 
 
+def _check_finite(S: list[Tensor], T: list[Tensor]) -> None:
+    """A ValueError naming the first map with a NaN or Inf; one host sync for all."""
+    sfx = [f"[{k}]" if len(S) > 1 else "" for k in range(len(S))]
+    names = [f"preds_S{x}" for x in sfx] + [f"preds_T{x}" for x in sfx]
+    finite = torch.stack([torch.isfinite(x).all().to(S[0].device) for x in S + T]).tolist()
+    for name, ok in zip(names, finite):
+        if not ok:
+            raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+
+
 def fkd_terms(backend: str, variant: str, S: list[Tensor], T: list[Tensor], params: list,
               nld: list[NonLocalDistillParams | None], temps: list[float],
               check_finite: bool = False) -> list:
@@ -106,10 +116,7 @@ def fkd_terms(backend: str, variant: str, S: list[Tensor], T: list[Tensor], para
     check_variant(variant)
     T = [t.detach() for t in T]
     if check_finite and not _checks.is_compiling():
-        names = [f"[{k}]" if len(S) > 1 else "" for k in range(len(S))]
-        for s, t, sfx in zip(S, T, names):
-            _checks.check_finite(f"preds_S{sfx}", s)
-            _checks.check_finite(f"preds_T{sfx}", t)
+        _check_finite(S, T)
     impl = dispatch.resolve("imitation", backend, S[0].device, S[0].dtype)
     if impl == "reference":
         fn = ref.fkd_code_reference if variant == "code" else ref.fkd_paper_reference
