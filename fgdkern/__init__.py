@@ -2,8 +2,10 @@
 
 Public API (docs/README.md): FGDLoss, MultiLevelFGDLoss, FKDLoss,
 MultiLevelFKDLoss, PFILoss and RankMimickingLoss, rasterize_boxes, the target
-adapters of fgdkern.targets, load_fgd_checkpoint / export_fgd_checkpoint
-(checkpoints of the widely used FGD code) and check_loss_scale.
+adapters of fgdkern.targets, PFI's and RM's inputs from a torchvision RetinaNet
+(fgdkern.retinanet, imported on use), load_fgd_checkpoint /
+export_fgd_checkpoint (checkpoints of the widely used FGD code) and
+check_loss_scale.
 """
 from fgdkern._ext import HAS_EXT
 from fgdkern.losses.fgd import FGDLoss, MultiLevelFGDLoss, preset
