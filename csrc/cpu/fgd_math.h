@@ -11,8 +11,10 @@
 namespace fgdkern::cpu {
 
 // fgd_stats, first sweep: per pixel |S|, |T|, w_s S, w_t T (-> gs, z);
-// per channel |S|, |T|, D (-> gc, sum_d).
-struct StatsRows : Loop<0, 2, 4, 3> {
+// per channel |S|, |T|, D (-> gc, sum_d). Only gs_s, gs_t are compensated
+// (they feed softmax(gs / temp)); z_s, z_t are plain sums, which keep
+// tests/losses/test_fgd_precision.py passing (sweeps.h, kCompensated).
+struct StatsRows : Loop<0, 2, 4, 3, false, row_set(0, 1)> {
   FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<0>&, const Vecs<2>& w,
                                 Vecs<4>& pix, Vecs<3>& chan) const {
     const Vec abs_s = vabs(s), abs_t = vabs(t);
@@ -34,8 +36,9 @@ struct StatsCols : Loop<4, 1, 0, 5> {
   }
 };
 
-// fgd_grad, first sweep: per pixel gp_s = g_ctx_s . S, gp_t = g_ctx_t . T.
-struct GradRows : Loop<0, 2, 2, 0> {
+// fgd_grad, first sweep: per pixel gp_s = g_ctx_s . S, gp_t = g_ctx_t . T, plain
+// sums (the precision tests pass without compensation).
+struct GradRows : Loop<0, 2, 2, 0, false, row_set()> {
   FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<0>&, const Vecs<2>& g_ctx,
                                 Vecs<2>& gp, Vecs<0>&) const {
     gp = {g_ctx[0] * s, g_ctx[1] * t};

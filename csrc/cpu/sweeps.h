@@ -11,11 +11,15 @@
 // run the same loop. Every order of summation is fixed by the tile alone.
 //
 // Channels-outer, the sums over channels per pixel gain one group of lines at a
-// time, C / kGroup additions in sequence: each is compensated (TwoSum), its
-// exact rounding error added up in an error row that is folded in after the
-// sweep, so they are as precise as a pairwise sum (docs/kernels.md,
-// "Precision"). Pixels-outer, they are register sums of C / kLanes terms and
-// a lane tree, and the sums over pixels are merged per block in double.
+// time, C / kGroup additions in sequence. Those a loop marks in kCompensated
+// (the ones that feed a softmax, e.g. mean_c |F| / temp) are compensated
+// (TwoSum), each exact rounding error added up in an error row that is folded
+// in after the sweep, so they are as precise as a pairwise sum
+// (docs/kernels.md, "Precision"); the others are plain sums, which spares
+// per row and group of lines TwoSum's five extra operations and the load,
+// addition and store of the error row.
+// Pixels-outer, they are register sums of C / kLanes terms and a lane tree,
+// and the sums over pixels are merged per block in double.
 #pragma once
 
 #include <algorithm>
@@ -28,11 +32,23 @@
 
 namespace fgdkern::cpu {
 
-template <int kPixIn_, int kChanIn_, int kPixOut_, int kChanOut_, bool kWrites_ = false>
+// Bit k of a row set: row k is in it (row_set(0, 2): rows 0 and 2).
+template <class... Rows>
+constexpr uint32_t row_set(Rows... rows) {
+  return ((uint32_t{1} << rows) | ... | 0u);
+}
+constexpr uint32_t kAllRows = ~0u;
+
+// kCompensated: the per-pixel sums (rows of pix_out, row_set) that are
+// compensated channels-outer; every one unless the loop says otherwise.
+template <int kPixIn_, int kChanIn_, int kPixOut_, int kChanOut_, bool kWrites_ = false,
+          uint32_t kCompensated_ = kAllRows>
 struct Loop {
   static constexpr int kPixIn = kPixIn_, kChanIn = kChanIn_;
   static constexpr int kPixOut = kPixOut_, kChanOut = kChanOut_;
   static constexpr bool kWrites = kWrites_;
+  static constexpr uint32_t kCompensated = kCompensated_;
+  static_assert(kPixOut <= 32, "row_set has 32 rows");
   std::array<const float*, kPixIn> pix_in{};
   std::array<const float*, kChanIn> chan_in{};
   std::array<float*, kPixOut> pix_out{};
@@ -53,6 +69,8 @@ struct Axes {
   static constexpr int kOuterIn = kPixInner ? L::kChanIn : L::kPixIn;
   static constexpr int kInnerOut = kPixInner ? L::kPixOut : L::kChanOut;
   static constexpr int kOuterOut = kPixInner ? L::kChanOut : L::kPixOut;
+  // Inner sum k is compensated (channels-outer sums per pixel that the loop marks).
+  static constexpr bool compensated(int k) { return kPixInner && (L::kCompensated >> k & 1u); }
   using OuterIn = std::array<Vecs<kOuterIn>, kGroup>;
   using OuterSums = std::array<Vecs<kOuterOut>, kGroup>;
   using Errors = std::array<float*, kInnerOut>;
@@ -117,9 +135,9 @@ FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64
       store<kUnit, kFull>(r.ds[g] + at<kUnit>(i, r.ds_step), r.ds_step, n, out);
     }
   }
-  for (int k = 0; k < A::kInnerOut; ++k) {
+  for (int k = 0; k < A::kInnerOut; ++k) {  // the group's sums into the tile's, k by k
     float* sum = A::inner_out(f)[k] + i;
-    if constexpr (kPixInner) {
+    if (A::compensated(k)) {
       Vec rounding;
       store<true, kFull>(sum, 1, n, two_sum(load<true, kFull>(sum, 1, n), inner_sum[k], rounding));
       store<true, kFull>(err[k] + i, 1, n, load<true, kFull>(err[k] + i, 1, n) + rounding);
@@ -179,13 +197,17 @@ FGDKERN_INLINE void sweep(const L& f, const Tile<scalar_t>& x, float* scratch) {
   constexpr bool kUnit = kOrder != Order::kPixelsOuterStrided;
   using A = Axes<kPixInner, L>;
   const int64_t n_outer = kPixInner ? x.C : x.np, n_inner = kPixInner ? x.np : x.C;
-  typename A::Errors err{};  // the error rows (channels-outer only)
-  for (int k = 0; k < A::kInnerOut && kPixInner; ++k) err[k] = scratch + k * n_inner;
-  if constexpr (kPixInner) std::fill_n(scratch, A::kInnerOut * n_inner, 0.0f);
+  typename A::Errors err{};  // the error rows of the compensated sums, zeroed
+  for (int k = 0; k < A::kInnerOut; ++k) {
+    if (!A::compensated(k)) continue;
+    err[k] = scratch + k * n_inner;
+    std::fill_n(err[k], n_inner, 0.0f);
+  }
   int64_t o = 0;
   for (; o + kGroup <= n_outer; o += kGroup) group<kPixInner, kUnit, kGroup>(f, x, o, err);
   for (; o < n_outer; ++o) group<kPixInner, kUnit, 1>(f, x, o, err);
-  for (int k = 0; k < A::kInnerOut && kPixInner; ++k) {  // a sum that met inf or NaN keeps it
+  for (int k = 0; k < A::kInnerOut; ++k) {  // errors folded in; a sum that met inf or NaN keeps it
+    if (!A::compensated(k)) continue;
     float* sum = A::inner_out(f)[k];
     for (int64_t i = 0; i < n_inner; ++i) sum[i] += std::isfinite(sum[i]) ? err[k][i] : 0.0f;
   }
