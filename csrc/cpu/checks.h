@@ -8,23 +8,26 @@
 #include <cmath>
 #include <cstddef>
 #include <initializer_list>
+#include <utility>
 
 namespace fgdkern::cpu {
 
 // S[l] and T[l]: (N, C, H, W) CPU tensors of one shape and one float dtype,
-// with at least one channel and one pixel.
-inline void check_features(const char* op, const at::Tensor& S, const at::Tensor& T, size_t l) {
-  TORCH_CHECK(S.device().is_cpu() && T.device().is_cpu(), op, ": S[", l, "] and T[", l,
-              "] must be CPU tensors, got ", S.device(), " and ", T.device());
-  TORCH_CHECK(S.dim() == 4, op, ": S[", l, "] must be (N, C, H, W), got shape ", S.sizes());
-  TORCH_CHECK(T.sizes() == S.sizes(), op, ": T[", l, "] must have the shape of S[", l, "] ",
-              S.sizes(), ", got ", T.sizes());
+// with at least one channel and one pixel. s, t: what the op calls them
+// (S and T for FGD, X and Y for the imitation passes).
+inline void check_features(const char* op, const at::Tensor& S, const at::Tensor& T, size_t l,
+                           const char* s = "S", const char* t = "T") {
+  TORCH_CHECK(S.device().is_cpu() && T.device().is_cpu(), op, ": ", s, "[", l, "] and ", t, "[",
+              l, "] must be CPU tensors, got ", S.device(), " and ", T.device());
+  TORCH_CHECK(S.dim() == 4, op, ": ", s, "[", l, "] must be (N, C, H, W), got shape ", S.sizes());
+  TORCH_CHECK(T.sizes() == S.sizes(), op, ": ", t, "[", l, "] must have the shape of ", s, "[", l,
+              "] ", S.sizes(), ", got ", T.sizes());
   const at::ScalarType dtype = S.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op, ": S[", l,
-              "] must be float32, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK(T.scalar_type() == dtype, op, ": T[", l, "] must have the dtype of S[", l, "] (",
-              dtype, "), got ", T.scalar_type());
-  TORCH_CHECK(S.size(1) > 0 && S.size(2) * S.size(3) > 0, op, ": S[", l,
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op, ": ", s,
+              "[", l, "] must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(T.scalar_type() == dtype, op, ": ", t, "[", l, "] must have the dtype of ", s, "[",
+              l, "] (", dtype, "), got ", T.scalar_type());
+  TORCH_CHECK(S.size(1) > 0 && S.size(2) * S.size(3) > 0, op, ": ", s, "[", l,
               "] needs at least one channel and one pixel, got shape ", S.sizes());
 }
 
@@ -41,6 +44,17 @@ inline void check_levels(const char* op, size_t L, std::initializer_list<at::Ten
   for (const at::TensorList& list : lists) {
     TORCH_CHECK(list.size() == L, op, ": every list must hold one tensor per level; S has ", L,
                 " levels, another list ", list.size());
+  }
+}
+
+// The same with the lists named: the first gives the number of levels, and a
+// list of another length is named, e.g. "X has 2 levels, w has 1".
+inline void check_levels(const char* op,
+                         std::initializer_list<std::pair<const char*, at::TensorList>> lists) {
+  const auto& [first, levels] = *lists.begin();
+  for (const auto& [name, list] : lists) {
+    TORCH_CHECK(list.size() == levels.size(), op, ": every list must hold one tensor per level; ",
+                first, " has ", levels.size(), " levels, ", name, " has ", list.size());
   }
 }
 

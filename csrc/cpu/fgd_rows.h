@@ -1,14 +1,14 @@
 // The rows of the small tables that the two fused FGD passes exchange
 // (docs/kernels.md, "FGD statistics" and "FGD gradient"), in order. Each list
 // names a row once, as its enumerator and as the name fgdkern/rows.py gives
-// it; tests/cpu/test_fgd_rows.py compares the names, through the op
-// fgdkern::fgd_rows_cpp, with fgdkern.rows.
+// it; tests/cpu/test_fgd_rows_cpp.py compares the names, through the op
+// fgdkern::fgd_rows_cpp, with fgdkern.rows (the mechanism: rows.h).
 #pragma once
 
-#include <array>
 #include <string>
-#include <utility>
 #include <vector>
+
+#include "rows.h"
 
 namespace fgdkern::cpu {
 
@@ -24,32 +24,22 @@ namespace fgdkern::cpu {
   X(kGCtxS, g_ctx_s) X(kGCtxT, g_ctx_t) X(kWS, w_s) X(kWT, w_t) X(kCtxCoefS, ctx_s) \
   X(kCtxCoefT, ctx_t)
 
-#define FGDKERN_ENUMERATOR(id, name) id,
-#define FGDKERN_NAME(id, name) #name,
-
-enum PixRow { FGDKERN_FGD_PIX(FGDKERN_ENUMERATOR) kPixRows };
-enum ChanRow { FGDKERN_FGD_CHAN(FGDKERN_ENUMERATOR) kChanRows };
-enum PixCoef { FGDKERN_FGD_PIX_COEF(FGDKERN_ENUMERATOR) kPixCoefs };
-enum ChanCoef { FGDKERN_FGD_CHAN_COEF(FGDKERN_ENUMERATOR) kChanCoefs };
+enum PixRow { FGDKERN_FGD_PIX(FGDKERN_ROW_ENUMERATOR) kPixRows };
+enum ChanRow { FGDKERN_FGD_CHAN(FGDKERN_ROW_ENUMERATOR) kChanRows };
+enum PixCoef { FGDKERN_FGD_PIX_COEF(FGDKERN_ROW_ENUMERATOR) kPixCoefs };
+enum ChanCoef { FGDKERN_FGD_CHAN_COEF(FGDKERN_ROW_ENUMERATOR) kChanCoefs };
 
 // "table.row" for every row of the four tables, tables in the order above,
 // rows in enumerator order; tables named as in fgdkern/rows.py.
 inline std::vector<std::string> fgd_row_names() {
-  const std::array<std::pair<const char*, std::vector<const char*>>, 4> tables = {{
-      {"FGD_PIX", {FGDKERN_FGD_PIX(FGDKERN_NAME)}},
-      {"FGD_CHAN", {FGDKERN_FGD_CHAN(FGDKERN_NAME)}},
-      {"FGD_PIX_COEF", {FGDKERN_FGD_PIX_COEF(FGDKERN_NAME)}},
-      {"FGD_CHAN_COEF", {FGDKERN_FGD_CHAN_COEF(FGDKERN_NAME)}},
-  }};
-  std::vector<std::string> out;
-  for (const auto& [table, rows] : tables) {
-    for (const char* row : rows) out.push_back(std::string(table) + "." + row);
-  }
-  return out;
+  return row_names({
+      FGDKERN_ROW_NAMES("FGD_PIX", FGDKERN_FGD_PIX),
+      FGDKERN_ROW_NAMES("FGD_CHAN", FGDKERN_FGD_CHAN),
+      FGDKERN_ROW_NAMES("FGD_PIX_COEF", FGDKERN_FGD_PIX_COEF),
+      FGDKERN_ROW_NAMES("FGD_CHAN_COEF", FGDKERN_FGD_CHAN_COEF),
+  });
 }
 
-#undef FGDKERN_ENUMERATOR
-#undef FGDKERN_NAME
 #undef FGDKERN_FGD_PIX
 #undef FGDKERN_FGD_CHAN
 #undef FGDKERN_FGD_PIX_COEF
