@@ -26,4 +26,11 @@ TORCH_LIBRARY(fgdkern, m) {
   // The rows of the tables these passes exchange, as the C++ kernels index
   // them: "FGD_PIX.gs_s", ..., tables and rows in the order of fgdkern/rows.py.
   m.def("fgd_rows_cpp() -> str[]");
+  // The two imitation passes (FKD, PFI) on CPU, all levels in one call; contract
+  // in fgdkern/reference/imitation_passes.py. Y may be X itself (no difference).
+  // Stats return [pix_0.., chan_0..]; grad returns [dX_0..].
+  m.def("imitation_stats_cpp(Tensor[] X, Tensor[] Y, Tensor[] w) -> Tensor[]");
+  m.def("imitation_grad_cpp(Tensor[] X, Tensor[] Y, Tensor[] pix_coef, Tensor[] chan_coef) -> Tensor[]");
+  // Their tables' rows as the C++ kernels index them: "IMIT_PIX.abs_x", ...
+  m.def("imitation_rows_cpp() -> str[]");
 }
