@@ -197,7 +197,11 @@ def assert_deterministic(run, backend: str):
 
 
 def assert_compiles_fullgraph(module, args, grad_inputs):
-    """``module(*args)`` compiled with fullgraph=True gives the eager loss and input gradients."""
+    """``module(*args)`` compiled with fullgraph=True gives the eager loss and input gradients.
+
+    Dynamo starts afresh: a parametrized test compiles the same module class for many
+    backends and shapes, which would otherwise hit its recompile limit."""
+    torch._dynamo.reset()
     want = module(*args)
     want_g = torch.autograd.grad(want, grad_inputs)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")

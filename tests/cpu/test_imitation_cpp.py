@@ -4,9 +4,8 @@ several levels of different sizes in one call (many pixel blocks per image, C no
 multiple of 16, 1x1 maps, odd sizes), every dtype and memory layout, Y given or X itself,
 non-uniform channel weights, exact zeros and subnormals. Also: the same bits for any
 thread count, abs_x as exact as the reference where FKD's softmax needs it, opcheck of
-both ops, clear errors for bad arguments, the row names the kernels index by, and the
-gradients of the autograd op (fgdkern.ops.imitation) on the C++ passes against those on
-the PyTorch contract, by the harness's exactness rule."""
+both ops, clear errors for bad arguments and the row names the kernels index by. The
+autograd op on these passes: test_imitation_op_cpp.py; inputs: tests/cpu/imitation_cpp.py."""
 import functools
 
 import pytest
@@ -14,12 +13,12 @@ import torch
 
 from fgdkern import rows
 from fgdkern.ops import dispatch
-from fgdkern.ops import imitation as op
 from fgdkern.reference import imitation_passes as contract
-from fgdkern.rows import IMIT_CHAN, IMIT_CHAN_COEF, IMIT_PIX, IMIT_PIX_COEF
+from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX, IMIT_PIX_COEF
+from tests.cpu.imitation_cpp import flushed, grad, make_coefs, make_maps, same_format, stats
 from tests.harness import (EPS32, LAYOUTS, LOW_PRECISION, PASS_TOLS, assert_close_list,
-                           assert_exact, noise_floor, with_layout)
-from tests.helpers import ZERO_KINDS, apply_kind, flush_denormals
+                           assert_exact, noise_floor)
+from tests.helpers import ZERO_KINDS
 
 pytestmark = pytest.mark.skipif(not dispatch.available("imitation", "cpp"),
                                 reason="C++ imitation kernels not built")
@@ -45,48 +44,6 @@ WIDE = [
     (2, 256, [(20, 28), (7, 10), (1, 1)]),  # RetinaNet's C: 256-pixel blocks, 3 per image
     (1, 300, [(3, 4), (11, 13)]),           # more channels than pixels
 ]
-
-
-def stats(*args):
-    return torch.ops.fgdkern.imitation_stats_cpp(*args)
-
-
-def grad(*args):
-    return torch.ops.fgdkern.imitation_grad_cpp(*args)
-
-
-def make_maps(N, C, sizes, dtype=torch.float32, layout="contiguous", seed=0, kind="randn",
-              offset=0.0):
-    """X, Y (N, C, H, W) per level in ``dtype`` and ``layout``, with the zeros or subnormals
-    of ``kind`` (tests.helpers.apply_kind), and non-uniform channel weights w (N, C)."""
-    g = torch.Generator().manual_seed(seed)
-    X, Y, w = [], [], []
-    for k, (H, W) in enumerate(sizes):
-        x = torch.randn(N, C, H, W, generator=g) + offset
-        y = 0.5 * x + torch.randn(N, C, H, W, generator=g) + 0.5 * offset
-        X.append(with_layout(apply_kind(x.to(dtype), kind, 0, seed + k), layout))
-        Y.append(with_layout(apply_kind(y.to(dtype), kind, 1, seed + k), layout))
-        w.append(torch.rand(N, C, generator=g) * 2)
-    return X, Y, w
-
-
-def make_coefs(X, seed=1):
-    """Random coefficient tables of imitation_grad, one row per name of IMIT_*_COEF."""
-    g = torch.Generator().manual_seed(seed)
-    pix = [torch.randn(x.shape[0], len(IMIT_PIX_COEF), x.shape[2] * x.shape[3], generator=g)
-           for x in X]
-    chan = [torch.randn(x.shape[0], len(IMIT_CHAN_COEF), x.shape[1], generator=g) for x in X]
-    return pix, chan
-
-
-def flushed(maps):
-    return [flush_denormals(x) for x in maps]
-
-
-def same_format(a, b):
-    """a and b are laid out alike (dims of size 1 aside)."""
-    return all(a.is_contiguous(memory_format=f) == b.is_contiguous(memory_format=f)
-               for f in (torch.contiguous_format, torch.channels_last))
 
 
 # ------------------------------------------------------------- against the contract
@@ -355,58 +312,3 @@ def test_rejects_tensors_off_the_cpu(which, message):
     args[which][1] = args[which][1].to("meta")
     with pytest.raises(RuntimeError, match="imitation_stats_cpp: " + message):
         torch.ops.fgdkern.imitation_stats_cpp.default.redispatch(CPU_ONLY, *args[:3])
-
-
-# ------------------------------------------------------ through the autograd op
-def loss_of(pix, chan, seed=11):
-    """A scalar of every row, through softmaxes like FKD's attention masks (temperature
-    0.5 on the means of |X|) and fixed random weights, in the tables' dtype."""
-    g = torch.Generator().manual_seed(seed)
-    total = 0
-    for p, c in zip(pix, chan):
-        C, HW = c.shape[2], p.shape[2]
-        r = torch.randn(4, max(C, HW), generator=g, dtype=torch.float64).to(p.dtype)
-        spatial = torch.softmax(p[:, IMIT_PIX.abs_x] / (0.5 * C), -1)
-        channel = torch.softmax(c[:, IMIT_CHAN.abs_x] / (0.5 * HW), -1)
-        total = (total + (spatial * p[:, IMIT_PIX.sq_d]).sum()
-                 + (p[:, IMIT_PIX.sum_x] * r[0, :HW]).sum() + (channel * r[1, :C]).sum()
-                 + (c[:, IMIT_CHAN.sum_x] * r[2, :C]).sum() / HW
-                 + (p[:, IMIT_PIX.abs_x] * r[3, :HW]).sum() / C)
-    return total
-
-
-def run_op(impl, X, Y, w):
-    """Loss and the gradients of every X[l] (and Y[l] when given) through the op."""
-    X = [x.detach().requires_grad_() for x in X]
-    Y = None if Y is None else [y.detach().requires_grad_() for y in Y]
-    pix, chan = op.imitation_stats(impl, X, Y, w)
-    loss = loss_of(pix, chan)
-    inputs = X + (Y or [])
-    grads = torch.autograd.grad(loss, inputs)
-    names = [f"X[{l}]" for l in range(len(X))] + [f"Y[{l}]" for l in range(len(Y or []))]
-    return loss, dict(zip(names, grads))
-
-
-@pytest.mark.parametrize("offset", [0.0, 1e3], ids=["mean0", "mean1e3"])
-@pytest.mark.parametrize("has_y,has_w", [(True, True), (False, True), (True, False)],
-                         ids=["Y,w", "no Y", "no w"])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_op_gradients_match_the_torch_passes(dtype, layout, has_y, has_w, offset):
-    """imitation_stats("cpp", ...) and imitation_stats("torch", ...): loss and the gradient
-    of every input as exact as the PyTorch passes' against float64 (harness.assert_exact)."""
-    X, Y, w = make_maps(2, 40, [(13, 17), (5, 6), (1, 1)], dtype, layout, seed=9, offset=offset)
-    Y = Y if has_y else None
-    w = w if has_w else None
-    loss, got = run_op("cpp", X, Y, w)
-    want_loss, want = run_op("torch", X, Y, w)
-    truth = functools.cache(lambda: run_op("torch", [x.double() for x in X],
-                                           None if Y is None else [y.double() for y in Y], w))
-
-    n = sum(x.numel() for x in X)
-    assert_exact("loss", loss, want_loss, lambda: truth()[0], n)
-    assert set(got) == set(want)
-    for name in want:
-        assert_exact(f"gradient of {name}", got[name], want[name],
-                     lambda name=name: truth()[1][name], n, dtype)
-        assert same_format(got[name], want[name]), name
