@@ -93,20 +93,22 @@ def headline(meta: dict) -> str:
         threads = meta["cpu_threads"]
         where += f", {threads} thread{'s' if threads != 1 else ''}"
     quick = " (--quick)" if meta["quick"] else ""
-    return (f"FGD loss on {meta['device'].upper()}: {where} - torch {meta['torch']} - "
+    losses = ", ".join(meta.get("losses", ["fgd"])).upper()
+    return (f"{losses} on {meta['device'].upper()}: {where} - torch {meta['torch']} - "
             f"{meta['date']}{quick}")
 
 
 def plot_report(report: dict, path: Path) -> None:
     meta, entries, sweeps = report["metadata"], report["results"], report["sweeps"]
-    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    rows = 2 if sweeps else 1   # the sweeps run with FGD only (report.py --losses)
+    fig, axes = plt.subplots(rows, 3, figsize=(18, 5 * rows), squeeze=False)
     copy_gbs = meta["copy_bandwidth_gbs"]
     axes[0, 0].axhline(1, color="k", lw=0.8)
     axes[0, 2].axhline(copy_gbs, color="k", ls="--", lw=1, label=f"copy {copy_gbs:.1f} GB/s")
     for ax, (key, title) in zip(axes[0], BAR_PANELS):
         shown = [e for e in entries if key != "speedup_vs_eager_loop" or e["name"] != "eager_loop"]
         bar_panel(ax, shown, key, title)
-    for ax, (sweep, label) in zip(axes[1], meta["sweep_axes"].items()):
+    for ax, (sweep, label) in zip(axes[1] if sweeps else [], meta["sweep_axes"].items()):
         sweep_panel(ax, [r for r in sweeps if r["sweep"] == sweep], sweep, label,
                     added=sweep == ADDED_SWEEP)
     fig.suptitle(headline(meta))

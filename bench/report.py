@@ -315,12 +315,14 @@ def main(argv=None) -> int:
     plan = make_plan(args.quick, device)
     with fresh_compile_caches():
         impls = cases.available(device, requested_impls(args), report=print)
-        run = measure(device, plan, impls, requested_losses(args))
+        losses = requested_losses(args)
+        run = measure(device, plan, impls, losses)
     now = datetime.datetime.now()
     end = meta.git_state()
     code = meta.code_state(start, end, args.allow_dirty)
     info = meta.metadata(device, plan, run.pop("copy_gbs"), now, code,
                          meta.columns(run["results"] + run["sweeps"]))
+    info["losses"] = list(losses)
     print(table(run["results"]))
     refuse_dirty(end, out_dir, args.allow_dirty, "Not written: during the run")
     write(dict(metadata=info, **run), out_dir, f"{device.type}-{now.strftime('%Y-%m-%d-%H%M%S')}")

@@ -127,3 +127,13 @@ def feature_bytes(case: Case, mode: str) -> int:
         return maps * {"fwd": 3, "fwd+bwd": 7}[mode]
     probs = maps // case.channels * PFI_CLASSES
     return {"fwd": 2 * maps + 2 * probs, "fwd+bwd": 5 * maps + 2 * probs}[mode]
+
+
+def describe(case: Case) -> str:
+    if case.loss == "rm":
+        return (f"N={case.N} images, {case.boxes_per_image} instances each, {ANCHORS_PER} "
+                f"positive anchors per instance (P={case.N * case.boxes_per_image * ANCHORS_PER})")
+    maps = ", ".join(f"{H}x{W}" for H, W in case.sizes)
+    extra = {"fkd": "" if "no NL" in case.name else ", with non-local blocks",
+             "pfi": f", probabilities of K={PFI_CLASSES}"}[case.loss]
+    return f"N={case.N} C={case.channels} maps {maps}{extra}"
