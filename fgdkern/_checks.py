@@ -40,6 +40,21 @@ def check_pair(S, T, student_channels: int, teacher_channels: int, level: str = 
         raise ValueError(f"{s} is on {S.device} but {t} is on {T.device}")
 
 
+def level_suffixes(levels: int) -> list[str]:
+    """How errors name each level: "" for a single level, "[k]" for several."""
+    return [f"[{k}]" if levels > 1 else "" for k in range(levels)]
+
+
+def check_pyramid(levels, feats_S, feats_T) -> None:
+    """preds_S / preds_T of every level (check_pair against the level module's
+    student_channels / teacher_channels), all levels on the device of preds_S[0]."""
+    for m, S, T, sfx in zip(levels, feats_S, feats_T, level_suffixes(len(levels))):
+        check_pair(S, T, m.student_channels, m.teacher_channels, sfx)
+        if S.device != feats_S[0].device:
+            raise ValueError(f"preds_S{sfx} is on {S.device} but preds_S[0] on "
+                             f"{feats_S[0].device}: every level must be on one device")
+
+
 def check_flag(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool (True or False), got {value!r}")

@@ -79,13 +79,9 @@ def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: 
 
     What is checked, and when: docs/fgd.md, "Validation".
     """
-    suffix = [f"[{k}]" if len(levels) > 1 else "" for k in range(len(levels))]
     if not _checks.is_compiling():
-        for m, S, T, sfx in zip(levels, feats_S, feats_T, suffix):
-            _checks.check_pair(S, T, m.student_channels, m.teacher_channels, sfx)
-            if S.device != feats_S[0].device:
-                raise ValueError(f"preds_S{sfx} is on {S.device} but preds_S[0] on "
-                                 f"{feats_S[0].device}: every level must be on one device")
+        _checks.check_pyramid(levels, feats_S, feats_T)
+        for S, sfx in zip(feats_S, _checks.level_suffixes(len(levels))):
             _checks.check_batch(f"preds_S{sfx}", S.shape[0], gt_bboxes)
     S_list = [S if m.align is None else m.align(S) for m, S in zip(levels, feats_S)]
     pairs = [_same_dtype(S, T.detach()) for S, T in zip(S_list, feats_T)]

@@ -89,13 +89,8 @@ class NonLocalBlock2d(nn.Module):
 
 def fkd_pyramid_terms(levels, feats_S, feats_T, backend: str, check_finite: bool = False):
     """Unweighted FKD terms of every level; ``levels`` are FKDLoss modules of one variant."""
-    suffix = [f"[{k}]" if len(levels) > 1 else "" for k in range(len(levels))]
     if not _checks.is_compiling():
-        for m, S, T, sfx in zip(levels, feats_S, feats_T, suffix):
-            _checks.check_pair(S, T, m.student_channels, m.teacher_channels, sfx)
-            if S.device != feats_S[0].device:
-                raise ValueError(f"preds_S{sfx} is on {S.device} but preds_S[0] on "
-                                 f"{feats_S[0].device}: every level must be on one device")
+        _checks.check_pyramid(levels, feats_S, feats_T)
     variant = levels[0].variant
     return fkd_terms(backend, variant, list(feats_S), list(feats_T),
                      [m.adaptation_params() for m in levels],
