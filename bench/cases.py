@@ -166,6 +166,13 @@ def build_loss(impl: str, case: Case, device: torch.device) -> torch.nn.Module:
         return EagerLoopMultiLevelFGD.like(loss_module(case, "reference", device))
     if impl == "compile":
         return compiled_reference(loss_module(case, "reference", device))
+    check_timed_here(impl, device)
+    return loss_module(case, impl, device)
+
+
+def check_timed_here(impl: str, device: torch.device) -> None:
+    """Unavailable when ``impl`` (reference, cpp or triton) is not timed on ``device``;
+    ValueError for a name outside IMPLEMENTATIONS."""
     if impl == "triton" and (device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
         raise Unavailable("triton is timed on CUDA only, never in the interpreter "
                           "(TRITON_INTERPRET=1)")
@@ -173,7 +180,6 @@ def build_loss(impl: str, case: Case, device: torch.device) -> torch.nn.Module:
         raise Unavailable("cpp runs on CPU tensors only")
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {impl!r}; one of {IMPLEMENTATIONS}")
-    return loss_module(case, impl, device)
 
 
 def implementation(impl: str, loss: torch.nn.Module, device: torch.device,

@@ -20,7 +20,7 @@ from torch import Tensor
 
 import fgdkern
 from baselines import compiled_reference
-from cases import CHECK_FINITE, COMPILE_MODE, IMPLEMENTATIONS, Case, Runner, Unavailable
+from cases import CHECK_FINITE, COMPILE_MODE, Case, Runner, Unavailable, check_timed_here
 from fgdkern.ops import dispatch
 from seed_baselines import EagerLoopFKD, EagerLoopPFI, EagerLoopRM
 
@@ -75,12 +75,7 @@ def build(impl: str, case: Case, device: torch.device) -> torch.nn.Module:
         return compiled_reference(_module(case, "reference", device))
     if impl in ("cpp", "triton") and not dispatch.available(OP[case.loss], impl):
         raise Unavailable(f"{case.loss} has no {impl} implementation here")
-    if impl == "triton" and device.type != "cuda":
-        raise Unavailable("triton is timed on CUDA only, never in the interpreter")
-    if impl == "cpp" and device.type != "cpu":
-        raise Unavailable("cpp runs on CPU tensors only")
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown implementation {impl!r}; one of {IMPLEMENTATIONS}")
+    check_timed_here(impl, device)
     return _module(case, impl, device)
 
 
