@@ -33,4 +33,8 @@ TORCH_LIBRARY(fgdkern, m) {
   m.def("imitation_grad_cpp(Tensor[] X, Tensor[] Y, Tensor[] pix_coef, Tensor[] chan_coef) -> Tensor[]");
   // Their tables' rows as the C++ kernels index them: "IMIT_PIX.abs_x", ...
   m.def("imitation_rows_cpp() -> str[]");
+  // The gradient buffers the CPU passes keep for reuse (csrc/cpu/recycle.h):
+  // their bytes, and the release of those nothing else refers to.
+  m.def("recycle_kept_bytes_cpp() -> int");
+  m.def("recycle_release_cpp() -> ()");
 }

@@ -7,7 +7,8 @@
 //
 // Each block sweeps its tile twice (the second time from cache): first
 // gp_s, gp_t per pixel, then dS and the block's partial dw_s, dw_t, which are
-// summed per level in block order (partials.h).
+// summed per level in block order (partials.h). dS is written into a recycled
+// buffer when one is free (recycle.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -19,6 +20,7 @@
 #include "fgd_math.h"
 #include "fgd_rows.h"
 #include "partials.h"
+#include "recycle.h"
 #include "sweeps.h"
 
 namespace fgdkern::cpu {
@@ -84,9 +86,9 @@ void merge_grad(const GradLevel& lv) {
 // Level l of the op's arguments, checked, with its outputs allocated.
 GradLevel make_level(const char* op, size_t l, const at::Tensor& S, const at::Tensor& T,
                      const at::Tensor& pix_coef, const at::Tensor& chan_coef,
-                     const at::Tensor& K) {
+                     const at::Tensor& K, Recycler& dS_buffers) {
   check_features(op, S, T, l);
-  GradLevel lv(S, T, at::empty_like(S));
+  GradLevel lv(S, T, dS_buffers.empty_like(S));
   const int64_t N = lv.N, C = lv.C;
   check_float(op, "pix_coef", l, pix_coef, {N, kPixCoefs, lv.HW});
   check_float(op, "chan_coef", l, chan_coef, {N, kChanCoefs, C});
@@ -105,10 +107,12 @@ std::vector<at::Tensor> fgd_grad_cpu(at::TensorList S, at::TensorList T, at::Ten
                                      at::TensorList chan_coef, at::TensorList K) {
   const char* op = "fgd_grad_cpp";
   check_levels(op, S.size(), {T, pix_coef, chan_coef, K});
+  static Recycler dS_buffers;
+  const Recycler::Call call{dS_buffers};
   std::vector<GradLevel> levels;
   int64_t max_C = 0;
   for (size_t l = 0; l < S.size(); ++l) {
-    levels.push_back(make_level(op, l, S[l], T[l], pix_coef[l], chan_coef[l], K[l]));
+    levels.push_back(make_level(op, l, S[l], T[l], pix_coef[l], chan_coef[l], K[l], dS_buffers));
     max_C = std::max(max_C, levels.back().C);
   }
   const int64_t sweep_space = std::max(sweep_scratch<GradRows>(max_C, kMaxBlock),

@@ -8,7 +8,8 @@
 //     dX[c, ij] = a[ij] w[c] (X - Y) + b[ij] + b[c] + sign(X) (s[ij] + s[c])
 // in the dtype of X, with X's strides when X is dense (channels_last stays
 // channels_last; a strided view gets a contiguous dX, as torch.empty_like).
-// The autograd op runs it for dX, and for dY with X and Y swapped.
+// The autograd op runs it for dX, and for dY with X and Y swapped. dX is
+// written into a recycled buffer when one is free (recycle.h).
 //
 // One sweep per block (blocks.h, sweeps.h) reads its tile of X and Y once and
 // writes its tile of dX; there is nothing to sum, so every element is the
@@ -23,6 +24,7 @@
 #include "blocks.h"
 #include "checks.h"
 #include "imitation_rows.h"
+#include "recycle.h"
 #include "sweeps.h"
 
 namespace fgdkern::cpu {
@@ -63,9 +65,10 @@ struct GradBlock {
 
 // Level l of the op's arguments, checked, with dX allocated.
 GradLevel make_level(const char* op, size_t l, const at::Tensor& X, const at::Tensor& Y,
-                     const at::Tensor& pix_coef, const at::Tensor& chan_coef) {
+                     const at::Tensor& pix_coef, const at::Tensor& chan_coef,
+                     Recycler& dX_buffers) {
   check_features(op, X, Y, l, "X", "Y");
-  GradLevel lv(X, Y, at::empty_like(X));
+  GradLevel lv(X, Y, dX_buffers.empty_like(X));
   check_float(op, "pix_coef", l, pix_coef, {lv.N, PixCoef::kRows, lv.HW});
   check_float(op, "chan_coef", l, chan_coef, {lv.N, ChanCoef::kRows, lv.C});
   lv.pix_coef = pix_coef.contiguous();
@@ -77,9 +80,11 @@ std::vector<at::Tensor> imitation_grad_cpu(at::TensorList X, at::TensorList Y,
                                            at::TensorList pix_coef, at::TensorList chan_coef) {
   const char* op = "imitation_grad_cpp";
   check_levels(op, {{"X", X}, {"Y", Y}, {"pix_coef", pix_coef}, {"chan_coef", chan_coef}});
+  static Recycler dX_buffers(2);  // a backward runs it for dX, then for dY
+  const Recycler::Call call{dX_buffers};
   std::vector<GradLevel> levels;
   for (size_t l = 0; l < X.size(); ++l) {  // each level, checked, its dX allocated
-    levels.push_back(make_level(op, l, X[l], Y[l], pix_coef[l], chan_coef[l]));
+    levels.push_back(make_level(op, l, X[l], Y[l], pix_coef[l], chan_coef[l], dX_buffers));
   }
   for_each_block(levels, sweep_scratch<GradLoop>(0, kMaxBlock), GradBlock{});
   return outputs(levels, &GradLevel::dS);
