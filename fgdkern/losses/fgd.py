@@ -1,6 +1,6 @@
 """FGDLoss (one FPN level) and MultiLevelFGDLoss (a whole pyramid, one fused call).
 
-FGDLoss.forward -> fgd_pyramid_terms (check, align, gather parameters) ->
+FGDLoss.forward -> fgd_pyramid_table (check, align, gather parameters) ->
 fgdkern.ops.fgd.fgd_terms (masks, dispatch, fused passes or reference) ->
 weighted sum. Parameter names and initialisation follow docs/fgd.md,
 "Parameters and initialisation", so state dicts of the widely used FGD
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fgdkern import _checks
-from fgdkern.ops import dispatch
+from fgdkern.ops import dispatch, fgd_levels
 from fgdkern.ops.fgd import fgd_terms
 from fgdkern.ops.rasterize import check_border
 from fgdkern.reference.fgd import FGDTerms, GcBlockParams
@@ -75,7 +75,16 @@ def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
 
 def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: str,
                       check_finite: bool = False, border: str = "clip") -> list[FGDTerms]:
-    """Unweighted FGD terms of every level; ``levels`` are FGDLoss modules (parameters).
+    """Unweighted FGD terms of every level; ``levels`` are FGDLoss modules (parameters)."""
+    table = fgd_pyramid_table(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend,
+                              check_finite, border)
+    return [FGDTerms(*row.unbind()) for row in table.unbind(0)]
+
+
+def fgd_pyramid_table(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: str,
+                      check_finite: bool = False, border: str = "clip") -> Tensor:
+    """The unweighted FGD terms of every level as an (L, 4) table, a row per level in the
+    order of FGDTerms; ``levels`` are FGDLoss modules (parameters).
 
     What is checked, and when: docs/fgd.md, "Validation".
     """
@@ -89,6 +98,11 @@ def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: 
                      img_shapes, [m.gc_block("s") for m in levels],
                      [m.gc_block("t") for m in levels], [m.temp for m in levels], check_finite,
                      border)
+
+
+def weighted_sum(levels, table: Tensor) -> Tensor:
+    """(4,) the terms of an (L, 4) table weighted by each level's weights, summed over levels."""
+    return (fgd_levels.values([m.weights() for m in levels], table) * table).sum(0)
 
 
 class FGDLoss(nn.Module):
@@ -158,13 +172,21 @@ class FGDLoss(nn.Module):
         return (self.alpha_fgd * terms.fg_loss + self.beta_fgd * terms.bg_loss
                 + self.gamma_fgd * terms.mask_loss + self.lambda_fgd * terms.rela_loss)
 
+    def weights(self) -> list[float]:
+        """alpha_fgd, beta_fgd, gamma_fgd, lambda_fgd: the weights of the terms, in their order."""
+        return [self.alpha_fgd, self.beta_fgd, self.gamma_fgd, self.lambda_fgd]
+
+    def table(self, preds_S, preds_T, gt_bboxes, img_shapes) -> Tensor:
+        """The unweighted terms as a (1, 4) table (fgd_pyramid_table)."""
+        return fgd_pyramid_table([self], [preds_S], [preds_T], gt_bboxes, img_shapes,
+                                 self.backend, self.check_finite, self.border)
+
     def terms(self, preds_S, preds_T, gt_bboxes, img_shapes) -> FGDTerms:
         """The four unweighted terms (fg_loss, bg_loss, mask_loss, rela_loss)."""
-        return fgd_pyramid_terms([self], [preds_S], [preds_T], gt_bboxes, img_shapes,
-                                 self.backend, self.check_finite, self.border)[0]
+        return FGDTerms(*self.table(preds_S, preds_T, gt_bboxes, img_shapes)[0].unbind())
 
     def forward(self, preds_S, preds_T, gt_bboxes, img_shapes) -> Tensor:
-        return self.weighted(self.terms(preds_S, preds_T, gt_bboxes, img_shapes))
+        return weighted_sum([self], self.table(preds_S, preds_T, gt_bboxes, img_shapes)).sum()
 
     def extra_repr(self) -> str:
         return (f"student_channels={self.student_channels}, teacher_channels="
@@ -200,16 +222,28 @@ class MultiLevelFGDLoss(nn.Module):
         return cls(student_channels=student_channels, teacher_channels=teacher_channels,
                    **{**preset(detector), **kwargs})
 
-    def terms(self, feats_S, feats_T, gt_bboxes, img_shapes) -> list[FGDTerms]:
-        """Unweighted terms per level."""
+    def table(self, feats_S, feats_T, gt_bboxes, img_shapes) -> Tensor:
+        """Unweighted terms as an (L, 4) table, a row per level in the order of FGDTerms."""
         S = _checks.as_level_list("feats_S", feats_S, self.num_levels)
         T = _checks.as_level_list("feats_T", feats_T, self.num_levels)
-        return fgd_pyramid_terms(list(self.levels), S, T, gt_bboxes, img_shapes,
+        return fgd_pyramid_table(list(self.levels), S, T, gt_bboxes, img_shapes,
                                  self.backend, self.check_finite, self.border)
 
+    def terms(self, feats_S, feats_T, gt_bboxes, img_shapes) -> list[FGDTerms]:
+        """Unweighted terms per level."""
+        table = self.table(feats_S, feats_T, gt_bboxes, img_shapes)
+        return [FGDTerms(*row.unbind()) for row in table.unbind(0)]
+
+    def weighted_terms(self, feats_S, feats_T, gt_bboxes, img_shapes) -> dict[str, Tensor]:
+        """{"fg", "bg", "mask", "rela"}: each weighted term summed over levels (their sum
+        is the loss), from one evaluation, e.g. to log them."""
+        sums = weighted_sum(list(self.levels), self.table(feats_S, feats_T, gt_bboxes,
+                                                          img_shapes)).unbind()
+        return dict(zip(("fg", "bg", "mask", "rela"), sums))
+
     def forward(self, feats_S, feats_T, gt_bboxes, img_shapes) -> Tensor:
-        terms = self.terms(feats_S, feats_T, gt_bboxes, img_shapes)
-        return sum(m.weighted(t) for m, t in zip(self.levels, terms))
+        table = self.table(feats_S, feats_T, gt_bboxes, img_shapes)
+        return weighted_sum(list(self.levels), table).sum()
 
     def load_fgd_checkpoint(self, checkpoint, strict: bool = True, name_pattern=None):
         """Load a checkpoint of the widely used FGD code (docs/fgd.md, "Checkpoints of the

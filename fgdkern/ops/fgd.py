@@ -3,10 +3,12 @@
 ``fgd_terms`` is what the loss modules call; it takes tensors only (features,
 boxes, GcBlock parameters, temperatures). For the fused implementations:
 forward:  fgd_stats (one pass over S and T, per backend) -> small statistics;
-          the terms are then O(N*(C+HW)) torch ops (``_terms_from_stats``), so
-          the GcBlock MLPs, softmaxes and L1 terms get ordinary autograd.
+          the terms are then O(N*(C+HW)) torch ops over all levels at once
+          (``fgd_levels.terms_table``), so the GcBlock MLPs, softmaxes and L1
+          terms get ordinary autograd.
 backward: autograd delivers the gradients of the statistics; ``_FGDStats``
-          turns them into per-pixel / per-channel coefficients and runs
+          turns them into per-pixel / per-channel coefficients
+          (``fgd_levels.grad_coefficients``) and runs
           fgd_grad (one pass over S and T writing dS, dw_s, dw_t).
 The math of both passes is fixed in ``fgdkern.reference.fgd_passes``; the
 rows of their tables are named in ``fgdkern.rows`` (docs/kernels.md).
@@ -21,11 +23,11 @@ from torch import Tensor
 
 from fgdkern import _checks
 from fgdkern._ext import HAS_EXT
-from fgdkern.ops import dispatch
+from fgdkern.ops import dispatch, fgd_levels
 from fgdkern.ops.rasterize import rasterize_boxes
 from fgdkern.reference import fgd_passes
-from fgdkern.reference.fgd import FGDTerms, GcBlockParams, fgd_reference
-from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
+from fgdkern.reference.fgd import GcBlockParams, fgd_reference
+from fgdkern.rows import FGD_CHAN, FGD_PIX
 
 
 # ---------------------------------------------------------------- op registry
@@ -77,27 +79,6 @@ def passes(impl: str) -> tuple[Callable, Callable]:
 
 
 # ------------------------------------------------------------------ autograd
-def _grad_coefficients(saved, g_pix, g_chan, temp):
-    """Per level: gradients of the statistics -> fgd_grad's coefficient tables."""
-    fg, bg, w_s, w_t, pix, chan = saved
-    N, C, HW = chan.shape[0], chan.shape[2], pix.shape[2]
-    A = HW * torch.softmax(pix[:, FGD_PIX.gs_t] / temp, -1)       # teacher A_S   (N, HW)
-    pix_rows = dict(a_sign=g_pix[:, FGD_PIX.gs_s] / C, fgA=fg.reshape(N, HW) * A,
-                    bgA=bg.reshape(N, HW) * A, p_s=torch.softmax(pix[:, FGD_PIX.z_s], -1),
-                    p_t=torch.softmax(pix[:, FGD_PIX.z_t], -1))
-    g = dict(zip(FGD_CHAN, g_chan.unbind(1)))
-    mean_d = chan[:, FGD_CHAN.sum_d] / HW
-    ctx_s, ctx_t = chan[:, FGD_CHAN.ctx_s], chan[:, FGD_CHAN.ctx_t]
-    chan_rows = dict(b_sign=g["gc_s"] / HW, k_d=2 * g["m2_d"],
-                     k_const=g["sum_d"] - 2 * g["m2_d"] * mean_d, k_fg=2 * g["x_fg"],
-                     k_bg=2 * g["x_bg"], g_ctx_s=g["ctx_s"], g_ctx_t=g["ctx_t"],
-                     w_s=w_s.expand(N, C), w_t=w_t.expand(N, C),
-                     ctx_s=ctx_s, ctx_t=ctx_t)
-    K = torch.stack([(g["ctx_s"] * ctx_s).sum(1), (g["ctx_t"] * ctx_t).sum(1)], 1)
-    return (torch.stack([pix_rows[r] for r in FGD_PIX_COEF], 1),
-            torch.stack([chan_rows[r] for r in FGD_CHAN_COEF], 1), K)
-
-
 class _FGDStats(torch.autograd.Function):
     """Differentiable fgd_stats over L levels.
 
@@ -123,10 +104,9 @@ class _FGDStats(torch.autograd.Function):
         S, T, fg, bg, w_s, w_t, pix, chan = (saved[i * L:(i + 1) * L] for i in range(8))
         # float32 whatever autocast region the backward is called from, as in the forward
         with torch.autocast(S[0].device.type, enabled=False):
-            coefs = [_grad_coefficients(lvl, gp.float(), gc.float(), temp)
-                     for lvl, gp, gc, temp in
-                     zip(zip(fg, bg, w_s, w_t, pix, chan), grads[:L], grads[L:], ctx.temps)]
-            pix_coef, chan_coef, K = (list(c) for c in zip(*coefs))
+            pix_coef, chan_coef, K = fgd_levels.grad_coefficients(
+                fg, bg, w_s, w_t, pix, chan, [g.float() for g in grads[:L]],
+                [g.float() for g in grads[L:]], ctx.temps)
             out = passes(ctx.impl)[1](list(S), list(T), pix_coef, chan_coef, K)
         dS, dw_s, dw_t = out[:L], out[L:2 * L], out[2 * L:]
         zero_b = [torch.zeros(shape, dtype=dtype, device=dev) for shape, dtype, dev in ctx.bias_like]
@@ -144,38 +124,6 @@ def fgd_stats(impl: str, S, T, fg, bg, gc_s, gc_t, temps) -> tuple[list[Tensor],
     return list(out[:L]), list(out[L:])
 
 
-# ------------------------------------------------------------- small torch ops
-def channel_add(gc: GcBlockParams, ctx: Tensor) -> Tensor:
-    """channel_add_conv on a (N, C) context, its 1x1 convolutions as matrix products.
-
-    On a 1x1 map a convolution is a matrix product: the same math as
-    fgdkern.reference.fgd.gc_transform, without the per-call cost of a convolution.
-    """
-    h = F.linear(ctx, gc.add1_weight.flatten(1), gc.add1_bias)
-    h = F.layer_norm(h, (h.shape[1],), gc.norm_weight.flatten(), gc.norm_bias.flatten(),
-                     gc.norm_eps)
-    return F.linear(h.relu(), gc.add2_weight.flatten(1), gc.add2_bias)
-
-
-def _terms_from_stats(pix: Tensor, chan: Tensor, gc_s: GcBlockParams, gc_t: GcBlockParams,
-                      temp: float) -> FGDTerms:
-    """The terms of one level from its statistics (docs/fgd.md, "Loss terms"), O(N*(C+HW))."""
-    N, C, HW = chan.shape[0], chan.shape[2], pix.shape[2]
-    gs_s, gs_t = pix[:, FGD_PIX.gs_s], pix[:, FGD_PIX.gs_t].detach()
-    c = dict(zip(FGD_CHAN, chan.unbind(1)))
-    gc_t_mean = c["gc_t"].detach()
-    A_S_t = HW * torch.softmax(gs_t / temp, -1)
-    A_C_t = C * torch.softmax(gc_t_mean / temp, -1)
-    A_S_s = HW * torch.softmax(gs_s / temp, -1)
-    A_C_s = C * torch.softmax(c["gc_s"] / temp, -1)
-    fg_loss = (A_C_t * c["x_fg"]).sum() / N
-    bg_loss = (A_C_t * c["x_bg"]).sum() / N
-    mask_loss = (A_C_s - A_C_t).abs().sum() / N + (A_S_s - A_S_t).abs().sum() / N
-    shift = channel_add(gc_s, c["ctx_s"]) - channel_add(gc_t, c["ctx_t"])
-    rela_loss = (c["m2_d"].sum() + HW * (c["sum_d"] / HW + shift).square().sum()) / N
-    return FGDTerms(fg_loss, bg_loss, mask_loss, rela_loss)
-
-
 def _check_stats_finite(pix: list[Tensor], names: list[str]) -> None:
     """A non-finite value in S (T) makes its per-pixel mean |S| (|T|) non-finite: one sync."""
     rows = [FGD_PIX.gs_s, FGD_PIX.gs_t]
@@ -189,8 +137,9 @@ def _check_stats_finite(pix: list[Tensor], names: list[str]) -> None:
 # ------------------------------------------------------------------ the op
 def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_shapes,
               gc_s: list[GcBlockParams], gc_t: list[GcBlockParams], temps: list[float],
-              check_finite: bool = False, border: str = "clip") -> list[FGDTerms]:
-    """Unweighted FGD terms of every level (docs/fgd.md).
+              check_finite: bool = False, border: str = "clip") -> Tensor:
+    """Unweighted FGD terms of every level (docs/fgd.md): an (L, 4) float32 table, per
+    level fg_loss, bg_loss, mask_loss, rela_loss (the order of FGDTerms).
 
     S, T: per level (N, C, H, W) features of one dtype per level (S aligned, T
     detached), all on one device; gt_bboxes / img_shapes as rasterize_boxes
@@ -213,9 +162,13 @@ def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_sha
             for s, t, sfx in zip(S, T, names):
                 _checks.check_finite(f"preds_S{sfx}", s)
                 _checks.check_finite(f"preds_T{sfx}", t)
-        return [fgd_reference(*args) for args in zip(S, T, fg, bg, gc_s, gc_t, temps)]
+        return torch.stack([torch.stack(fgd_reference(*args))
+                            for args in zip(S, T, fg, bg, gc_s, gc_t, temps)])
     with torch.autocast(device.type, enabled=False):
         pix, chan = fgd_stats(impl, S, T, fg, bg, gc_s, gc_t, temps)
         if checking:
             _check_stats_finite(pix, names)
-        return [_terms_from_stats(*args) for args in zip(pix, chan, gc_s, gc_t, temps)]
+        if all(c.shape[2] == chan[0].shape[2] for c in chan):
+            return fgd_levels.terms_table(pix, chan, gc_s, gc_t, temps)
+        return torch.cat([fgd_levels.terms_table([p], [c], [gs], [gt], [t])  # C differs: each
+                          for p, c, gs, gt, t in zip(pix, chan, gc_s, gc_t, temps)])

@@ -26,9 +26,6 @@ from fgdkern.train import distill, distributed, logs, models
 # Steps at whose start each distillation loss is compared with the task loss
 # (fgdkern.check_loss_scale).
 SCALE_CHECK_STEPS = 10
-# FGD term -> the weight attribute of each level's FGDLoss (docs/fgd.md, "Loss terms").
-FGD_WEIGHTS = (("fg", "alpha_fgd"), ("bg", "beta_fgd"), ("mask", "gamma_fgd"),
-               ("rela", "lambda_fgd"))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -125,10 +122,8 @@ class TrainStep(nn.Module):
     def fgd_losses(self, batch: torch.Tensor, targets, feats_S, feats_T) -> dict:
         """Weighted FGD terms summed over levels, from one evaluation of the loss."""
         boxes, shapes = fgd_targets.from_torchvision(targets, batch.shape[-2:])
-        terms = self.fgd.terms(feats_S, feats_T, boxes, shapes)
-        return {f"fgd/{name}": sum(getattr(m, w) * getattr(t, f"{name}_loss")
-                                   for m, t in zip(self.fgd.levels, terms))
-                for name, w in FGD_WEIGHTS}
+        terms = self.fgd.weighted_terms(feats_S, feats_T, boxes, shapes)
+        return {f"fgd/{name}": value for name, value in terms.items()}
 
 
 def freeze(model: nn.Module) -> nn.Module:
