@@ -1,0 +1,101 @@
+"""Where the time of a fused FGD training step goes: the two passes against everything else.
+
+    python bench/breakdown.py [--case retinanet] [--impl cpp] [--reps 30] [--threads N]
+
+Runs the fwd+bwd call of bench/cases.py (the module as users call it, the
+same call report.py times) and, inside it, times each call of the statistics
+and the gradient pass (fgdkern.ops.fgd.passes wrapped with a clock; CUDA:
+synchronised around each pass). Prints the median of the whole call, of each
+pass and of the rest (the whole minus the passes: masks, small torch ops,
+autograd), once with the gradient buffers recycled (the default, docs/kernels.md,
+"Recycled gradient buffers") and once with FGDKERN_RECYCLE=0, in turns.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import time
+
+import torch
+
+import cases
+from fgdkern.ops import fgd as fgd_op
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clocked_passes(clock: dict, device: torch.device):
+    """fgd_op.passes with each pass's wall time appended to clock[name]."""
+    real = fgd_op.passes
+
+    def passes(impl):
+        def timed(name, fn):
+            def call(*args):
+                sync(device)
+                start = time.perf_counter()
+                out = fn(*args)
+                sync(device)
+                clock[name].append(time.perf_counter() - start)
+                return out
+            return call
+        stats, grad = real(impl)
+        return timed("stats pass", stats), timed("grad pass", grad)
+    return passes
+
+
+def measure(case: cases.Case, impl: str, device: torch.device, reps: int) -> dict:
+    runner = cases.make_runner(impl, case, device)
+    call = runner.calls["fwd+bwd"]
+    clocks = {mode: collections.defaultdict(list) for mode in ("recycled", "not recycled")}
+    real = fgd_op.passes
+    try:
+        for rep in range(reps + 2):  # two warm-up rounds, then the timed ones, in turns
+            for mode, clock in clocks.items():
+                os.environ["FGDKERN_RECYCLE"] = "1" if mode == "recycled" else "0"
+                fgd_op.passes = clocked_passes(clock, device)
+                sync(device)
+                start = time.perf_counter()
+                call()
+                sync(device)
+                clock["whole call"].append(time.perf_counter() - start)
+                if rep < 2:
+                    clock.clear()
+    finally:
+        fgd_op.passes = real
+        os.environ.pop("FGDKERN_RECYCLE", None)
+    out = {}
+    for mode, clock in clocks.items():
+        rest = [w - s - g for w, s, g in zip(clock["whole call"], clock["stats pass"],
+                                             clock["grad pass"])]
+        out[mode] = {name: 1e3 * statistics.median(v) for name, v in
+                     [*clock.items(), ("rest", rest)]}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--case", default="retinanet", choices=[k for k, c in cases.CASES.items()
+                                                           if c.loss == "fgd"])
+    p.add_argument("--impl", default="cpp", choices=["cpp", "triton"])
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=cases.default_device().type)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    result = measure(cases.CASES[args.case], args.impl, device, args.reps)
+    print(f"{args.case}, {args.impl} on {device.type}, fwd+bwd, median of {args.reps} (ms)")
+    names = ["whole call", "stats pass", "grad pass", "rest"]
+    print(f"{'':14}" + "".join(f"{n:>12}" for n in names))
+    for mode, row in result.items():
+        print(f"{mode:14}" + "".join(f"{row[n]:12.2f}" for n in names))
+
+
+if __name__ == "__main__":
+    main()
