@@ -39,7 +39,11 @@ from torch import Tensor
 from fgdkern._device import device_values, on_device  # noqa: F401  (kernels import them here)
 from fgdkern.triton.tiles import choose_layout, tile_shape
 
-COMBINE_BLOCK_C = 128  # channels per combine program
+# A combine program merges every run of one channel block, one warp, a channel per
+# lane: at C = 256 that is 8 programs per image (or level) rather than 2 of 128
+# channels, so the serial walk over the runs is spread over 4x as many SMs.
+COMBINE_BLOCK_C = 32
+COMBINE_WARPS = 1
 MIN_LEVELS = 8  # the LEVELS constexpr of a launch of up to this many levels
 # Launch-time ints Triton must not specialise on (value 1, multiples of 16): a new level
 # count or image size would compile a new variant mid-run. For @triton.jit(do_not_specialize=).
@@ -278,7 +282,7 @@ class Launch:
         """Launches a combine kernel (table, ws, L, constexprs), sum(comb_counts) programs."""
         with on_device(self.S[0].device):
             kernel[(sum(comb_counts),)](table, ws, len(self.S), LEVELS=self.levels,
-                                        BLOCK_C=COMBINE_BLOCK_C, num_warps=NUM_WARPS)
+                                        BLOCK_C=COMBINE_BLOCK_C, num_warps=COMBINE_WARPS)
 
 
 def per_dtype(launch: Callable, S: list[Tensor], per_level: list[list], *args) -> list[Tensor]:

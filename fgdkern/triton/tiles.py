@@ -32,9 +32,12 @@ PIX_DENSE = tl.constexpr(1)
 CHANNELS_DENSE = tl.constexpr(2)
 
 # (BLOCK_C, BLOCK_HW, SECTOR) by (float32, LAYOUT == CHANNELS_DENSE): tiles of 1024
-# elements, 8 per thread, which compile without register spills.
+# elements, 8 per thread, which compile without register spills. Channels-dense tiles
+# are 32 pixels deep: a block reads and writes its per-channel partial rows once per
+# channel chunk whatever its pixel count, so that traffic is rows / (2 * BLOCK_HW) of
+# the feature bytes it reads (half of them at 8 pixels, an eighth at 32).
 TILE_SHAPES = {(True, False): (32, 32, 8), (False, False): (16, 64, 16),
-               (True, True): (128, 8, 8), (False, True): (128, 8, 8)}
+               (True, True): (32, 32, 8), (False, True): (32, 32, 8)}
 # GENERAL views address every element through both strides: the 1024-element tiles
 # spill on sm_90 (python -m tests.triton.offline), tiles of 512 do not.
 GENERAL_TILE = (32, 16, 8)

@@ -58,13 +58,14 @@ def kernels() -> list[tuple[str, str]]:
 def variants(module: str, name: str) -> list[dict]:
     """The (dtype, constexprs) variants of a kernel that launches compile."""
     import torch
-    from fgdkern.triton.levels import COMBINE_BLOCK_C
+    from fgdkern.triton.levels import COMBINE_BLOCK_C, COMBINE_WARPS
     from fgdkern.triton.tiles import tile_shape
     fn = getattr(importlib.import_module(module), name)
     args = fn.arg_names
     out = []
     if "LAYOUT" not in args:  # a combine kernel: float32 workspace only
-        return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK_C=COMBINE_BLOCK_C))]
+        return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK_C=COMBINE_BLOCK_C),
+                     num_warps=COMBINE_WARPS)]
     for dtype, torch_name in FEATURE_DTYPES.items():
         for layout in (0, 1, 2):
             block_c, block_hw, sector = tile_shape(getattr(torch, torch_name), layout)
@@ -90,7 +91,7 @@ def compile_one(module: str, name: str, variant: dict, arch: int) -> dict:
             signature[arg] = SCALARS.get(arg) or POINTERS.get(arg) or f"*{variant['dtype']}"
     src = ASTSource(fn=fn, signature=signature, constexprs=consts)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=NUM_WARPS))
+                            options=dict(num_warps=variant.get("num_warps", NUM_WARPS)))
     usage = _resource_usage(kernel.asm["cubin"])
     specialised = [p.name for p in fn.params if p.name in SCALARS and not p.do_not_specialize]
     return dict(kernel=name, arch=arch, dtype=variant["dtype"],
