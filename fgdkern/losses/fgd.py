@@ -169,8 +169,7 @@ class FGDLoss(nn.Module):
         return gc_params(getattr(self, f"conv_mask_{side}"), getattr(self, f"channel_add_conv_{side}"))
 
     def weighted(self, terms: FGDTerms) -> Tensor:
-        return (self.alpha_fgd * terms.fg_loss + self.beta_fgd * terms.bg_loss
-                + self.gamma_fgd * terms.mask_loss + self.lambda_fgd * terms.rela_loss)
+        return sum(w * t for w, t in zip(self.weights(), terms))
 
     def weights(self) -> list[float]:
         """alpha_fgd, beta_fgd, gamma_fgd, lambda_fgd: the weights of the terms, in their order."""

@@ -168,7 +168,4 @@ def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_sha
         pix, chan = fgd_stats(impl, S, T, fg, bg, gc_s, gc_t, temps)
         if checking:
             _check_stats_finite(pix, names)
-        if all(c.shape[2] == chan[0].shape[2] for c in chan):
-            return fgd_levels.terms_table(pix, chan, gc_s, gc_t, temps)
-        return torch.cat([fgd_levels.terms_table([p], [c], [gs], [gt], [t])  # C differs: each
-                          for p, c, gs, gt, t in zip(pix, chan, gc_s, gc_t, temps)])
+        return fgd_levels.terms_table(pix, chan, gc_s, gc_t, temps)

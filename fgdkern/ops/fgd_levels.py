@@ -45,6 +45,17 @@ def same_eps(gcs: list[GcBlockParams]) -> bool:
     return all(g.norm_eps == gcs[0].norm_eps for g in gcs)
 
 
+def same_channels(chan: list[Tensor]) -> bool:
+    """Whether the levels share C, so that their per-channel rows stack; the functions
+    below take levels that do not one at a time."""
+    return all(c.shape[-1] == chan[0].shape[-1] for c in chan)
+
+
+def each_level(*per_level: list) -> list[tuple[list, ...]]:
+    """The arguments of one level at a time: per level, a one-item list of each."""
+    return [tuple([x] for x in level) for level in zip(*per_level)]
+
+
 def channel_add_levels(gcs: list[GcBlockParams], ctx: Tensor) -> Tensor:
     """channel_add_conv of every level on its (N, C) context; ctx (L, N, C) -> (L, N, C).
 
@@ -78,7 +89,10 @@ def spatial_mask_terms(pix: list[Tensor], temps: list[float]) -> Tensor:
 def terms_table(pix: list[Tensor], chan: list[Tensor], gc_s: list[GcBlockParams],
                 gc_t: list[GcBlockParams], temps: list[float]) -> Tensor:
     """(L, 4) unweighted terms fg, bg, mask, rela of every level from its statistics
-    (docs/fgd.md, "Loss terms"); the levels share C."""
+    (docs/fgd.md, "Loss terms")."""
+    if not same_channels(chan):
+        return torch.cat([terms_table(*level) for level in each_level(pix, chan, gc_s, gc_t,
+                                                                      temps)])
     N, C = chan[0].shape[0], chan[0].shape[2]
     temp = level_column(temps, chan[0])
     hw = column([p.shape[-1] for p in pix], chan[0])
@@ -109,6 +123,10 @@ def grad_coefficients(fg, bg, w_s, w_t, pix, chan, g_pix, g_chan, temps):
     (pix_coef (N, 5, HW), chan_coef (N, 11, C), K (N, 2)) lists (docs/kernels.md,
     "The row tables"). The per-pixel tables are made level by level (their softmaxes run
     over each level's HW); the per-channel ones for all levels at once."""
+    if not same_channels(chan):
+        per_level = [grad_coefficients(*level) for level in each_level(
+            fg, bg, w_s, w_t, pix, chan, g_pix, g_chan, temps)]
+        return tuple([t for tables in per_level for t in tables[k]] for k in range(3))
     N, C = chan[0].shape[0], chan[0].shape[2]
     pix_coef = [pixel_coefficients(C, *level) for level in zip(fg, bg, pix, g_pix, temps)]
     hw = column([p.shape[-1] for p in pix], chan[0])

@@ -66,7 +66,7 @@ def test_channel_add_with_different_eps_per_level():
 
 
 def test_levels_of_different_channels_match_the_reference():
-    """fgd_terms batches levels that share C; others run one by one."""
+    """fgd_terms batches levels that share C; others run one by one, forward and backward."""
     from fgdkern.ops.fgd import fgd_terms
     from tests.helpers import random_boxes
     mods = [make_loss(4, 4, seed=0), make_loss(6, 6, seed=1)]
@@ -75,6 +75,11 @@ def test_levels_of_different_channels_match_the_reference():
     boxes, shapes = random_boxes(2, (32, 24), seed=3, empty_images=()), [(32, 24)] * 2
     args = (S, T, boxes, shapes, [m.gc_block("s") for m in mods],
             [m.gc_block("t") for m in mods], [0.5, 0.7])
+    S = [s.requires_grad_() for s in S]
     got = fgd_terms("torch", *args)
     want = fgd_terms("reference", *args)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    weights = torch.rand(2, 4)
+    for g, w in zip(torch.autograd.grad((got * weights).sum(), S),
+                    torch.autograd.grad((want * weights).sum(), S)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
