@@ -3,12 +3,14 @@
     python bench/breakdown.py [--case retinanet] [--impl cpp] [--reps 30] [--threads N]
 
 Runs the fwd+bwd call of bench/cases.py (the module as users call it, the
-same call report.py times) and, inside it, times each call of the statistics
-and the gradient pass (fgdkern.ops.fgd.passes wrapped with a clock; CUDA:
-synchronised around each pass). Prints the median of the whole call, of each
-pass and of the rest (the whole minus the passes: masks, small torch ops,
-autograd), once with the gradient buffers recycled (the default, docs/kernels.md,
-"Recycled gradient buffers") and once with FGDKERN_RECYCLE=0, in turns.
+same call report.py times) and, inside it, times each of the four steps of the
+fused implementation: the statistics pass, the small math (terms) and its
+backward (terms_grad), and the gradient pass (fgdkern.ops.fgd.kernels wrapped
+with a clock; CUDA: synchronised around each step). Prints the median of the
+whole call, of each step and of the rest (the whole minus the steps: masks,
+checks, autograd), once with the gradient buffers recycled (the default,
+docs/kernels.md, "Recycled gradient buffers") and once with FGDKERN_RECYCLE=0,
+in turns.
 """
 from __future__ import annotations
 
@@ -29,11 +31,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def clocked_passes(clock: dict, device: torch.device):
-    """fgd_op.passes with each pass's wall time appended to clock[name]."""
-    real = fgd_op.passes
+STEPS = {"stats": "stats pass", "terms": "terms", "terms_grad": "terms grad",
+         "grad": "grad pass"}
 
-    def passes(impl):
+
+def clocked_kernels(clock: dict, device: torch.device):
+    """fgd_op.kernels with each step's wall time appended to clock[its name]."""
+    real = fgd_op.kernels
+
+    def kernels(impl):
         def timed(name, fn):
             def call(*args):
                 sync(device)
@@ -43,21 +49,22 @@ def clocked_passes(clock: dict, device: torch.device):
                 clock[name].append(time.perf_counter() - start)
                 return out
             return call
-        stats, grad = real(impl)
-        return timed("stats pass", stats), timed("grad pass", grad)
-    return passes
+        k = real(impl)
+        return k._replace(**{field: timed(name, getattr(k, field))
+                             for field, name in STEPS.items()})
+    return kernels
 
 
 def measure(case: cases.Case, impl: str, device: torch.device, reps: int) -> dict:
     runner = cases.make_runner(impl, case, device)
     call = runner.calls["fwd+bwd"]
     clocks = {mode: collections.defaultdict(list) for mode in ("recycled", "not recycled")}
-    real = fgd_op.passes
+    real = fgd_op.kernels
     try:
         for rep in range(reps + 2):  # two warm-up rounds, then the timed ones, in turns
             for mode, clock in clocks.items():
                 os.environ["FGDKERN_RECYCLE"] = "1" if mode == "recycled" else "0"
-                fgd_op.passes = clocked_passes(clock, device)
+                fgd_op.kernels = clocked_kernels(clock, device)
                 sync(device)
                 start = time.perf_counter()
                 call()
@@ -66,12 +73,12 @@ def measure(case: cases.Case, impl: str, device: torch.device, reps: int) -> dic
                 if rep < 2:
                     clock.clear()
     finally:
-        fgd_op.passes = real
+        fgd_op.kernels = real
         os.environ.pop("FGDKERN_RECYCLE", None)
     out = {}
     for mode, clock in clocks.items():
-        rest = [w - s - g for w, s, g in zip(clock["whole call"], clock["stats pass"],
-                                             clock["grad pass"])]
+        rest = [whole - sum(steps) for whole, *steps in zip(
+            clock["whole call"], *(clock[name] for name in STEPS.values()))]
         out[mode] = {name: 1e3 * statistics.median(v) for name, v in
                      [*clock.items(), ("rest", rest)]}
     return out
@@ -91,7 +98,7 @@ def main() -> None:
     device = torch.device(args.device)
     result = measure(cases.CASES[args.case], args.impl, device, args.reps)
     print(f"{args.case}, {args.impl} on {device.type}, fwd+bwd, median of {args.reps} (ms)")
-    names = ["whole call", "stats pass", "grad pass", "rest"]
+    names = ["whole call", *STEPS.values(), "rest"]
     print(f"{'':14}" + "".join(f"{n:>12}" for n in names))
     for mode, row in result.items():
         print(f"{mode:14}" + "".join(f"{row[n]:12.2f}" for n in names))

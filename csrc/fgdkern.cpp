@@ -26,6 +26,13 @@ TORCH_LIBRARY(fgdkern, m) {
   // The rows of the tables these passes exchange, as the C++ kernels index
   // them: "FGD_PIX.gs_s", ..., tables and rows in the order of fgdkern/rows.py.
   m.def("fgd_rows_cpp() -> str[]");
+  // FGD's small math on CPU, between the two passes (csrc/cpu/fgd_terms.cpp):
+  // the (L, 4) terms and each level's y_S from the statistics and the GcBlock
+  // MLP parameters (6 per level and side); then, from the terms' gradient G,
+  // fgd_grad's tables and the MLP parameters' gradients:
+  // [pix_coef_0.., chan_coef_0.., K_0.., g_mlp_s.., g_mlp_t..].
+  m.def("fgd_terms_cpp(Tensor[] pix, Tensor[] chan, Tensor[] mlp_s, Tensor[] mlp_t, float[] eps_s, float[] eps_t, float[] temp) -> Tensor[]");
+  m.def("fgd_terms_grad_cpp(Tensor G, Tensor[] pix, Tensor[] chan, Tensor[] y_S, Tensor[] fg, Tensor[] bg, Tensor[] w_s, Tensor[] w_t, Tensor[] mlp_s, Tensor[] mlp_t, float[] eps_s, float[] eps_t, float[] temp) -> Tensor[]");
   // The two imitation passes (FKD, PFI) on CPU, all levels in one call; contract
   // in fgdkern/reference/imitation_passes.py. Y may be X itself (no difference).
   // Stats return [pix_0.., chan_0..]; grad returns [dX_0..].

@@ -72,8 +72,8 @@ MUTATIONS = [
              "+ (s - t) * (k_d + k_fg * fgA", "- (s - t) * (k_d + k_fg * fgA",
              ["tests/triton/test_fgd_grad.py"]),
     Mutation("fused-fg-bg-swapped", "fgdkern/ops/fgd.py",
-             "fgd_stats(impl, S, T, fg, bg, gc_s, gc_t, temps)",
-             "fgd_stats(impl, S, T, bg, fg, gc_s, gc_t, temps)",
+             "return fgd_table(impl, S, T, fg, bg, gc_s, gc_t, temps, check)",
+             "return fgd_table(impl, S, T, bg, fg, gc_s, gc_t, temps, check)",
              [LOSS, "-k", "fused_matches_reference and torch"]),
     # In the masks every backend gets, the reference too: only tests against an
     # independent definition (hand-computed cases, the eager port) can see it.
@@ -84,8 +84,8 @@ MUTATIONS = [
              'bg = (A_C_t * c["x_bg"]).sum((1, 2))', 'bg = N * (A_C_t * c["x_bg"]).sum((1, 2))',
              [LOSS, "-k", "fused_matches_reference and torch"]),
     Mutation("level-temperature-ignored", "fgdkern/ops/fgd.py",
-             "_FGDStats.apply(impl, [float(t) for t in temps], L,",
-             "_FGDStats.apply(impl, [float(temps[0]) for t in temps], L,",
+             "_FGD.apply(impl, [float(t) for t in temps], eps, check, L,",
+             "_FGD.apply(impl, [float(temps[0]) for t in temps], eps, check, L,",
              [LOSS, "-k", "temperature and torch"]),
     Mutation("pfi-fused-p-dif-not-squared", "fgdkern/ops/pfi.py",
              "(p.to(f.dtype) * f).square().sum()", "(p.to(f.dtype) * f.square()).sum()",

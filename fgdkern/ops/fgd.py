@@ -1,33 +1,34 @@
-"""The FGD op: masks, the fused passes with autograd, and the terms from their statistics.
+"""The FGD op: masks, then one autograd node that runs the fused passes and the small math.
 
 ``fgd_terms`` is what the loss modules call; it takes tensors only (features,
-boxes, GcBlock parameters, temperatures). For the fused implementations:
+boxes, GcBlock parameters, temperatures). For the fused implementations, the
+autograd function ``_FGD``:
 forward:  fgd_stats (one pass over S and T, per backend) -> small statistics;
-          the terms are then O(N*(C+HW)) torch ops over all levels at once
-          (``fgd_levels.terms_table``), so the GcBlock MLPs, softmaxes and L1
-          terms get ordinary autograd.
-backward: autograd delivers the gradients of the statistics; ``_FGDStats``
-          turns them into per-pixel / per-channel coefficients
-          (``fgd_levels.grad_coefficients``) and runs
-          fgd_grad (one pass over S and T writing dS, dw_s, dw_t).
-The math of both passes is fixed in ``fgdkern.reference.fgd_passes``; the
-rows of their tables are named in ``fgdkern.rows`` (docs/kernels.md).
+          terms (the O(N*(C+HW)) small math of all levels: softmaxes, L1 terms,
+          the GcBlock MLPs) -> the (L, 4) table of terms.
+backward: terms_grad (the small math's backward, written out) -> fgd_grad's
+          coefficient tables and the MLP parameters' gradients; fgd_grad (one
+          pass over S and T writing dS, dw_s, dw_t).
+Which code runs each of the four steps is ``kernels(impl)``: on CPU all four are
+compiled ops; the Triton and pure-PyTorch passes take the small math from
+``fgd_levels`` (PyTorch, one op over all levels where it can). The math of the
+passes is fixed in ``fgdkern.reference.fgd_passes``; the rows of their tables are
+named in ``fgdkern.rows`` (docs/kernels.md).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fgdkern import _checks
 from fgdkern._ext import HAS_EXT
-from fgdkern.ops import dispatch, fgd_levels
+from fgdkern.ops import dispatch, fgd_levels, gc_mlp
 from fgdkern.ops.rasterize import rasterize_boxes
 from fgdkern.reference import fgd_passes
 from fgdkern.reference.fgd import GcBlockParams, fgd_reference
-from fgdkern.rows import FGD_CHAN, FGD_PIX
+from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
 
 
 # ---------------------------------------------------------------- op registry
@@ -44,9 +45,23 @@ def _grad_fake(S, T, pix_coef, chan_coef, K):
     return dS + dw + [w.clone() for w in dw]
 
 
+def _terms_fake(pix, chan, mlp_s, mlp_t, eps_s, eps_t, temp):
+    y_S = [p.new_empty((p.shape[0], 2, p.shape[2])) for p in pix]
+    return [chan[0].new_empty((len(pix), 4))] + y_S
+
+
+def _terms_grad_fake(G, pix, chan, y_S, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t, temp):
+    pix_coef = [p.new_empty((p.shape[0], len(FGD_PIX_COEF), p.shape[2])) for p in pix]
+    chan_coef = [c.new_empty((c.shape[0], len(FGD_CHAN_COEF), c.shape[2])) for c in chan]
+    K = [c.new_empty((c.shape[0], 2)) for c in chan]
+    return pix_coef + chan_coef + K + [torch.empty_like(p) for p in [*mlp_s, *mlp_t]]
+
+
 if HAS_EXT:
     torch.library.register_fake("fgdkern::fgd_stats_cpp")(_stats_fake)
     torch.library.register_fake("fgdkern::fgd_grad_cpp")(_grad_fake)
+    torch.library.register_fake("fgdkern::fgd_terms_cpp")(_terms_fake)
+    torch.library.register_fake("fgdkern::fgd_terms_grad_cpp")(_terms_grad_fake)
 
 
 @torch.library.custom_op("fgdkern::fgd_stats_triton", mutates_args=())
@@ -67,61 +82,91 @@ _fgd_stats_triton.register_fake(_stats_fake)
 _fgd_grad_triton.register_fake(_grad_fake)
 
 
-def passes(impl: str) -> tuple[Callable, Callable]:
-    """(fgd_stats, fgd_grad) of a fused implementation: 'cpp', 'triton' or 'torch'."""
+class Kernels(NamedTuple):
+    """The four steps of one fused implementation (contracts: fgdkern/ops/fgd_levels.py
+    for terms and terms_grad, fgdkern/reference/fgd_passes.py for the passes)."""
+    stats: Callable       # (S, T, fg, bg, w_s, w_t, temps) -> [pix*L, chan*L]
+    terms: Callable       # (pix, chan, mlp_s, mlp_t, eps_s, eps_t, temps) -> [table, *saved]
+    terms_grad: Callable  # (G, pix, chan, saved, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s,
+    #                        eps_t, temps) -> [pix_coef*L, chan_coef*L, K*L, g_mlp_s, g_mlp_t]
+    grad: Callable        # (S, T, pix_coef, chan_coef, K) -> [dS*L, dw_s*L, dw_t*L]
+
+
+def kernels(impl: str) -> Kernels:
+    """The steps of a fused implementation: 'cpp', 'triton' or 'torch'."""
+    ops = torch.ops.fgdkern
     if impl == "cpp":
-        return torch.ops.fgdkern.fgd_stats_cpp, torch.ops.fgdkern.fgd_grad_cpp
+        return Kernels(ops.fgd_stats_cpp, ops.fgd_terms_cpp, ops.fgd_terms_grad_cpp,
+                       ops.fgd_grad_cpp)
     if impl == "triton":
-        return torch.ops.fgdkern.fgd_stats_triton, torch.ops.fgdkern.fgd_grad_triton
+        return Kernels(ops.fgd_stats_triton, fgd_levels.terms, fgd_levels.terms_grad,
+                       ops.fgd_grad_triton)
     if impl == "torch":
-        return fgd_passes.fgd_stats, fgd_passes.fgd_grad
+        return Kernels(fgd_passes.fgd_stats, fgd_levels.terms, fgd_levels.terms_grad,
+                       fgd_passes.fgd_grad)
     raise ValueError(f"unknown fused implementation {impl!r}")
 
 
 # ------------------------------------------------------------------ autograd
-class _FGDStats(torch.autograd.Function):
-    """Differentiable fgd_stats over L levels.
+def _split(tensors: tuple, sizes: list[int]) -> list[list[Tensor]]:
+    out, at = [], 0
+    for n in sizes:
+        out.append(list(tensors[at:at + n]))
+        at += n
+    return out
 
-    Inputs: S*L, T*L, fg*L, bg*L, w_s*L, w_t*L, b_s*L, b_t*L. The conv_mask
-    biases b_s, b_t do not change a softmax over pixels: their gradient is
-    exactly zero, returned as zeros so that every parameter gets a gradient
-    (as DistributedDataParallel expects).
+
+class _FGD(torch.autograd.Function):
+    """The (L, 4) FGD terms of L levels that share C, differentiable w.r.t. S, the
+    conv_mask weights and the GcBlock MLP parameters of both sides.
+
+    Inputs: S*L, T*L, fg*L, bg*L, w_s*L, w_t*L, b_s*L, b_t*L, mlp_s (6L), mlp_t (6L).
+    The conv_mask biases b_s, b_t do not change a softmax over pixels: their gradient
+    is exactly zero, returned as zeros so that every parameter gets a gradient (as
+    DistributedDataParallel expects). check: names of the levels' features when the
+    statistics are checked for NaN/Inf (one host sync), else None.
     """
 
     @staticmethod
-    def forward(ctx, impl: str, temps: list, L: int, *tensors):
-        S, T, fg, bg, w_s, w_t = (list(tensors[i * L:(i + 1) * L]) for i in range(6))
-        out = passes(impl)[0](S, T, fg, bg, w_s, w_t, temps)
-        ctx.impl, ctx.temps, ctx.L = impl, temps, L
-        ctx.save_for_backward(*tensors[:6 * L], *out)
-        ctx.bias_like = [(b.shape, b.dtype, b.device) for b in tensors[6 * L:]]
-        return tuple(out)
+    def forward(ctx, impl: str, temps: list, eps: tuple, check, L: int, *tensors):
+        S, T, fg, bg, w_s, w_t, b, mlp_s, mlp_t = _split(tensors, [L] * 6 + [2 * L] + [6 * L] * 2)
+        k = kernels(impl)
+        stats = k.stats(S, T, fg, bg, w_s, w_t, temps)
+        pix, chan = stats[:L], stats[L:]
+        if check is not None:
+            _check_stats_finite(pix, check)
+        out = k.terms(pix, chan, mlp_s, mlp_t, eps[0], eps[1], temps)
+        ctx.impl, ctx.temps, ctx.eps, ctx.L = impl, temps, eps, L
+        ctx.bias_like = [(x.shape, x.dtype, x.device) for x in b]
+        ctx.save_for_backward(*S, *T, *fg, *bg, *w_s, *w_t, *mlp_s, *mlp_t, *pix, *chan,
+                              *out[1:])
+        return out[0]
 
     @staticmethod
-    def backward(ctx, *grads):
-        L = ctx.L
-        saved = ctx.saved_tensors
-        S, T, fg, bg, w_s, w_t, pix, chan = (saved[i * L:(i + 1) * L] for i in range(8))
+    def backward(ctx, G):
+        L, k = ctx.L, kernels(ctx.impl)
+        S, T, fg, bg, w_s, w_t, mlp_s, mlp_t, pix, chan, saved = _split(
+            ctx.saved_tensors, [L] * 6 + [6 * L] * 2 + [L] * 2 + [len(ctx.saved_tensors)])
         # float32 whatever autocast region the backward is called from, as in the forward
         with torch.autocast(S[0].device.type, enabled=False):
-            pix_coef, chan_coef, K = fgd_levels.grad_coefficients(
-                fg, bg, w_s, w_t, pix, chan, [g.float() for g in grads[:L]],
-                [g.float() for g in grads[L:]], ctx.temps)
-            out = passes(ctx.impl)[1](list(S), list(T), pix_coef, chan_coef, K)
+            coefs = k.terms_grad(G.float().contiguous(), pix, chan, saved, fg, bg, w_s, w_t,
+                                 mlp_s, mlp_t, ctx.eps[0], ctx.eps[1], ctx.temps)
+            out = k.grad(S, T, coefs[:L], coefs[L:2 * L], coefs[2 * L:3 * L])
         dS, dw_s, dw_t = out[:L], out[L:2 * L], out[2 * L:]
         zero_b = [torch.zeros(shape, dtype=dtype, device=dev) for shape, dtype, dev in ctx.bias_like]
-        return (None, None, None, *dS, *([None] * 3 * L), *dw_s, *dw_t, *zero_b)
+        return (None,) * 5 + (*dS, *[None] * 3 * L, *dw_s, *dw_t, *zero_b, *coefs[3 * L:])
 
 
-def fgd_stats(impl: str, S, T, fg, bg, gc_s, gc_t, temps) -> tuple[list[Tensor], list[Tensor]]:
-    """The statistics pass of ``impl`` with autograd: (pix per level, chan per level)."""
+def fgd_table(impl: str, S, T, fg, bg, gc_s, gc_t, temps, check=None) -> Tensor:
+    """The (L, 4) terms of levels that share C through ``impl``'s fused steps, with autograd."""
     L = len(S)
     w_s = [g.mask_weight.reshape(-1).float() for g in gc_s]
     w_t = [g.mask_weight.reshape(-1).float() for g in gc_t]
-    b_s, b_t = [g.mask_bias for g in gc_s], [g.mask_bias for g in gc_t]
-    out = _FGDStats.apply(impl, [float(t) for t in temps], L,
-                          *S, *T, *fg, *bg, *w_s, *w_t, *b_s, *b_t)
-    return list(out[:L]), list(out[L:])
+    b = [g.mask_bias for g in gc_s] + [g.mask_bias for g in gc_t]
+    mlp = [[p.float() for p in gc_mlp.flat(gcs)] for gcs in (gc_s, gc_t)]
+    eps = ([g.norm_eps for g in gc_s], [g.norm_eps for g in gc_t])
+    return _FGD.apply(impl, [float(t) for t in temps], eps, check, L,
+                      *S, *T, *fg, *bg, *w_s, *w_t, *b, *mlp[0], *mlp[1])
 
 
 def _check_stats_finite(pix: list[Tensor], names: list[str]) -> None:
@@ -156,16 +201,18 @@ def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_sha
     fg = [f.to(device) for f, _ in masks]
     bg = [b.to(device) for _, b in masks]
     impl = dispatch.resolve("fgd", backend, device, S[0].dtype)
-    checking = check_finite and not _checks.is_compiling()
     if impl == "reference":
-        if checking:
+        if check_finite and not _checks.is_compiling():
             for s, t, sfx in zip(S, T, names):
                 _checks.check_finite(f"preds_S{sfx}", s)
                 _checks.check_finite(f"preds_T{sfx}", t)
         return torch.stack([torch.stack(fgd_reference(*args))
                             for args in zip(S, T, fg, bg, gc_s, gc_t, temps)])
+    check = names if check_finite and not _checks.is_compiling() else None
     with torch.autocast(device.type, enabled=False):
-        pix, chan = fgd_stats(impl, S, T, fg, bg, gc_s, gc_t, temps)
-        if checking:
-            _check_stats_finite(pix, names)
-        return fgd_levels.terms_table(pix, chan, gc_s, gc_t, temps)
+        if len({s.shape[1] for s in S}) == 1:
+            return fgd_table(impl, S, T, fg, bg, gc_s, gc_t, temps, check)
+        # the small math stacks the levels' channel rows: levels of different C one by one
+        return torch.cat([fgd_table(impl, [S[l]], [T[l]], [fg[l]], [bg[l]], [gc_s[l]],
+                                    [gc_t[l]], [temps[l]], check and [check[l]])
+                          for l in range(len(S))])

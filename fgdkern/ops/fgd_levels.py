@@ -6,18 +6,23 @@ What the fused passes leave is O(N*(C+HW)) per level (docs/kernels.md,
 that is several hundred small torch ops per training step, whose per-op cost
 on a CPU (and launches on a GPU) outweighs their arithmetic. Here the
 per-channel math is one op over all levels: rows stacked to (L, N, C) (the
-levels of one loss share C), the GcBlock MLPs as batched matrix products. The
-per-pixel math (softmaxes over each level's HW) stays per level: padding the
-levels to the largest one would move several times the bytes it saves in
-calls. Notation: fgdkern/reference/fgd_passes.py.
+levels of one loss share C), the GcBlock MLPs as batched matrix products
+(fgdkern.ops.gc_mlp). The per-pixel math (softmaxes over each level's HW)
+stays per level: padding the levels to the largest one would move several
+times the bytes it saves in calls. The terms' backward is written out by hand
+(docs/kernels.md, "The terms' backward"), so that the autograd graph of a
+whole FGD loss is one node (fgdkern.ops.fgd), and no softmax or product is
+done twice. On CPU the same contracts run as compiled ops
+(csrc/cpu/fgd_terms.cpp); this module is the GPU's and the pure-PyTorch path's.
+Notation: fgdkern/reference/fgd_passes.py.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fgdkern import _checks, _device
+from fgdkern.ops import gc_mlp
 from fgdkern.reference.fgd import GcBlockParams
 from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
 
@@ -41,70 +46,84 @@ def level_column(per_level: list[float], like: Tensor):
     return float(per_level[0]) if same else column(per_level, like)
 
 
-def same_eps(gcs: list[GcBlockParams]) -> bool:
-    return all(g.norm_eps == gcs[0].norm_eps for g in gcs)
-
-
 def same_channels(chan: list[Tensor]) -> bool:
-    """Whether the levels share C, so that their per-channel rows stack; the functions
-    below take levels that do not one at a time."""
+    """Whether the levels share C, so that their per-channel rows stack (fgd_terms
+    runs levels that do not one at a time)."""
     return all(c.shape[-1] == chan[0].shape[-1] for c in chan)
 
 
-def each_level(*per_level: list) -> list[tuple[list, ...]]:
-    """The arguments of one level at a time: per level, a one-item list of each."""
-    return [tuple([x] for x in level) for level in zip(*per_level)]
-
-
-def channel_add_levels(gcs: list[GcBlockParams], ctx: Tensor) -> Tensor:
-    """channel_add_conv of every level on its (N, C) context; ctx (L, N, C) -> (L, N, C).
-
-    On a 1x1 map its convolutions are matrix products (fgdkern.reference.fgd.gc_transform),
-    here batched over levels; LayerNorm normalises each level's rows, then its own affine.
-    """
-    if not same_eps(gcs):  # one level at a time
-        return torch.cat([channel_add_levels([g], c) for g, c in zip(gcs, ctx.split(1))])
-    W1 = torch.stack([g.add1_weight.flatten(1) for g in gcs])           # (L, C/2, C)
-    b1 = torch.stack([g.add1_bias for g in gcs]).unsqueeze(1)           # (L, 1, C/2)
-    h = torch.baddbmm(b1, ctx, W1.transpose(1, 2))
-    gamma = torch.stack([g.norm_weight.flatten() for g in gcs]).unsqueeze(1)
-    beta = torch.stack([g.norm_bias.flatten() for g in gcs]).unsqueeze(1)
-    h = F.layer_norm(h, (h.shape[-1],), eps=gcs[0].norm_eps) * gamma + beta
-    W2 = torch.stack([g.add2_weight.flatten(1) for g in gcs])           # (L, C, C/2)
-    b2 = torch.stack([g.add2_bias for g in gcs]).unsqueeze(1)
-    return torch.baddbmm(b2, h.relu(), W2.transpose(1, 2))
-
-
-def spatial_mask_terms(pix: list[Tensor], temps: list[float]) -> Tensor:
-    """(L,) sum |A_S_s - A_S_t| of every level: per level, as its softmax runs over its HW."""
-    out = []
-    for p, temp in zip(pix, temps):
-        HW = p.shape[-1]
-        A_S_s = HW * torch.softmax(p[:, FGD_PIX.gs_s] / temp, -1)
-        A_S_t = HW * torch.softmax(p[:, FGD_PIX.gs_t].detach() / temp, -1)
-        out.append((A_S_s - A_S_t).abs().sum())
-    return torch.stack(out)
-
-
-def terms_table(pix: list[Tensor], chan: list[Tensor], gc_s: list[GcBlockParams],
-                gc_t: list[GcBlockParams], temps: list[float]) -> Tensor:
-    """(L, 4) unweighted terms fg, bg, mask, rela of every level from its statistics
-    (docs/fgd.md, "Loss terms")."""
-    if not same_channels(chan):
-        return torch.cat([terms_table(*level) for level in each_level(pix, chan, gc_s, gc_t,
-                                                                      temps)])
+def terms(pix: list[Tensor], chan: list[Tensor], mlp_s: list[Tensor], mlp_t: list[Tensor],
+          eps_s: list[float], eps_t: list[float], temps: list[float]) -> list[Tensor]:
+    """[table, *saved]: the (L, 4) unweighted terms fg, bg, mask, rela of levels that share
+    C (docs/fgd.md, "Loss terms"), and what terms_grad needs. mlp_s / mlp_t: the GcBlock
+    MLP parameters of every level (gc_mlp.flat); eps_s / eps_t: their LayerNorm eps.
+    The same contract as the op fgdkern::fgd_terms_cpp, whose saved part is y_S alone."""
     N, C = chan[0].shape[0], chan[0].shape[2]
     temp = level_column(temps, chan[0])
     hw = column([p.shape[-1] for p in pix], chan[0])
     c = dict(zip(FGD_CHAN, torch.stack(chan).unbind(2)))                 # each (L, N, C)
-    A_C_s = C * torch.softmax(c["gc_s"] / temp, -1)
-    A_C_t = C * torch.softmax(c["gc_t"].detach() / temp, -1)
+    y_s = torch.softmax(c["gc_s"] / temp, -1)
+    A_C_t = C * torch.softmax(c["gc_t"] / temp, -1)
+    diff_c = C * y_s - A_C_t                                               # A_C_s - A_C_t
     fg = (A_C_t * c["x_fg"]).sum((1, 2))
     bg = (A_C_t * c["x_bg"]).sum((1, 2))
-    mask = (A_C_s - A_C_t).abs().sum((1, 2)) + spatial_mask_terms(pix, temps)
-    shift = channel_add_levels(gc_s, c["ctx_s"]) - channel_add_levels(gc_t, c["ctx_t"])
-    rela = c["m2_d"].sum((1, 2)) + hw.view(-1) * (c["sum_d"] / hw + shift).square().sum((1, 2))
-    return torch.stack([fg, bg, mask, rela], 1) / N
+    y_S, diff_S = spatial_attention(pix, temps)
+    mask = diff_c.abs().sum((1, 2)) + torch.stack([d.abs().sum() for d in diff_S])
+    out_s, saved_s = gc_mlp.forward(mlp_s, column(eps_s, chan[0]), c["ctx_s"])
+    out_t, saved_t = gc_mlp.forward(mlp_t, column(eps_t, chan[0]), c["ctx_t"])
+    u = c["sum_d"] / hw + (out_s - out_t)                                  # mean_d + shift
+    rela = c["m2_d"].sum((1, 2)) + hw.view(-1) * u.square().sum((1, 2))
+    table = torch.stack([fg, bg, mask, rela], 1) / N
+    return [table, y_s, A_C_t, diff_c, u, *y_S, *diff_S, *saved_s, *saved_t]
+
+
+def terms_grad(G: Tensor, pix, chan, saved, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t,
+               temps) -> list[Tensor]:
+    """The backward of terms, written out (docs/kernels.md, "The terms' backward"): from the
+    terms' gradient G (L, 4), fgd_grad's tables and the MLP parameters' gradients,
+    [pix_coef*L, chan_coef*L, K*L, g_mlp_s*6L, g_mlp_t*6L] (the contract of the op
+    fgdkern::fgd_terms_grad_cpp). pix's only row with a gradient is gs_s and chan's gc_t
+    has none: the teacher's attention is a constant."""
+    L, N, C = len(pix), chan[0].shape[0], chan[0].shape[2]
+    y_s, A_C_t, diff_c, u = saved[:4]
+    y_S, diff_S = saved[4:4 + L], saved[4 + L:4 + 2 * L]
+    n_mlp = len(saved[4 + 2 * L:]) // 2
+    saved_s, saved_t = saved[4 + 2 * L:4 + 2 * L + n_mlp], saved[4 + 2 * L + n_mlp:]
+    g_fg, g_bg, g_mask, g_rela = (G.float() / N).unsqueeze(-1).unsqueeze(-1).unbind(1)
+    g = dict(x_fg=g_fg * A_C_t, x_bg=g_bg * A_C_t, gc_t=torch.zeros_like(y_s),
+             gc_s=softmax_grad(y_s, (C * g_mask) * diff_c.sign(), level_column(temps, y_s)),
+             m2_d=g_rela.expand_as(u), sum_d=2 * g_rela * u)
+    g_shift = g["sum_d"] * column([y.shape[-1] for y in y_S], u)
+    g["ctx_s"], g_mlp_s = gc_mlp.backward(saved_s, g_shift, mlp_s)
+    g["ctx_t"], g_mlp_t = gc_mlp.backward(saved_t, -g_shift, mlp_t)
+    g_chan = torch.stack([g[r] for r in FGD_CHAN], 2).unbind(0)          # (N, 8, C) each
+    g_pix = [gs_s_gradient(y, (y.shape[-1] * g_mask[l]) * d.sign(), temps[l])
+             for l, (y, d) in enumerate(zip(y_S, diff_S))]
+    pix_coef, chan_coef, K = grad_coefficients(fg, bg, w_s, w_t, pix, chan, g_pix, g_chan,
+                                               temps)
+    return [*pix_coef, *chan_coef, *K, *g_mlp_s, *g_mlp_t]
+
+
+def spatial_attention(pix: list[Tensor], temps: list[float]) -> tuple[list, list]:
+    """Per level: softmax(gs_s / temp) over its HW, and A_S_s - A_S_t, each (N, HW)."""
+    y_S, diff_S = [], []
+    for p, temp in zip(pix, temps):
+        HW = p.shape[-1]
+        y_S.append(torch.softmax(p[:, FGD_PIX.gs_s] / temp, -1))
+        diff_S.append(HW * y_S[-1] - HW * torch.softmax(p[:, FGD_PIX.gs_t] / temp, -1))
+    return y_S, diff_S
+
+
+def softmax_grad(y: Tensor, g_y: Tensor, temp) -> Tensor:
+    """Gradient w.r.t. a of sum(g_y * y), y = softmax(a / temp) along the last axis."""
+    return y * (g_y - (g_y * y).sum(-1, keepdim=True)) / temp
+
+
+def gs_s_gradient(y: Tensor, g_y: Tensor, temp: float) -> Tensor:
+    """An (N, 4, HW) gradient of one level's pix: softmax_grad in row gs_s, zeros elsewhere."""
+    rows = [torch.zeros_like(y)] * len(FGD_PIX)
+    rows[FGD_PIX.gs_s] = softmax_grad(y, g_y, temp)
+    return torch.stack(rows, 1)
 
 
 def pixel_coefficients(C: int, fg: Tensor, bg: Tensor, pix: Tensor, g_pix: Tensor,
@@ -121,12 +140,8 @@ def pixel_coefficients(C: int, fg: Tensor, bg: Tensor, pix: Tensor, g_pix: Tenso
 def grad_coefficients(fg, bg, w_s, w_t, pix, chan, g_pix, g_chan, temps):
     """Gradients of the statistics of every level -> fgd_grad's tables, per level:
     (pix_coef (N, 5, HW), chan_coef (N, 11, C), K (N, 2)) lists (docs/kernels.md,
-    "The row tables"). The per-pixel tables are made level by level (their softmaxes run
-    over each level's HW); the per-channel ones for all levels at once."""
-    if not same_channels(chan):
-        per_level = [grad_coefficients(*level) for level in each_level(
-            fg, bg, w_s, w_t, pix, chan, g_pix, g_chan, temps)]
-        return tuple([t for tables in per_level for t in tables[k]] for k in range(3))
+    "The row tables") of levels that share C. The per-pixel tables are made level by level
+    (their softmaxes run over each level's HW); the per-channel ones for all levels at once."""
     N, C = chan[0].shape[0], chan[0].shape[2]
     pix_coef = [pixel_coefficients(C, *level) for level in zip(fg, bg, pix, g_pix, temps)]
     hw = column([p.shape[-1] for p in pix], chan[0])

@@ -1,30 +1,14 @@
-"""FGD's small math over all levels at once (fgdkern.ops.fgd_levels) against the
-same math done level by level: the terms, the gradient tables, the GcBlock
-MLPs, and levels that cannot be batched (different C, different LayerNorm eps)."""
+"""FGD's small math over all levels at once (fgdkern.ops.fgd_levels): the terms against
+the same math level by level, their hand-written backward against autograd through the
+GcBlock modules themselves, the gradient tables, and levels of different C."""
 import pytest
 import torch
 
 from fgdkern.ops import fgd_levels
 from fgdkern.rows import FGD_CHAN, FGD_PIX
 from tests.helpers import make_inputs, make_loss
-
-SIZES = [(9, 6), (5, 3), (1, 2)]
-TEMPS = [[0.5, 0.5, 0.5], [0.5, 0.8, 1.3]]
-
-
-def statistics(N, C, sizes, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pix = [torch.randn(N, len(FGD_PIX), H * W, generator=g) for H, W in sizes]
-    chan = [torch.randn(N, len(FGD_CHAN), C, generator=g) for _ in sizes]
-    return pix, chan
-
-
-def blocks(C, L, seed=0, eps=None):
-    mods = [make_loss(C, C, seed=seed + k) for k in range(L)]
-    if eps is not None:
-        for m, e in zip(mods, eps):
-            m.channel_add_conv_s[1].eps = m.channel_add_conv_t[1].eps = e
-    return [m.gc_block("s") for m in mods], [m.gc_block("t") for m in mods]
+from tests.ops.small_math import (SIZES, TEMPS, masks_and_weights, mlp_args, modules,
+                                  statistics)
 
 
 def one_by_one(fn, *per_level):
@@ -34,9 +18,10 @@ def one_by_one(fn, *per_level):
 @pytest.mark.parametrize("temps", TEMPS)
 def test_terms_match_level_by_level(temps):
     pix, chan = statistics(2, 6, SIZES)
-    gc_s, gc_t = blocks(6, len(SIZES))
-    batched = fgd_levels.terms_table(pix, chan, gc_s, gc_t, temps)
-    alone = torch.cat(one_by_one(fgd_levels.terms_table, pix, chan, gc_s, gc_t, temps))
+    mods = modules(6, len(SIZES))
+    batched = fgd_levels.terms(pix, chan, *mlp_args(mods), temps)[0]
+    alone = torch.cat([fgd_levels.terms([p], [c], *mlp_args([m]), [t])[0]
+                       for p, c, m, t in zip(pix, chan, mods, temps)])
     torch.testing.assert_close(batched, alone, rtol=1e-6, atol=0)
 
 
@@ -54,15 +39,64 @@ def test_gradient_tables_match_level_by_level(temps):
             torch.testing.assert_close(got, alone[level][k][0], rtol=1e-6, atol=1e-7)
 
 
-def test_channel_add_with_different_eps_per_level():
-    gc_s, _ = blocks(8, 3, eps=[1e-5, 1e-2, 1e-5])
-    ctx = torch.randn(3, 2, 8)
-    batched = fgd_levels.channel_add_levels(gc_s, ctx)
-    alone = torch.cat([fgd_levels.channel_add_levels([g], c) for g, c in zip(gc_s, ctx.split(1))])
-    torch.testing.assert_close(batched, alone, rtol=0, atol=0)
-    mixed = torch.cat([fgd_levels.channel_add_levels(gc_s[1:2], ctx[1:2]),
-                       fgd_levels.channel_add_levels([gc_s[0], gc_s[2]], ctx[[0, 2]])])
-    torch.testing.assert_close(mixed[0], batched[1], rtol=1e-6, atol=1e-7)
+def oracle_terms(pix, chan, mods, temps):
+    """The (L, 4) terms level by level with autograd through the GcBlock modules
+    themselves (docs/fgd.md, "Loss terms"): what terms and terms_grad must match."""
+    rows = []
+    for p, ch, m, temp in zip(pix, chan, mods, temps):
+        N, C, HW = ch.shape[0], ch.shape[2], p.shape[-1]
+        c = dict(zip(FGD_CHAN, ch.unbind(1)))
+        A_C_s, A_C_t = (C * torch.softmax(x / temp, -1) for x in (c["gc_s"], c["gc_t"].detach()))
+        A_S_s, A_S_t = (HW * torch.softmax(x / temp, -1)
+                        for x in (p[:, FGD_PIX.gs_s], p[:, FGD_PIX.gs_t].detach()))
+        shift = (m.channel_add_conv_s(c["ctx_s"][..., None, None])
+                 - m.channel_add_conv_t(c["ctx_t"][..., None, None])).flatten(1)
+        rela = c["m2_d"].sum() + HW * (c["sum_d"] / HW + shift).square().sum()
+        rows.append(torch.stack([(A_C_t * c["x_fg"]).sum(), (A_C_t * c["x_bg"]).sum(),
+                                 (A_C_s - A_C_t).abs().sum() + (A_S_s - A_S_t).abs().sum(),
+                                 rela]) / N)
+    return torch.stack(rows)
+
+
+def expected_backward(G, pix, chan, mods, temps, fg, bg, w_s, w_t):
+    """terms_grad's outputs from autograd through oracle_terms: the statistics' gradients
+    turned into fgd_grad's tables by grad_coefficients, and the MLP parameters' gradients."""
+    pix = [p.detach().requires_grad_() for p in pix]
+    chan = [c.detach().requires_grad_() for c in chan]
+    mlp_s, mlp_t, _, _ = mlp_args(mods)
+    grads = torch.autograd.grad((oracle_terms(pix, chan, mods, temps) * G).sum(),
+                                pix + chan + mlp_s + mlp_t)
+    L = len(pix)
+    tables = fgd_levels.grad_coefficients(fg, bg, w_s, w_t, pix, chan, grads[:L],
+                                          grads[L:2 * L], temps)
+    return [t.detach() for table in tables for t in table] + list(grads[2 * L:])
+
+
+def assert_close_to_scale(got, want, msg):
+    """float32 cancellation: elements far below a tensor's scale are held to that scale."""
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape, f"{msg} {k}"
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 * w.abs().max().item() + 1e-30,
+                                   msg=f"{msg} {k}")
+
+
+@pytest.mark.parametrize("temps", TEMPS)
+@pytest.mark.parametrize("eps", [None, [1e-5, 1e-2, 0.3]])
+@pytest.mark.parametrize("trained", [True, False])
+def test_terms_and_their_backward_match_autograd(temps, eps, trained):
+    """terms against the oracle, and terms_grad against autograd of it: every table of
+    the gradient pass and every GcBlock MLP parameter's gradient."""
+    pix, chan = statistics(2, 6, SIZES)
+    mods = modules(6, len(SIZES), eps, trained)
+    fg, bg, w_s, w_t = masks_and_weights(2, 6, SIZES)
+    out = fgd_levels.terms(pix, chan, *mlp_args(mods), temps)
+    torch.testing.assert_close(out[0], oracle_terms(pix, chan, mods, temps), rtol=1e-5,
+                               atol=1e-6)
+    G = torch.randn(len(SIZES), 4)
+    got = fgd_levels.terms_grad(G, pix, chan, out[1:], fg, bg, w_s, w_t, *mlp_args(mods),
+                                temps)
+    assert_close_to_scale(got, expected_backward(G, pix, chan, mods, temps, fg, bg, w_s, w_t),
+                          "output")
 
 
 def test_levels_of_different_channels_match_the_reference():

@@ -40,7 +40,7 @@ def temps(args, t=0.5):
 @pytest.mark.parametrize("N,C,sizes", SHAPES)
 def test_stats_match_contract(backend, N, C, sizes):
     args = make_inputs(N, C, sizes, device=device_of(backend))
-    got = fused.passes(backend)[0](*args, temps(args))
+    got = fused.kernels(backend).stats(*args, temps(args))
     want = contract.fgd_stats(*args, temps(args))
     assert_close_list(got, want, **TOL[torch.float32])
 
@@ -50,7 +50,7 @@ def test_stats_per_level_temperatures(backend):
     """Each level's statistics use that level's temperature (the x_fg / x_bg rows)."""
     args = make_inputs(2, 9, [(6, 7), (3, 4), (2, 2)], device=device_of(backend))
     want = contract.fgd_stats(*args, [0.2, 0.5, 3.0])
-    assert_close_list(fused.passes(backend)[0](*args, [0.2, 0.5, 3.0]), want, **TOL[torch.float32])
+    assert_close_list(fused.kernels(backend).stats(*args, [0.2, 0.5, 3.0]), want, **TOL[torch.float32])
     assert not torch.allclose(want[3], contract.fgd_stats(*args, [0.5] * 3)[3])
 
 
@@ -59,7 +59,7 @@ def test_stats_per_level_temperatures(backend):
 def test_grad_matches_contract(backend, N, C, sizes):
     S, T, *_ = make_inputs(N, C, sizes, device=device_of(backend))
     coefs = make_coefs(S)
-    got = fused.passes(backend)[1](S, T, *coefs)
+    got = fused.kernels(backend).grad(S, T, *coefs)
     want = contract.fgd_grad(S, T, *coefs)
     assert_close_list(got, want, **TOL[torch.float32])
 
@@ -71,12 +71,12 @@ def test_dtypes_and_layouts(backend, dtype, layout):
     """Low-precision inputs are read as they are and accumulated in float32."""
     args = make_inputs(2, 19, [(5, 6), (3, 2)], dtype=dtype, device=device_of(backend),
                        layout=layout)
-    assert_close_list(fused.passes(backend)[0](*args, temps(args, 0.7)),
+    assert_close_list(fused.kernels(backend).stats(*args, temps(args, 0.7)),
                       contract.fgd_stats(*args, temps(args, 0.7)),
                       **TOL[dtype])
     S, T = args[0], args[1]
     coefs = make_coefs(S)
-    got = fused.passes(backend)[1](S, T, *coefs)
+    got = fused.kernels(backend).grad(S, T, *coefs)
     want = contract.fgd_grad(S, T, *coefs)
     # dS is stored in the dtype of S: compare at that precision
     low = dict(rtol=1e-2, atol=1e-3) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=1e-4)
@@ -90,12 +90,12 @@ def test_dtypes_and_layouts(backend, dtype, layout):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_deterministic(backend):
     args = make_inputs(2, 33, [(7, 9), (4, 5)], device=device_of(backend))
-    first = fused.passes(backend)[0](*args, temps(args))
+    first = fused.kernels(backend).stats(*args, temps(args))
     coefs = make_coefs(args[0])
-    g_first = fused.passes(backend)[1](args[0], args[1], *coefs)
+    g_first = fused.kernels(backend).grad(args[0], args[1], *coefs)
     for _ in range(2):
-        assert all(torch.equal(a, b) for a, b in zip(first, fused.passes(backend)[0](*args, temps(args))))
-        g = fused.passes(backend)[1](args[0], args[1], *coefs)
+        assert all(torch.equal(a, b) for a, b in zip(first, fused.kernels(backend).stats(*args, temps(args))))
+        g = fused.kernels(backend).grad(args[0], args[1], *coefs)
         assert all(torch.equal(a, b) for a, b in zip(g_first, g))
 
 

@@ -46,7 +46,7 @@ def assert_matches_one(got, wants, **tol):
 
 
 def check_passes(backend, kind, args, temps, grad_tol=TOL):
-    stats, grad = fused.passes(backend)
+    stats, grad = fused.kernels(backend).stats, fused.kernels(backend).grad
     assert_matches_one(stats(*args, temps),
                        contracts(backend, kind, contract.fgd_stats, *args, temps), **TOL)
     S, T = args[0], args[1]

@@ -1,0 +1,103 @@
+"""FGD's small math as C++ ops (fgdkern::fgd_terms_cpp, fgdkern::fgd_terms_grad_cpp)
+against its PyTorch form (fgdkern.ops.fgd_levels.terms / terms_grad, itself checked
+against autograd in tests/ops/test_fgd_levels.py): the terms, y_S, every table of the
+gradient pass and every MLP parameter's gradient; levels of different C, which the
+ops take in one call; the ops' schemas and fake implementations; bad arguments."""
+import pytest
+import torch
+
+from fgdkern.ops import fgd_levels
+from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF
+from tests.cpu.cpp_ops import needs_cpp
+from tests.ops.small_math import SIZES, TEMPS, masks_and_weights, mlp_args, modules, statistics
+from tests.ops.test_fgd_levels import assert_close_to_scale
+
+pytestmark = needs_cpp
+ops = torch.ops.fgdkern
+
+
+def case(N, C, sizes, eps=None, trained=True, seed=0):
+    pix, chan = statistics(N, C, sizes, seed)
+    mods = modules(C, len(sizes), eps, trained, seed)
+    return pix, chan, mods, masks_and_weights(N, C, sizes, seed + 2)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("N,C", [(2, 6), (1, 32), (3, 17)])
+@pytest.mark.parametrize("temps", TEMPS)
+@pytest.mark.parametrize("eps,trained", [(None, True), ([1e-5, 1e-2, 0.3], True),
+                                         (None, False)])
+def test_matches_the_pytorch_small_math(N, C, temps, eps, trained):
+    pix, chan, mods, (fg, bg, w_s, w_t) = case(N, C, SIZES, eps, trained)
+    mlp = mlp_args(mods)
+    want = fgd_levels.terms(pix, chan, *mlp, temps)
+    got = ops.fgd_terms_cpp(pix, chan, *mlp, temps)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    L = len(SIZES)
+    for y, y_s, diff in zip(got[1:], want[5:5 + L], want[5 + L:5 + 2 * L]):  # y_S
+        torch.testing.assert_close(y[:, 0], y_s, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(y.shape[-1] * (y[:, 0] - y[:, 1]), diff, rtol=1e-4, atol=1e-5)
+    G = torch.randn(L, 4)
+    got = ops.fgd_terms_grad_cpp(G, pix, chan, got[1:], fg, bg, w_s, w_t, *mlp, temps)
+    want = fgd_levels.terms_grad(G, pix, chan, want[1:], fg, bg, w_s, w_t, *mlp, temps)
+    K = slice(2 * L, 3 * L)
+    assert_close_to_scale(got[:K.start] + got[K.stop:], want[:K.start] + want[K.stop:], "output")
+    for k, c, cc in zip(got[K], chan, got[L:2 * L]):  # K = sum_c g_ctx ctx, which may cancel
+        products = cc[:, [FGD_CHAN_COEF.g_ctx_s, FGD_CHAN_COEF.g_ctx_t]].double() * c[
+            :, [FGD_CHAN.ctx_s, FGD_CHAN.ctx_t]].double()
+        assert ((k - products.sum(-1)).abs() <= 1e-6 * products.abs().sum(-1)).all()
+
+
+def test_levels_of_different_channels_in_one_call():
+    """The ops take each level at its own C: one call equals the levels one by one."""
+    levels = [case(2, C, [size], seed=k) for k, (C, size) in enumerate(zip([6, 10], SIZES))]
+    pix, chan = [lv[0][0] for lv in levels], [lv[1][0] for lv in levels]
+    mlp = [sum(parts, []) for parts in zip(*[mlp_args(lv[2]) for lv in levels])]
+    temps = [0.5, 0.9]
+    together = ops.fgd_terms_cpp(pix, chan, *mlp, temps)
+    for k, lv in enumerate(levels):
+        alone = ops.fgd_terms_cpp([lv[0][0]], [lv[1][0]], *mlp_args(lv[2]), [temps[k]])
+        torch.testing.assert_close(together[0][k], alone[0][0], rtol=0, atol=0)
+
+
+def test_zero_gradient_of_the_terms_gives_zero_tables_but_p():
+    """G = 0: nothing flows back; only the z softmaxes p_s, p_t (not gradients) remain."""
+    pix, chan, mods, (fg, bg, w_s, w_t) = case(2, 6, SIZES)
+    mlp = mlp_args(mods)
+    out = ops.fgd_terms_cpp(pix, chan, *mlp, TEMPS[1])
+    grads = ops.fgd_terms_grad_cpp(torch.zeros(3, 4), pix, chan, out[1:], fg, bg, w_s, w_t,
+                                   *mlp, TEMPS[1])
+    L = len(SIZES)
+    for pc in grads[:L]:
+        assert (pc[:, 0] == 0).all()  # a_sign
+        torch.testing.assert_close(pc[:, 3].sum(-1), torch.ones(2))  # p_s sums to 1
+    assert all((g == 0).all() for g in grads[3 * L:])
+
+
+def test_opcheck():
+    pix, chan, mods, (fg, bg, w_s, w_t) = case(2, 6, SIZES[:2])
+    mlp = mlp_args(mods)
+    temps = [0.5, 0.7]
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.fgd_terms_cpp.default, (pix, chan, *mlp, temps), test_utils=utils)
+    y_S = ops.fgd_terms_cpp(pix, chan, *mlp, temps)[1:]
+    torch.library.opcheck(ops.fgd_terms_grad_cpp.default,
+                          (torch.randn(2, 4), pix, chan, y_S, fg, bg, w_s, w_t, *mlp, temps),
+                          test_utils=utils)
+
+
+@pytest.mark.parametrize("break_it,message", [
+    (lambda a: a.update(temp=[0.5, 0.0]), "temp must be positive"),
+    (lambda a: a.update(eps_s=[1e-5]), "eps_s must hold one value per level"),
+    (lambda a: a.update(chan=[a["chan"][0], a["chan"][1][:, :7]]), r"chan\[1\] \(N, 8, C\)"),
+    (lambda a: a.update(mlp_t=a["mlp_t"][:-1]), "6 tensors per level"),
+    (lambda a: a["mlp_s"].__setitem__(4, a["mlp_s"][4].double()), r"mlp_s\[4\] must be a float32"),
+])
+def test_bad_arguments_raise_naming_them(break_it, message):
+    pix, chan, mods, _ = case(2, 6, SIZES[:2])
+    mlp_s, mlp_t, eps_s, eps_t = mlp_args(mods)
+    args = dict(pix=pix, chan=chan, mlp_s=list(mlp_s), mlp_t=list(mlp_t), eps_s=eps_s,
+                eps_t=eps_t, temp=[0.5, 0.7])
+    break_it(args)
+    with pytest.raises(RuntimeError, match=message):
+        ops.fgd_terms_cpp(*args.values())
