@@ -30,17 +30,19 @@ namespace {
 FGDKERN_CPU_CLONES void channel_terms(const TermsLevel& lv, double* part) {
   const int64_t C = lv.C;
   const float c_f = static_cast<float>(C), hw = static_cast<float>(lv.HW);
-  ChannelState st(C, lv.mlp[0].H);
+  LevelChannels st(lv);
+  st.compute(lv);
   for (int64_t n = 0; n < lv.N; ++n) {
     const float* ch = lv.chan.const_data_ptr<float>() + n * kChanRows * C;
-    st.compute(lv, ch);
+    const float *y_s = st.y_s.data() + n * C, *y_t = st.y_t.data() + n * C;
+    const float* u = st.u.data() + n * C;
     double fg = 0.0, bg = 0.0, mask = 0.0, rela = 0.0;
     for (int64_t c = 0; c < C; ++c) {
-      const float A_t = c_f * st.y_t[c];
+      const float A_t = c_f * y_t[c];
       fg += A_t * ch[kXFg * C + c];
       bg += A_t * ch[kXBg * C + c];
-      mask += std::fabs(c_f * st.y_s[c] - A_t);
-      rela += ch[kM2D * C + c] + hw * (st.u[c] * st.u[c]);
+      mask += std::fabs(c_f * y_s[c] - A_t);
+      rela += ch[kM2D * C + c] + hw * (u[c] * u[c]);
     }
     const double row[4] = {fg, bg, mask, rela};
     std::copy(row, row + 4, part + 4 * n);

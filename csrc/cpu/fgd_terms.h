@@ -100,25 +100,41 @@ void each_image(const std::vector<TermsLevel>& levels, const Fn& fn) {
   });
 }
 
-// Per image: the channel softmaxes y_s, y_t of gc / temp, the MLP activations
-// and outputs of both sides, and u = mean_d + shift (shift = out_s - out_t).
-struct ChannelState {
-  std::vector<float> y_s, y_t, u, out_s, out_t, hn, r;
-  GcMLPActs acts[kSides];
+// All images of a level: the channel softmaxes y_s, y_t of gc / temp (N, C),
+// the MLP activations and outputs of both sides, and u = mean_d + shift
+// (N, C), shift = out_s - out_t.
+struct LevelChannels {
+  int64_t N, C, H;
+  std::vector<float> y_s, y_t, u, out[kSides], hn[kSides], r[kSides], rstd[kSides];
 
-  ChannelState(int64_t C, int64_t H)
-      : y_s(C), y_t(C), u(C), out_s(C), out_t(C), hn(kSides * H), r(kSides * H) {
-    for (int s = 0; s < kSides; ++s) acts[s] = {hn.data() + s * H, r.data() + s * H, 0.0f};
+  explicit LevelChannels(const TermsLevel& lv)
+      : N(lv.N), C(lv.C), H(lv.mlp[0].H), y_s(N * C), y_t(N * C), u(N * C) {
+    for (int s = 0; s < kSides; ++s) {
+      out[s].resize(N * C);
+      hn[s].resize(N * H);
+      r[s].resize(N * H);
+      rstd[s].resize(N);
+    }
   }
 
-  FGDKERN_INLINE void compute(const TermsLevel& lv, const float* ch) {
-    const int64_t C = lv.C;
-    softmax(ch + kGcS * C, C, 1.0f / lv.temp, y_s.data());
-    softmax(ch + kGcT * C, C, 1.0f / lv.temp, y_t.data());
-    gc_mlp_forward(lv.mlp[0], ch + kCtxS * C, acts[0], out_s.data());
-    gc_mlp_forward(lv.mlp[1], ch + kCtxT * C, acts[1], out_t.data());
+  GcMLPActs acts(int side) { return {hn[side].data(), r[side].data(), rstd[side].data()}; }
+
+  FGDKERN_INLINE void compute(const TermsLevel& lv) {
+    const float* chan = lv.chan.const_data_ptr<float>();
+    for (int64_t n = 0; n < N; ++n) {
+      const float* ch = chan + n * kChanRows * C;
+      softmax(ch + kGcS * C, C, 1.0f / lv.temp, y_s.data() + n * C);
+      softmax(ch + kGcT * C, C, 1.0f / lv.temp, y_t.data() + n * C);
+    }
+    gc_mlp_forward(lv.mlp[0], {chan + kCtxS * C, kChanRows * C}, N, acts(0), out[0].data());
+    gc_mlp_forward(lv.mlp[1], {chan + kCtxT * C, kChanRows * C}, N, acts(1), out[1].data());
     const float hw = static_cast<float>(lv.HW);
-    for (int64_t c = 0; c < C; ++c) u[c] = ch[kSumD * C + c] / hw + (out_s[c] - out_t[c]);
+    for (int64_t n = 0; n < N; ++n) {
+      const float* sum_d = chan + n * kChanRows * C + kSumD * C;
+      for (int64_t c = 0; c < C; ++c) {
+        u[n * C + c] = sum_d[c] / hw + (out[0][n * C + c] - out[1][n * C + c]);
+      }
+    }
   }
 };
 

@@ -23,22 +23,23 @@ struct GradLevel {
   GcMLPGrads grads[kSides];
 };
 
-// chan_coef and K of image n, and the MLP parameter gradients it adds.
+// chan_coef of image n but its g_ctx rows, and the gradient of the student's MLP
+// output (g_shift, C floats).
 FGDKERN_INLINE void channel_rows(const TermsLevel& lv, const GradLevel& out, const float* g,
-                                 ChannelState& st, int64_t n, std::vector<float>& work) {
+                                 const LevelChannels& st, int64_t n, float* g_shift) {
   const int64_t C = lv.C;
   const float c_f = static_cast<float>(C), hw = static_cast<float>(lv.HW);
   const float* ch = lv.chan.const_data_ptr<float>() + n * kChanRows * C;
+  const float *y_s = st.y_s.data() + n * C, *y_t = st.y_t.data() + n * C;
   float* cc = out.chan_coef + n * kChanCoefs * C;
-  float* row = cc + kBSign * C;
-  float *shift = work.data(), *mlp_scratch = shift + C;
+  float* b_sign = cc + kBSign * C;
   for (int64_t c = 0; c < C; ++c) {  // d mask / d A_C_s, then through the softmax
-    row[c] = c_f * g[2] * sign(c_f * st.y_s[c] - c_f * st.y_t[c]);
+    b_sign[c] = c_f * g[2] * sign(c_f * y_s[c] - c_f * y_t[c]);
   }
-  softmax_grad(st.y_s.data(), row, C, 1.0f / (lv.temp * hw), row);
+  softmax_grad(y_s, b_sign, C, 1.0f / (lv.temp * hw), b_sign);
   for (int64_t c = 0; c < C; ++c) {
-    const float A_t = c_f * st.y_t[c], mean_d = ch[kSumD * C + c] / hw;
-    const float g_sum_d = 2.0f * g[3] * st.u[c];
+    const float A_t = c_f * y_t[c], mean_d = ch[kSumD * C + c] / hw;
+    const float g_sum_d = 2.0f * g[3] * st.u[n * C + c];
     cc[kKD * C + c] = 2.0f * g[3];
     cc[kKConst * C + c] = g_sum_d - 2.0f * g[3] * mean_d;
     cc[kKFg * C + c] = 2.0f * (g[0] * A_t);
@@ -47,21 +48,39 @@ FGDKERN_INLINE void channel_rows(const TermsLevel& lv, const GradLevel& out, con
     cc[kWT * C + c] = out.w_t[c];
     cc[kCtxCoefS * C + c] = ch[kCtxS * C + c];
     cc[kCtxCoefT * C + c] = ch[kCtxT * C + c];
-    shift[c] = g_sum_d * hw;
+    g_shift[c] = g_sum_d * hw;
   }
-  GcMLPGrads grads[kSides] = {out.grads[0], out.grads[1]};
-  gc_mlp_backward(lv.mlp[0], ch + kCtxS * C, st.acts[0], shift, grads[0], cc + kGCtxS * C,
-                  mlp_scratch);
-  for (int64_t c = 0; c < C; ++c) shift[c] = -shift[c];  // shift = out_s - out_t
-  gc_mlp_backward(lv.mlp[1], ch + kCtxT * C, st.acts[1], shift, grads[1], cc + kGCtxT * C,
-                  mlp_scratch);
-  double K_s = 0.0, K_t = 0.0;
-  for (int64_t c = 0; c < C; ++c) {
-    K_s += static_cast<double>(cc[kGCtxS * C + c]) * ch[kCtxS * C + c];
-    K_t += static_cast<double>(cc[kGCtxT * C + c]) * ch[kCtxT * C + c];
+}
+
+// The g_ctx rows and K of every image, through both MLPs (shift = out_s - out_t),
+// and the MLP parameters' gradients.
+FGDKERN_INLINE void context_rows(const TermsLevel& lv, const GradLevel& out,
+                                 LevelChannels& st, float* g_shift, float* scratch) {
+  const int64_t N = lv.N, C = lv.C;
+  const float* chan = lv.chan.const_data_ptr<float>();
+  std::vector<float*> g_x(N);
+  for (int side = 0; side < kSides; ++side) {
+    for (int64_t n = 0; n < N; ++n) {
+      g_x[n] = out.chan_coef + n * kChanCoefs * C + (side == 0 ? kGCtxS : kGCtxT) * C;
+    }
+    if (side == 1) {
+      for (int64_t i = 0; i < N * C; ++i) g_shift[i] = -g_shift[i];
+    }
+    GcMLPGrads grads = out.grads[side];
+    gc_mlp_backward(lv.mlp[side], {chan + (side == 0 ? kCtxS : kCtxT) * C, kChanRows * C}, N,
+                    st.acts(side), g_shift, grads, g_x.data(), scratch);
   }
-  out.K[2 * n] = static_cast<float>(K_s);
-  out.K[2 * n + 1] = static_cast<float>(K_t);
+  for (int64_t n = 0; n < N; ++n) {
+    const float* ch = chan + n * kChanRows * C;
+    const float* cc = out.chan_coef + n * kChanCoefs * C;
+    double K_s = 0.0, K_t = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      K_s += static_cast<double>(cc[kGCtxS * C + c]) * ch[kCtxS * C + c];
+      K_t += static_cast<double>(cc[kGCtxT * C + c]) * ch[kCtxT * C + c];
+    }
+    out.K[2 * n] = static_cast<float>(K_s);
+    out.K[2 * n + 1] = static_cast<float>(K_t);
+  }
 }
 
 // pix_coef of image n.
@@ -87,12 +106,11 @@ FGDKERN_INLINE void pixel_rows(const TermsLevel& lv, const GradLevel& out, float
 
 FGDKERN_CPU_CLONES void channel_level(const TermsLevel& lv, const GradLevel& out,
                                       const float* g) {
-  ChannelState st(lv.C, lv.mlp[0].H);
-  std::vector<float> work(lv.C + 2 * lv.mlp[0].H);
-  for (int64_t n = 0; n < lv.N; ++n) {
-    st.compute(lv, lv.chan.const_data_ptr<float>() + n * kChanRows * lv.C);
-    channel_rows(lv, out, g, st, n, work);
-  }
+  LevelChannels st(lv);
+  st.compute(lv);
+  std::vector<float> work(lv.N * (lv.C + 2 * lv.mlp[0].H));  // g_shift (N, C), MLP scratch
+  for (int64_t n = 0; n < lv.N; ++n) channel_rows(lv, out, g, st, n, work.data() + n * lv.C);
+  context_rows(lv, out, st, work.data(), work.data() + lv.N * lv.C);
 }
 
 FGDKERN_CPU_CLONES void pixel_image(const TermsLevel& lv, const GradLevel& out, float g_mask,
@@ -100,11 +118,12 @@ FGDKERN_CPU_CLONES void pixel_image(const TermsLevel& lv, const GradLevel& out, 
   pixel_rows(lv, out, g_mask, n);
 }
 
-// Zeroed gradients shaped like a level's MLP parameters, and pointers into them.
-GcMLPGrads zero_grads(const std::vector<at::Tensor>& params, std::vector<at::Tensor>& grads) {
+// Gradients shaped like a level's MLP parameters (every element written by
+// gc_mlp_backward), and pointers into them.
+GcMLPGrads new_grads(const std::vector<at::Tensor>& params, std::vector<at::Tensor>& grads) {
   float* p[kMLPParams];
   for (int k = 0; k < kMLPParams; ++k) {
-    grads.push_back(at::zeros_like(params[k]));
+    grads.push_back(at::empty_like(params[k]));
     p[k] = grads.back().data_ptr<float>();
   }
   return {p[0], p[1], p[2], p[3], p[4], p[5]};
@@ -142,7 +161,7 @@ std::vector<at::Tensor> fgd_terms_grad_cpu(
               k[3].const_data_ptr<float>(), k[4].const_data_ptr<float>(),
               k[0].const_data_ptr<float>(), pix_coef[l].data_ptr<float>(),
               chan_coef[l].data_ptr<float>(), K[l].data_ptr<float>(),
-              {zero_grads(lv.params[0], g_mlp[0]), zero_grads(lv.params[1], g_mlp[1])}};
+              {new_grads(lv.params[0], g_mlp[0]), new_grads(lv.params[1], g_mlp[1])}};
   }
   std::vector<float> g(4 * L);  // G / N
   for (size_t l = 0; l < L; ++l) {

@@ -1,9 +1,9 @@
-// One GcBlock channel_add MLP on one image's (C,) context, forward and its
-// backward written out (docs/kernels.md, "The terms' backward"):
+// One level's GcBlock channel_add MLP on the (C,) contexts of N images, forward
+// and its backward written out (docs/kernels.md, "The terms' backward"):
 //   h = W1 x + b1 (H = C/2),  hn = (h - mean h) / sqrt(var h + eps),
 //   r = relu(gamma hn + beta),  out = W2 r + b2.
-// Each matrix is read once per direction, row by row; the backward writes
-// each weight gradient row as it reads the matrix row.
+// Every matrix row is read once per direction for all images, and every
+// weight-gradient row written once, the images' terms added in order.
 #pragma once
 
 #include <cmath>
@@ -20,68 +20,96 @@ struct GcMLP {
   float eps;
 };
 
-// Their gradients, added to (in the same layouts).
+// Their gradients, written (in the same layouts).
 struct GcMLPGrads {
   float *W1, *b1, *gamma, *beta, *W2, *b2;
 };
 
-// What the backward needs of one image's forward: hn (H), r (H), rstd.
+// What the backward needs of the forward of N images: hn, r (N, H), rstd (N).
 struct GcMLPActs {
-  float* hn;
-  float* r;
-  float rstd;
+  float *hn, *r, *rstd;
 };
 
-// out (C) of the MLP on x (C); fills a.
-FGDKERN_INLINE void gc_mlp_forward(const GcMLP& m, const float* x, GcMLPActs& a, float* out) {
+// Image n's context: x + n * x_step (C floats).
+struct Rows {
+  const float* x;
+  int64_t step;
+  FGDKERN_INLINE const float* operator[](int64_t n) const { return x + n * step; }
+};
+
+// out (N, C) of the MLP on the N contexts x; fills a.
+FGDKERN_INLINE void gc_mlp_forward(const GcMLP& m, Rows x, int64_t N, const GcMLPActs& a,
+                                   float* out) {
   const int64_t C = m.C, H = m.H;
-  double mean = 0.0;
-  for (int64_t j = 0; j < H; ++j) {
-    a.hn[j] = m.b1[j] + dot(m.W1 + j * C, x, C);
-    mean += a.hn[j];
+  for (int64_t j = 0; j < H; ++j) {  // h, row j of W1 for every image
+    for (int64_t n = 0; n < N; ++n) a.hn[n * H + j] = m.b1[j] + dot(m.W1 + j * C, x[n], C);
   }
-  mean /= static_cast<double>(H);
-  double var = 0.0;
-  for (int64_t j = 0; j < H; ++j) var += (a.hn[j] - mean) * (a.hn[j] - mean);
-  a.rstd = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(H) + m.eps));
-  const float mean_f = static_cast<float>(mean);
-  for (int64_t j = 0; j < H; ++j) {
-    a.hn[j] = (a.hn[j] - mean_f) * a.rstd;
-    const float y = m.gamma[j] * a.hn[j] + m.beta[j];
-    a.r[j] = y > 0.0f || y != y ? y : 0.0f;  // relu; NaN stays
+  for (int64_t n = 0; n < N; ++n) {  // LayerNorm, relu
+    float* hn = a.hn + n * H;
+    double mean = 0.0, var = 0.0;
+    for (int64_t j = 0; j < H; ++j) mean += hn[j];
+    mean /= static_cast<double>(H);
+    for (int64_t j = 0; j < H; ++j) var += (hn[j] - mean) * (hn[j] - mean);
+    a.rstd[n] = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(H) + m.eps));
+    const float mean_f = static_cast<float>(mean);
+    for (int64_t j = 0; j < H; ++j) {
+      hn[j] = (hn[j] - mean_f) * a.rstd[n];
+      const float y = m.gamma[j] * hn[j] + m.beta[j];
+      a.r[n * H + j] = y > 0.0f || y != y ? y : 0.0f;  // NaN stays
+    }
   }
-  for (int64_t c = 0; c < C; ++c) out[c] = m.b2[c] + dot(m.W2 + c * H, a.r, H);
+  for (int64_t c = 0; c < C; ++c) {  // out, row c of W2 for every image
+    for (int64_t n = 0; n < N; ++n) out[n * C + c] = m.b2[c] + dot(m.W2 + c * H, a.r + n * H, H);
+  }
 }
 
-// Given g_out (C) = the gradient of the MLP's output: adds the parameters'
-// gradients to g and writes g_x (C). scratch: 2 H floats.
-FGDKERN_INLINE void gc_mlp_backward(const GcMLP& m, const float* x, const GcMLPActs& a,
-                                    const float* g_out, GcMLPGrads& g, float* g_x,
+// Given g_out (N, C), the gradient of the MLP's output: writes the parameters'
+// gradients to g and g_x[n] (C each). scratch: 2 N H floats.
+FGDKERN_INLINE void gc_mlp_backward(const GcMLP& m, Rows x, int64_t N, const GcMLPActs& a,
+                                    const float* g_out, GcMLPGrads& g, float* const* g_x,
                                     float* scratch) {
   const int64_t C = m.C, H = m.H;
-  float *g_y = scratch, *g_hn = scratch + H;
-  std::fill_n(g_y, H, 0.0f);
+  float *g_y = scratch, *g_hn = scratch + N * H;
+  std::fill_n(g_y, N * H, 0.0f);
   for (int64_t c = 0; c < C; ++c) {  // out = W2 r + b2
-    g.b2[c] += g_out[c];
-    axpy(g_out[c], a.r, g.W2 + c * H, H);
-    axpy(g_out[c], m.W2 + c * H, g_y, H);
+    float* gW2 = g.W2 + c * H;
+    std::fill_n(gW2, H, 0.0f);
+    g.b2[c] = 0.0f;
+    for (int64_t n = 0; n < N; ++n) {
+      const float go = g_out[n * C + c];
+      g.b2[c] += go;
+      axpy(go, a.r + n * H, gW2, H);
+      axpy(go, m.W2 + c * H, g_y + n * H, H);
+    }
   }
-  double mean_g = 0.0, mean_ghn = 0.0;
-  for (int64_t j = 0; j < H; ++j) {  // relu, then the LayerNorm's affine
-    if (!(a.r[j] > 0.0f)) g_y[j] = 0.0f;
-    g.gamma[j] += g_y[j] * a.hn[j];
-    g.beta[j] += g_y[j];
-    g_hn[j] = g_y[j] * m.gamma[j];
-    mean_g += g_hn[j];
-    mean_ghn += static_cast<double>(g_hn[j]) * a.hn[j];
+  std::fill_n(g.gamma, H, 0.0f);
+  std::fill_n(g.beta, H, 0.0f);
+  for (int64_t n = 0; n < N; ++n) {  // relu, then the LayerNorm's affine and normalisation
+    const float *hn = a.hn + n * H, *r = a.r + n * H;
+    float *gy = g_y + n * H, *ghn = g_hn + n * H;
+    double mean_g = 0.0, mean_ghn = 0.0;
+    for (int64_t j = 0; j < H; ++j) {
+      if (!(r[j] > 0.0f)) gy[j] = 0.0f;
+      g.gamma[j] += gy[j] * hn[j];
+      g.beta[j] += gy[j];
+      ghn[j] = gy[j] * m.gamma[j];
+      mean_g += ghn[j];
+      mean_ghn += static_cast<double>(ghn[j]) * hn[j];
+    }
+    const float mg = static_cast<float>(mean_g / H), mgh = static_cast<float>(mean_ghn / H);
+    for (int64_t j = 0; j < H; ++j) ghn[j] = a.rstd[n] * (ghn[j] - mg - hn[j] * mgh);  // g_h
   }
-  const float mg = static_cast<float>(mean_g / H), mgh = static_cast<float>(mean_ghn / H);
-  std::fill_n(g_x, C, 0.0f);
-  for (int64_t j = 0; j < H; ++j) {  // the normalisation, then h = W1 x + b1
-    const float g_h = a.rstd * (g_hn[j] - mg - a.hn[j] * mgh);
-    g.b1[j] += g_h;
-    axpy(g_h, x, g.W1 + j * C, C);
-    axpy(g_h, m.W1 + j * C, g_x, C);
+  for (int64_t n = 0; n < N; ++n) std::fill_n(g_x[n], C, 0.0f);
+  for (int64_t j = 0; j < H; ++j) {  // h = W1 x + b1
+    float* gW1 = g.W1 + j * C;
+    std::fill_n(gW1, C, 0.0f);
+    g.b1[j] = 0.0f;
+    for (int64_t n = 0; n < N; ++n) {
+      const float gh = g_hn[n * H + j];
+      g.b1[j] += gh;
+      axpy(gh, x[n], gW1, C);
+      axpy(gh, m.W1 + j * C, g_x[n], C);
+    }
   }
 }
 
