@@ -58,17 +58,14 @@ FGDKERN_INLINE void context_rows(const TermsLevel& lv, const GradLevel& out,
                                  LevelChannels& st, float* g_shift, float* scratch) {
   const int64_t N = lv.N, C = lv.C;
   const float* chan = lv.chan.const_data_ptr<float>();
-  std::vector<float*> g_x(N);
   for (int side = 0; side < kSides; ++side) {
-    for (int64_t n = 0; n < N; ++n) {
-      g_x[n] = out.chan_coef + n * kChanCoefs * C + (side == 0 ? kGCtxS : kGCtxT) * C;
-    }
     if (side == 1) {
       for (int64_t i = 0; i < N * C; ++i) g_shift[i] = -g_shift[i];
     }
+    const OutRows g_x{out.chan_coef + (side == 0 ? kGCtxS : kGCtxT) * C, kChanCoefs * C};
     GcMLPGrads grads = out.grads[side];
     gc_mlp_backward(lv.mlp[side], {chan + (side == 0 ? kCtxS : kCtxT) * C, kChanRows * C}, N,
-                    st.acts(side), g_shift, grads, g_x.data(), scratch);
+                    st.acts(side), g_shift, grads, g_x, scratch);
   }
   for (int64_t n = 0; n < N; ++n) {
     const float* ch = chan + n * kChanRows * C;

@@ -30,12 +30,32 @@ struct GcMLPActs {
   float *hn, *r, *rstd;
 };
 
-// Image n's context: x + n * x_step (C floats).
-struct Rows {
-  const float* x;
+// Image n's row of a per-image quantity: x + n * step.
+template <typename T>
+struct RowsOf {
+  T* x;
   int64_t step;
-  FGDKERN_INLINE const float* operator[](int64_t n) const { return x + n * step; }
+  FGDKERN_INLINE T* operator[](int64_t n) const { return x + n * step; }
 };
+using Rows = RowsOf<const float>;
+using OutRows = RowsOf<float>;
+
+// The backward of out = W in + b (W: rows x cols) for N images: writes gW and gb,
+// each row once, and adds W^T g_out[n] to g_in[n]. g_out: (N, rows).
+FGDKERN_INLINE void linear_backward(const float* W, int64_t rows, int64_t cols, int64_t N,
+                                    const float* g_out, Rows in, float* gW, float* gb,
+                                    OutRows g_in) {
+  for (int64_t i = 0; i < rows; ++i) {
+    std::fill_n(gW + i * cols, cols, 0.0f);
+    gb[i] = 0.0f;
+    for (int64_t n = 0; n < N; ++n) {
+      const float g = g_out[n * rows + i];
+      gb[i] += g;
+      axpy(g, in[n], gW + i * cols, cols);
+      axpy(g, W + i * cols, g_in[n], cols);
+    }
+  }
+}
 
 // out (N, C) of the MLP on the N contexts x; fills a.
 FGDKERN_INLINE void gc_mlp_forward(const GcMLP& m, Rows x, int64_t N, const GcMLPActs& a,
@@ -66,51 +86,31 @@ FGDKERN_INLINE void gc_mlp_forward(const GcMLP& m, Rows x, int64_t N, const GcML
 // Given g_out (N, C), the gradient of the MLP's output: writes the parameters'
 // gradients to g and g_x[n] (C each). scratch: 2 N H floats.
 FGDKERN_INLINE void gc_mlp_backward(const GcMLP& m, Rows x, int64_t N, const GcMLPActs& a,
-                                    const float* g_out, GcMLPGrads& g, float* const* g_x,
+                                    const float* g_out, GcMLPGrads& g, OutRows g_x,
                                     float* scratch) {
   const int64_t C = m.C, H = m.H;
-  float *g_y = scratch, *g_hn = scratch + N * H;
+  float *g_y = scratch, *g_h = scratch + N * H;
   std::fill_n(g_y, N * H, 0.0f);
-  for (int64_t c = 0; c < C; ++c) {  // out = W2 r + b2
-    float* gW2 = g.W2 + c * H;
-    std::fill_n(gW2, H, 0.0f);
-    g.b2[c] = 0.0f;
-    for (int64_t n = 0; n < N; ++n) {
-      const float go = g_out[n * C + c];
-      g.b2[c] += go;
-      axpy(go, a.r + n * H, gW2, H);
-      axpy(go, m.W2 + c * H, g_y + n * H, H);
-    }
-  }
+  linear_backward(m.W2, C, H, N, g_out, {a.r, H}, g.W2, g.b2, {g_y, H});  // out = W2 r + b2
   std::fill_n(g.gamma, H, 0.0f);
   std::fill_n(g.beta, H, 0.0f);
   for (int64_t n = 0; n < N; ++n) {  // relu, then the LayerNorm's affine and normalisation
     const float *hn = a.hn + n * H, *r = a.r + n * H;
-    float *gy = g_y + n * H, *ghn = g_hn + n * H;
+    float *gy = g_y + n * H, *gh = g_h + n * H;
     double mean_g = 0.0, mean_ghn = 0.0;
     for (int64_t j = 0; j < H; ++j) {
       if (!(r[j] > 0.0f)) gy[j] = 0.0f;
       g.gamma[j] += gy[j] * hn[j];
       g.beta[j] += gy[j];
-      ghn[j] = gy[j] * m.gamma[j];
-      mean_g += ghn[j];
-      mean_ghn += static_cast<double>(ghn[j]) * hn[j];
+      gh[j] = gy[j] * m.gamma[j];  // the gradient of hn, for now
+      mean_g += gh[j];
+      mean_ghn += static_cast<double>(gh[j]) * hn[j];
     }
     const float mg = static_cast<float>(mean_g / H), mgh = static_cast<float>(mean_ghn / H);
-    for (int64_t j = 0; j < H; ++j) ghn[j] = a.rstd[n] * (ghn[j] - mg - hn[j] * mgh);  // g_h
+    for (int64_t j = 0; j < H; ++j) gh[j] = a.rstd[n] * (gh[j] - mg - hn[j] * mgh);
   }
   for (int64_t n = 0; n < N; ++n) std::fill_n(g_x[n], C, 0.0f);
-  for (int64_t j = 0; j < H; ++j) {  // h = W1 x + b1
-    float* gW1 = g.W1 + j * C;
-    std::fill_n(gW1, C, 0.0f);
-    g.b1[j] = 0.0f;
-    for (int64_t n = 0; n < N; ++n) {
-      const float gh = g_hn[n * H + j];
-      g.b1[j] += gh;
-      axpy(gh, x[n], gW1, C);
-      axpy(gh, m.W1 + j * C, g_x[n], C);
-    }
-  }
+  linear_backward(m.W1, H, C, N, g_h, x, g.W1, g.b1, g_x);  // h = W1 x + b1
 }
 
 }  // namespace fgdkern::cpu
