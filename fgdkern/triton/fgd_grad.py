@@ -35,7 +35,7 @@ from fgdkern.triton.levels import (
     level_shape, offset, per_dtype, program_run, row_indices, view)
 from fgdkern.triton.merges import accumulate
 from fgdkern.triton.tiles import (
-    block_grids, channel_row, channel_sums, image_tile, load_tile, per_pixel, store_tile,
+    STAGES, block_grids, channel_row, channel_sums, image_tile, load_tile, per_pixel, store_tile,
     sum_pixels, tile_mask)
 
 # Rows of pix_coef and chan_coef (fgdkern.rows) that the kernel reads.
@@ -89,7 +89,7 @@ def fgd_grad_bwd_kernel(
         fgA = per_pixel(tl.load(pc + FGA * HW + p, mask=p_mask, other=0.0))
         bgA = per_pixel(tl.load(pc + BGA * HW + p, mask=p_mask, other=0.0))
         p_s = per_pixel(p_s)
-        for c0 in range(0, C, BLOCK_C):  # sub-loop 2: dS, and per-channel sums for dw
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):  # sub-loop 2: dS, and per-channel sums for dw
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
             mask = tile_mask(tile_c, tile_in, c0, C)

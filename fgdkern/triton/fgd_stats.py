@@ -34,7 +34,7 @@ from fgdkern.triton.levels import (
     level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
 from fgdkern.triton.merges import accumulate, block_softmax, chan_merge, merge_moments, rescale
 from fgdkern.triton.tiles import (
-    block_grids, block_sum, channel_sums, image_tile, load_tile, per_pixel, sum_pixels,
+    STAGES, block_grids, block_sum, channel_sums, image_tile, load_tile, per_pixel, sum_pixels,
     tile_mask)
 
 # Rows of pix and chan (fgdkern.rows); the partial rows of a run are laid out as chan.
@@ -104,7 +104,7 @@ def fgd_stats_fwd_kernel(
         e_t = per_pixel(e_t)
         w_fg = per_pixel(tl.load(fg_row + p, mask=p_mask, other=0.0) * e_a)
         w_bg = per_pixel(tl.load(bg_row + p, mask=p_mask, other=0.0) * e_a)
-        for c0 in range(0, C, BLOCK_C):  # sub-loop 2: per-channel sums over the block
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):  # sub-loop 2: per-channel sums over the block
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
             mask = tile_mask(tile_c, tile_in, c0, C)

@@ -32,7 +32,8 @@ from fgdkern.triton.levels import (
     COL_S, COL_T, VIEW_COLS, Launch, check_features, extra_columns, float32_levels,
     host_copy_if_interpreted, level_shape, offset, per_dtype, program_run, row_indices, view)
 from fgdkern.triton.tiles import (
-    block_grids, channel_row, image_tile, load_tile, per_pixel, sign, store_tile, tile_mask)
+    STAGES, block_grids, channel_row, image_tile, load_tile, per_pixel, sign, store_tile,
+    tile_mask)
 
 # Rows of pix_coef and chan_coef (fgdkern.rows).
 PA, PB, PS, PIX_COEF_ROWS = row_indices(IMIT_PIX_COEF, "a", "b", "s")
@@ -73,7 +74,7 @@ def imitation_grad_bwd_kernel(
         a_p = pixel_coef(pc, PA, p, p_mask, HW)                     # [ROWS, 1, SECTOR]
         b_p = pixel_coef(pc, PB, p, p_mask, HW)
         s_p = pixel_coef(pc, PS, p, p_mask, HW)
-        for c0 in range(0, C, BLOCK_C):  # dX of the block, one channel chunk at a time
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):  # dX of the block, one channel chunk at a time
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
             mask = tile_mask(tile_c, tile_in, c0, C)

@@ -41,7 +41,7 @@ from fgdkern.triton.levels import (
     level_shape, offset, per_dtype, program_run, row_indices)
 from fgdkern.triton.merges import accumulate
 from fgdkern.triton.tiles import (
-    block_grids, channel_row, image_tile, load_tile, sum_channels, sum_pixels, tile_mask)
+    STAGES, block_grids, channel_row, image_tile, load_tile, sum_channels, sum_pixels, tile_mask)
 
 # Rows of pix and chan (fgdkern.rows); a run's partial rows are laid out as chan.
 P_ABS, P_SUM, P_SQ, PIX_ROWS = row_indices(IMIT_PIX, "abs_x", "sum_x", "sq_d")
@@ -76,7 +76,7 @@ def imitation_stats_fwd_kernel(
         abs_x = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
         sum_x = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
         sq_d = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-        for c0 in range(0, C, BLOCK_C):  # one sweep: per-pixel lanes, per-channel block sums
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):  # one sweep: per-pixel lanes, per-channel block sums
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
             mask = tile_mask(tile_c, tile_in, c0, C)

@@ -41,6 +41,12 @@ TILE_SHAPES = {(True, False): (32, 32, 8), (False, False): (16, 64, 16),
 # GENERAL views address every element through both strides: the 1024-element tiles
 # spill on sm_90 (python -m tests.triton.offline), tiles of 512 do not.
 GENERAL_TILE = (32, 16, 8)
+# Channel chunks in flight in every channel loop (tl.range's num_stages): the tiles
+# of the next chunk are copied to shared memory (cp.async) while this one's math
+# runs, so a program has twice the bytes in flight that its registers alone hold.
+# Three stages make the float32 FGD kernels spill on sm_90; two spill nowhere
+# (docs/kernels.md, "Offline compile").
+STAGES = tl.constexpr(2)
 
 
 def choose_layout(views: list[Tensor]) -> int:
@@ -193,7 +199,7 @@ def channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, tile_c, 
     wt_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     abs_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     abs_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
         c = c0 + tl.arange(0, BLOCK_C)
         c_mask = c < C
         mask = tile_mask(tile_c, tile_in, c0, C)
