@@ -23,7 +23,6 @@ from torch import Tensor
 
 from fgdkern import _checks, _device
 from fgdkern.ops import gc_mlp
-from fgdkern.reference.fgd import GcBlockParams
 from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
 
 
