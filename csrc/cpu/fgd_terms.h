@@ -28,7 +28,7 @@ struct TermsLevel {
 };
 
 inline GcMLP make_mlp(const char* op, const char* name, size_t l, at::TensorList p, int64_t C,
-               double eps, std::vector<at::Tensor>& keep) {
+                      double eps, std::vector<at::Tensor>& keep) {
   const int64_t H = C / 2;
   const int64_t numel[kMLPParams] = {H * C, H, H, H, C * H, C};
   for (int k = 0; k < kMLPParams; ++k) {
@@ -42,10 +42,11 @@ inline GcMLP make_mlp(const char* op, const char* name, size_t l, at::TensorList
   return {ptr(0), ptr(1), ptr(2), ptr(3), ptr(4), ptr(5), C, H, static_cast<float>(eps)};
 }
 
-inline std::vector<TermsLevel> make_levels(const char* op, at::TensorList pix, at::TensorList chan,
-                                    at::TensorList mlp_s, at::TensorList mlp_t,
-                                    at::ArrayRef<double> eps_s, at::ArrayRef<double> eps_t,
-                                    at::ArrayRef<double> temp) {
+inline std::vector<TermsLevel> make_levels(const char* op, at::TensorList pix,
+                                           at::TensorList chan, at::TensorList mlp_s,
+                                           at::TensorList mlp_t, at::ArrayRef<double> eps_s,
+                                           at::ArrayRef<double> eps_t,
+                                           at::ArrayRef<double> temp) {
   const size_t L = pix.size();
   check_levels(op, L, {chan});
   check_positive_per_level(op, "temp", L, temp);

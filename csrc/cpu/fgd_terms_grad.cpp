@@ -81,8 +81,8 @@ FGDKERN_INLINE void context_rows(const TermsLevel& lv, const GradLevel& out,
 }
 
 // pix_coef of image n.
-FGDKERN_INLINE void pixel_rows(const TermsLevel& lv, const GradLevel& out, float g_mask,
-                               int64_t n) {
+FGDKERN_CPU_CLONES void pixel_rows(const TermsLevel& lv, const GradLevel& out, float g_mask,
+                                   int64_t n) {
   const int64_t HW = lv.HW;
   const float hw = static_cast<float>(HW);
   const float *ys = out.y_S + n * 2 * HW, *yt = ys + HW;
@@ -110,11 +110,6 @@ FGDKERN_CPU_CLONES void channel_level(const TermsLevel& lv, const GradLevel& out
   context_rows(lv, out, st, work.data(), work.data() + lv.N * lv.C);
 }
 
-FGDKERN_CPU_CLONES void pixel_image(const TermsLevel& lv, const GradLevel& out, float g_mask,
-                                    int64_t n) {
-  pixel_rows(lv, out, g_mask, n);
-}
-
 // Gradients shaped like a level's MLP parameters (every element written by
 // gc_mlp_backward), and pointers into them.
 GcMLPGrads new_grads(const std::vector<at::Tensor>& params, std::vector<at::Tensor>& grads) {
@@ -140,6 +135,7 @@ std::vector<at::Tensor> fgd_terms_grad_cpu(
   const at::Tensor G_c = G.contiguous();
   std::vector<at::Tensor> keep, pix_coef, chan_coef, K, g_mlp[kSides];
   std::vector<GradLevel> out(L);
+  keep.reserve(5 * L);
   for (size_t l = 0; l < L; ++l) {
     const TermsLevel& lv = levels[l];
     check_float(op, "y_S", l, y_S[l], {lv.N, 2, lv.HW});
@@ -149,7 +145,9 @@ std::vector<at::Tensor> fgd_terms_grad_cpu(
                 " pixels, got ", fg[l].sizes());
     check_float(op, "w_s", l, w_s[l], {lv.C});
     check_float(op, "w_t", l, w_t[l], {lv.C});
-    for (const at::Tensor& t : {y_S[l], fg[l], bg[l], w_s[l], w_t[l]}) keep.push_back(t.contiguous());
+    for (const at::Tensor& t : {y_S[l], fg[l], bg[l], w_s[l], w_t[l]}) {
+      keep.push_back(t.contiguous());
+    }
     const at::Tensor* k = &keep[keep.size() - 5];
     pix_coef.push_back(at::empty({lv.N, kPixCoefs, lv.HW}, G_c.options()));
     chan_coef.push_back(at::empty({lv.N, kChanCoefs, lv.C}, G_c.options()));
@@ -167,9 +165,7 @@ std::vector<at::Tensor> fgd_terms_grad_cpu(
     }
   }
   each_level(L, [&](int64_t l) { channel_level(levels[l], out[l], g.data() + 4 * l); });
-  each_image(levels, [&](int64_t l, int64_t n) {
-    pixel_image(levels[l], out[l], g[4 * l + 2], n);
-  });
+  each_image(levels, [&](int64_t l, int64_t n) { pixel_rows(levels[l], out[l], g[4 * l + 2], n); });
   std::vector<at::Tensor> result;
   for (auto* list : {&pix_coef, &chan_coef, &K, &g_mlp[0], &g_mlp[1]}) {
     result.insert(result.end(), list->begin(), list->end());

@@ -201,14 +201,15 @@ def fgd_terms(backend: str, S: list[Tensor], T: list[Tensor], gt_bboxes, img_sha
     fg = [f.to(device) for f, _ in masks]
     bg = [b.to(device) for _, b in masks]
     impl = dispatch.resolve("fgd", backend, device, S[0].dtype)
+    checking = check_finite and not _checks.is_compiling()
     if impl == "reference":
-        if check_finite and not _checks.is_compiling():
+        if checking:
             for s, t, sfx in zip(S, T, names):
                 _checks.check_finite(f"preds_S{sfx}", s)
                 _checks.check_finite(f"preds_T{sfx}", t)
         return torch.stack([torch.stack(fgd_reference(*args))
                             for args in zip(S, T, fg, bg, gc_s, gc_t, temps)])
-    check = names if check_finite and not _checks.is_compiling() else None
+    check = names if checking else None
     with torch.autocast(device.type, enabled=False):
         if len({s.shape[1] for s in S}) == 1:
             return fgd_table(impl, S, T, fg, bg, gc_s, gc_t, temps, check)

@@ -45,12 +45,6 @@ def level_column(per_level: list[float], like: Tensor):
     return float(per_level[0]) if same else column(per_level, like)
 
 
-def same_channels(chan: list[Tensor]) -> bool:
-    """Whether the levels share C, so that their per-channel rows stack (fgd_terms
-    runs levels that do not one at a time)."""
-    return all(c.shape[-1] == chan[0].shape[-1] for c in chan)
-
-
 def terms(pix: list[Tensor], chan: list[Tensor], mlp_s: list[Tensor], mlp_t: list[Tensor],
           eps_s: list[float], eps_t: list[float], temps: list[float]) -> list[Tensor]:
     """[table, *saved]: the (L, 4) unweighted terms fg, bg, mask, rela of levels that share

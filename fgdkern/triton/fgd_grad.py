@@ -89,7 +89,8 @@ def fgd_grad_bwd_kernel(
         fgA = per_pixel(tl.load(pc + FGA * HW + p, mask=p_mask, other=0.0))
         bgA = per_pixel(tl.load(pc + BGA * HW + p, mask=p_mask, other=0.0))
         p_s = per_pixel(p_s)
-        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):  # sub-loop 2: dS, and per-channel sums for dw
+        # sub-loop 2: dS, and per-channel sums for dw
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
             mask = tile_mask(tile_c, tile_in, c0, C)

@@ -104,7 +104,8 @@ def fgd_stats_fwd_kernel(
         e_t = per_pixel(e_t)
         w_fg = per_pixel(tl.load(fg_row + p, mask=p_mask, other=0.0) * e_a)
         w_bg = per_pixel(tl.load(bg_row + p, mask=p_mask, other=0.0) * e_a)
-        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):  # sub-loop 2: per-channel sums over the block
+        # sub-loop 2: per-channel sums over the block
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
             mask = tile_mask(tile_c, tile_in, c0, C)

@@ -74,7 +74,8 @@ def imitation_grad_bwd_kernel(
         a_p = pixel_coef(pc, PA, p, p_mask, HW)                     # [ROWS, 1, SECTOR]
         b_p = pixel_coef(pc, PB, p, p_mask, HW)
         s_p = pixel_coef(pc, PS, p, p_mask, HW)
-        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):  # dX of the block, one channel chunk at a time
+        # dX of the block, one channel chunk at a time
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
             mask = tile_mask(tile_c, tile_in, c0, C)

@@ -76,7 +76,8 @@ def imitation_stats_fwd_kernel(
         abs_x = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
         sum_x = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
         sq_d = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):  # one sweep: per-pixel lanes, per-channel block sums
+        # one sweep: per-pixel lanes, per-channel block sums
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
             c = c0 + tl.arange(0, BLOCK_C)
             c_mask = c < C
             mask = tile_mask(tile_c, tile_in, c0, C)
