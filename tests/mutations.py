@@ -99,6 +99,9 @@ MUTATIONS = [
     Mutation("triton-imitation-sign-term-dropped", "fgdkern/triton/imitation_grad.py",
              "+ b_p + b_c + sign(x) * (s_p + s_c)", "+ b_p + b_c + (s_p + s_c)",
              ["tests/triton/test_imitation_grad.py"]),
+    Mutation("triton-aligned-level-extent-unchecked", "fgdkern/triton/tiles.py",
+             "ok = ok and multiple(C, sc) and (H * W) % align == 0", "ok = ok and multiple(C, sc)",
+             ["tests/triton/test_alignment.py", "-k", "mixed or runs"]),
     Mutation("rm-softmax-over-all-anchors", "fgdkern/reference/rm.py",
              "        segment, M = dense_ids(instance_ids)\n",
              "        segment, M = dense_ids(instance_ids)\n"

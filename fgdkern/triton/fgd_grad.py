@@ -32,11 +32,11 @@ from fgdkern.triton.levels import (
     RUNTIME_INTS,
     COL_C, COL_COMB0, COL_N, COL_NSPLIT, COL_PART, COL_S, COL_T, COMBINE_BLOCK_C, VIEW_COLS,
     Launch, check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
-    level_shape, offset, per_dtype, program_run, row_indices, view)
+    level_is_aligned, level_shape, offset, per_dtype, program_run, row_indices, view)
 from fgdkern.triton.merges import accumulate
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, channel_row, channel_sums, image_tile, load_tile, per_pixel, store_tile,
-    sum_pixels, tile_mask)
+    STAGES, block_grids, channel_row, channel_sums, extents, image_tile, load_tile, per_pixel,
+    store_tile, sum_pixels, tile_mask)
 
 # Rows of pix_coef and chan_coef (fgdkern.rows) that the kernel reads.
 A_SIGN, FGA, BGA, P_S, P_T, PIX_COEF_ROWS = row_indices(
@@ -61,12 +61,29 @@ def fgd_grad_bwd_kernel(
     f32,              # float32 workspace (partial dw rows): base of pix_coef, chan_coef, K, dw
     L,                # number of levels
     BLOCKS_PER_PROG,  # pixel blocks per program (per run)
-    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
     """Reads S, T and the coefficients of a run of blocks; writes dS and its partial dw rows."""
     lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
+    if ALIGN == 1:  # GENERAL views
+        fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
+                     LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    elif level_is_aligned(lv):  # 16-byte vectors (docs/kernels.md, "Aligned levels")
+        fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
+                     LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    else:  # an address per element: not pipelined, or the kernel spills
+        fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
+                     LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+@triton.jit
+def fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32, LAYOUT: tl.constexpr,
+                 ALIGN: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
     C, HW, W = level_shape(lv)
+    C, HW = extents(C, HW, LAYOUT, ALIGN)
     pc = f32 + tl.load(lv + COL_PC) + n * PIX_COEF_ROWS * HW
     cc = f32 + tl.load(lv + COL_CC) + n * CHAN_COEF_ROWS * C
     K_s = tl.load(f32 + tl.load(lv + COL_K) + n * 2)
@@ -75,14 +92,14 @@ def fgd_grad_bwd_kernel(
     for b in range(blk_lo, blk_hi):
         keep = b > blk_lo
         p, p_mask, tile_c, tile_p, tile_in = block_grids(b, HW, BLOCK_C, BLOCK_HW, SECTOR)
-        s_img, s_tile, s_sc = image_tile(S, lv + COL_S, n, tile_c, tile_p, W, LAYOUT)
-        t_img, t_tile, t_sc = image_tile(T, lv + COL_T, n, tile_c, tile_p, W, LAYOUT)
-        ds_img, ds_tile, ds_sc = image_tile(dS, lv + COL_DS, n, tile_c, tile_p, W, LAYOUT)
+        s_img, s_tile, s_sc = image_tile(S, lv + COL_S, n, tile_c, tile_p, W, LAYOUT, ALIGN)
+        t_img, t_tile, t_sc = image_tile(T, lv + COL_T, n, tile_c, tile_p, W, LAYOUT, ALIGN)
+        ds_img, ds_tile, ds_sc = image_tile(dS, lv + COL_DS, n, tile_c, tile_p, W, LAYOUT, ALIGN)
         # sub-loop 1: gp = sum_c g_ctx S per pixel, for dz
         p_s = tl.load(pc + P_S * HW + p, mask=p_mask, other=0.0)
         gp_s, gp_t, _, _ = channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc,
                                         cc + G_CTX_S * C, cc + G_CTX_T * C, C, tile_c, tile_in,
-                                        False, BLOCK_C, BLOCK_HW, SECTOR)
+                                        False, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
         dz_s = per_pixel(p_s * (gp_s - K_s))
         dz_t = per_pixel(tl.load(pc + P_T * HW + p, mask=p_mask, other=0.0) * (gp_t - K_t))
         a_sign = per_pixel(tl.load(pc + A_SIGN * HW + p, mask=p_mask, other=0.0))
@@ -135,7 +152,7 @@ def fgd_grad_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.con
 def _launch(S, T, pix_coef, chan_coef, K, programs):
     """dS, dw_s and dw_t of levels of one dtype."""
     dS = [torch.empty_like(s) for s in S]
-    run = Launch(S, T, S + T + dS, programs)
+    run = Launch(S, T, [dS], programs)
     dw_s = [s.new_empty((s.shape[1],), dtype=torch.float32) for s in S]
     dw_t = [s.new_empty((s.shape[1],), dtype=torch.float32) for s in S]
     ws, part0 = run.workspace(PART_ROWS.value)

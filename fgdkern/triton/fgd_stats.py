@@ -31,11 +31,11 @@ from fgdkern.triton.levels import (
     RUNTIME_INTS, device_values,
     COL_COMB0, COL_NSPLIT, COL_PART, COL_PROG0, COL_S, COL_T, COMBINE_BLOCK_C, Launch,
     check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
-    level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
+    level_is_aligned, level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
 from fgdkern.triton.merges import accumulate, block_softmax, chan_merge, merge_moments, rescale
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, block_sum, channel_sums, image_tile, load_tile, per_pixel, sum_pixels,
-    tile_mask)
+    STAGES, block_grids, block_sum, channel_sums, extents, image_tile, load_tile, per_pixel,
+    sum_pixels, tile_mask)
 
 # Rows of pix and chan (fgdkern.rows); the partial rows of a run are laid out as chan.
 GS_S, GS_T, Z_S, Z_T, PIX_ROWS = row_indices(FGD_PIX, "gs_s", "gs_t", "z_s", "z_t")
@@ -58,13 +58,30 @@ def fgd_stats_fwd_kernel(
     f32,              # float32 workspace: base of fg, bg, w, temps, pix, chan; scalars first
     L,                # number of levels
     BLOCKS_PER_PROG,  # pixel blocks per program (per run)
-    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
     """Reads S, T, fg, bg, w_s, w_t, temp of a run of blocks; writes pix and its partial chan
     rows (ctx, x_fg, x_bg unnormalised) and scalars."""
     lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
+    if ALIGN == 1:  # GENERAL views
+        fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32,
+                      LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    elif level_is_aligned(lv):  # 16-byte vectors (docs/kernels.md, "Aligned levels")
+        fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32,
+                      LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    else:  # an address per element: not pipelined, or the kernel spills
+        fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32,
+                      LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+@triton.jit
+def fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32, LAYOUT: tl.constexpr,
+                  ALIGN: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
     C, HW, W = level_shape(lv)
+    C, HW = extents(C, HW, LAYOUT, ALIGN)
     fg_row = f32 + tl.load(lv + COL_FG) + n * HW
     bg_row = f32 + tl.load(lv + COL_BG) + n * HW
     w_s = f32 + tl.load(lv + COL_WS)
@@ -83,11 +100,12 @@ def fgd_stats_fwd_kernel(
         keep = b > blk_lo
         p, p_mask, tile_c, tile_p, tile_in = block_grids(b, HW, BLOCK_C, BLOCK_HW, SECTOR)
         n_block = tl.minimum(HW - b * BLOCK_HW, BLOCK_HW).to(tl.float32)
-        s_img, s_tile, s_sc = image_tile(S, lv + COL_S, n, tile_c, tile_p, W, LAYOUT)
-        t_img, t_tile, t_sc = image_tile(T, lv + COL_T, n, tile_c, tile_p, W, LAYOUT)
+        s_img, s_tile, s_sc = image_tile(S, lv + COL_S, n, tile_c, tile_p, W, LAYOUT, ALIGN)
+        t_img, t_tile, t_sc = image_tile(T, lv + COL_T, n, tile_c, tile_p, W, LAYOUT, ALIGN)
         # sub-loop 1: per-pixel sums over channels; writes gs, z
         z_s, z_t, abs_s, abs_t = channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t,
-                                              C, tile_c, tile_in, True, BLOCK_C, BLOCK_HW, SECTOR)
+                                              C, tile_c, tile_in, True, STAGES,
+                                              BLOCK_C, BLOCK_HW, SECTOR)
         gs_s = abs_s / C
         gs_t = abs_t / C
         tl.store(pix + GS_S * HW + p, gs_s, mask=p_mask)
@@ -194,7 +212,7 @@ def fgd_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C: tl.co
 
 def _launch(S, T, fg, bg, w_s, w_t, temps, programs):
     """pix and chan of levels of one dtype."""
-    run = Launch(S, T, S + T, programs)
+    run = Launch(S, T, [], programs)
     pix = [s.new_empty((s.shape[0], len(FGD_PIX), s.shape[2] * s.shape[3]), dtype=torch.float32)
            for s in S]
     chan = [s.new_empty((s.shape[0], len(FGD_CHAN), s.shape[1]), dtype=torch.float32) for s in S]

@@ -30,10 +30,11 @@ from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX_COEF
 from fgdkern.triton.levels import (
     RUNTIME_INTS,
     COL_S, COL_T, VIEW_COLS, Launch, check_features, extra_columns, float32_levels,
-    host_copy_if_interpreted, level_shape, offset, per_dtype, program_run, row_indices, view)
+    host_copy_if_interpreted, level_is_aligned, level_shape, offset, per_dtype, program_run,
+    row_indices, view)
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, channel_row, image_tile, load_tile, per_pixel, sign, store_tile,
-    tile_mask)
+    STAGES, block_grids, channel_row, extents, image_tile, load_tile, per_pixel, sign,
+    store_tile, tile_mask)
 
 # Rows of pix_coef and chan_coef (fgdkern.rows).
 PA, PB, PS, PIX_COEF_ROWS = row_indices(IMIT_PIX_COEF, "a", "b", "s")
@@ -58,19 +59,36 @@ def imitation_grad_bwd_kernel(
     f32,              # level 0's pix_coef: base of every pix_coef and chan_coef
     L,                # number of levels
     BLOCKS_PER_PROG,  # pixel blocks per program (per run)
-    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
     """Reads X, Y and the coefficients of a run of blocks; writes their dX."""
     lv, _, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
+    if ALIGN == 1:  # GENERAL views
+        imitation_grad_run(lv, n, blk_lo, blk_hi, X, Y, dX, f32,
+                           LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    elif level_is_aligned(lv):  # 16-byte vectors (docs/kernels.md, "Aligned levels")
+        imitation_grad_run(lv, n, blk_lo, blk_hi, X, Y, dX, f32,
+                           LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    else:  # an address per element: not pipelined, or the kernel spills
+        imitation_grad_run(lv, n, blk_lo, blk_hi, X, Y, dX, f32,
+                           LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+@triton.jit
+def imitation_grad_run(lv, n, blk_lo, blk_hi, X, Y, dX, f32, LAYOUT: tl.constexpr,
+                       ALIGN: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
     C, HW, W = level_shape(lv)
+    C, HW = extents(C, HW, LAYOUT, ALIGN)
     pc = f32 + tl.load(lv + COL_PC) + n * PIX_COEF_ROWS * HW
     cc = f32 + tl.load(lv + COL_CC) + n * CHAN_COEF_ROWS * C
     for blk in range(blk_lo, blk_hi):
         p, p_mask, tile_c, tile_p, tile_in = block_grids(blk, HW, BLOCK_C, BLOCK_HW, SECTOR)
-        x_img, x_tile, x_sc = image_tile(X, lv + COL_S, n, tile_c, tile_p, W, LAYOUT)
-        y_img, y_tile, y_sc = image_tile(Y, lv + COL_T, n, tile_c, tile_p, W, LAYOUT)
-        dx_img, dx_tile, dx_sc = image_tile(dX, lv + COL_DX, n, tile_c, tile_p, W, LAYOUT)
+        x_img, x_tile, x_sc = image_tile(X, lv + COL_S, n, tile_c, tile_p, W, LAYOUT, ALIGN)
+        y_img, y_tile, y_sc = image_tile(Y, lv + COL_T, n, tile_c, tile_p, W, LAYOUT, ALIGN)
+        dx_img, dx_tile, dx_sc = image_tile(dX, lv + COL_DX, n, tile_c, tile_p, W, LAYOUT, ALIGN)
         a_p = pixel_coef(pc, PA, p, p_mask, HW)                     # [ROWS, 1, SECTOR]
         b_p = pixel_coef(pc, PB, p, p_mask, HW)
         s_p = pixel_coef(pc, PS, p, p_mask, HW)
@@ -91,7 +109,7 @@ def imitation_grad_bwd_kernel(
 def _launch(X, Y, pix_coef, chan_coef, programs):
     """dX of levels of one dtype."""
     dX = [torch.empty_like(x) for x in X]
-    run = Launch(X, Y, X + Y + dX, programs)
+    run = Launch(X, Y, [dX], programs)
     base = pix_coef[0]
     extra = [[offset(pc, base), offset(cc, base), *view(dx, dX[0])]
              for pc, cc, dx in zip(pix_coef, chan_coef, dX)]

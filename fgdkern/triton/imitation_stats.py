@@ -38,10 +38,11 @@ from fgdkern.triton.levels import (
     RUNTIME_INTS,
     COL_PART, COL_S, COL_T, Launch, check_features, extra_columns,
     float32_levels, host_copy_if_interpreted, image_channel_block, image_channel_blocks,
-    level_shape, offset, per_dtype, program_run, row_indices)
+    level_is_aligned, level_shape, offset, per_dtype, program_run, row_indices)
 from fgdkern.triton.merges import accumulate
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, channel_row, image_tile, load_tile, sum_channels, sum_pixels, tile_mask)
+    STAGES, block_grids, channel_row, extents, image_tile, load_tile, sum_channels, sum_pixels,
+    tile_mask)
 
 # Rows of pix and chan (fgdkern.rows); a run's partial rows are laid out as chan.
 P_ABS, P_SUM, P_SQ, PIX_ROWS = row_indices(IMIT_PIX, "abs_x", "sum_x", "sq_d")
@@ -59,20 +60,37 @@ def imitation_stats_fwd_kernel(
     f32,              # float32 workspace (partial chan rows): base of w, pix, chan
     L,                # number of levels
     BLOCKS_PER_PROG,  # pixel blocks per program (per run)
-    LEVELS: tl.constexpr, LAYOUT: tl.constexpr,
+    LEVELS: tl.constexpr, LAYOUT: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
     """Reads X, Y and w of a run of blocks; writes their pix and the run's partial chan rows."""
     lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
+    if ALIGN == 1:  # GENERAL views
+        imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32,
+                            LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    elif level_is_aligned(lv):  # 16-byte vectors (docs/kernels.md, "Aligned levels")
+        imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32,
+                            LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    else:  # an address per element: not pipelined, or the kernel spills
+        imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32,
+                            LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+@triton.jit
+def imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32, LAYOUT: tl.constexpr,
+                        ALIGN: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
+                        BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
     C, HW, W = level_shape(lv)
+    C, HW = extents(C, HW, LAYOUT, ALIGN)
     w = f32 + tl.load(lv + COL_WEIGHT) + n * C
     pix = f32 + tl.load(lv + COL_PIX) + n * PIX_ROWS * HW
     part = f32 + tl.load(lv + COL_PART) + prog * CHAN_ROWS * C
     for blk in range(blk_lo, blk_hi):
         keep = blk > blk_lo
         p, p_mask, tile_c, tile_p, tile_in = block_grids(blk, HW, BLOCK_C, BLOCK_HW, SECTOR)
-        x_img, x_tile, x_sc = image_tile(X, lv + COL_S, n, tile_c, tile_p, W, LAYOUT)
-        y_img, y_tile, y_sc = image_tile(Y, lv + COL_T, n, tile_c, tile_p, W, LAYOUT)
+        x_img, x_tile, x_sc = image_tile(X, lv + COL_S, n, tile_c, tile_p, W, LAYOUT, ALIGN)
+        y_img, y_tile, y_sc = image_tile(Y, lv + COL_T, n, tile_c, tile_p, W, LAYOUT, ALIGN)
         abs_x = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
         sum_x = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
         sq_d = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
@@ -114,7 +132,7 @@ def imitation_stats_combine_kernel(table, f32, L, LEVELS: tl.constexpr, BLOCK_C:
 
 def _launch(X, Y, w, programs):
     """pix and chan of levels of one dtype."""
-    run = Launch(X, Y, X + Y, programs)
+    run = Launch(X, Y, [], programs)
     pix = [x.new_empty((x.shape[0], len(IMIT_PIX), x.shape[2] * x.shape[3]), dtype=torch.float32)
            for x in X]
     chan = [x.new_empty((x.shape[0], len(IMIT_CHAN), x.shape[1]), dtype=torch.float32)

@@ -37,7 +37,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fgdkern._device import device_values, on_device  # noqa: F401  (kernels import them here)
-from fgdkern.triton.tiles import choose_layout, tile_shape
+from fgdkern.triton.tiles import choose_layout, launch_align, level_aligned, tile_shape
 
 # A combine program merges every run of one channel block, one warp, a channel per
 # lane: at C = 256 that is 8 programs per image (or level) rather than 2 of 128
@@ -50,6 +50,11 @@ MIN_LEVELS = 8  # the LEVELS constexpr of a launch of up to this many levels
 RUNTIME_INTS = ["L", "BLOCKS_PER_PROG"]
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 2
+# Registers a main-kernel thread may use: a launch has PROGRAMS_PER_SM programs of NUM_WARPS
+# warps per SM, so it may take its share of an SM's 65536 (at most 255). Without this
+# bound ptxas may trade spills for an occupancy the launch never uses (docs/kernels.md,
+# "Offline compile").
+MAX_REGISTERS = min(255, 65536 // (PROGRAMS_PER_SM * NUM_WARPS * 32))
 INTERPRETER_PROGRAMS = 4  # without CUDA: few programs, so that runs of several blocks are exercised
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -63,7 +68,8 @@ COL_N = tl.constexpr(3)
 COL_C = tl.constexpr(4)
 COL_HW = tl.constexpr(5)
 COL_W = tl.constexpr(6)
-COL_S = tl.constexpr(7)       # view of S
+COL_ALIGNED = tl.constexpr(7)  # 1 if the level runs with the launch's ALIGN (tiles.level_aligned)
+COL_S = tl.constexpr(8)       # view of S
 COL_T = tl.constexpr(COL_S.value + VIEW_COLS)  # view of T
 COL_PART = tl.constexpr(COL_T.value + VIEW_COLS)  # workspace offset of the level's partial rows
 
@@ -101,6 +107,12 @@ def program_run(table, L, BLOCKS_PER_PROG, NCOL: tl.constexpr, LEVELS: tl.conste
     blk_lo = (prog % nsplit) * BLOCKS_PER_PROG
     blk_hi = tl.minimum(blk_lo + BLOCKS_PER_PROG, n_blocks)
     return lv, prog, prog // nsplit, blk_lo, blk_hi
+
+
+@triton.jit
+def level_is_aligned(lv):
+    """Whether the level's programs run with the launch's ALIGN (tiles.level_aligned)."""
+    return tl.load(lv + COL_ALIGNED) != 0
 
 
 @triton.jit
@@ -235,12 +247,16 @@ class Launch:
     """One launch over levels of one dtype: tile shape, and runs of whole pixel blocks
     (nsplit[l] per image of level l), one main-kernel program per run."""
 
-    def __init__(self, S: list[Tensor], T: list[Tensor], views: list[Tensor],
+    def __init__(self, S: list[Tensor], T: list[Tensor], outputs: list[list[Tensor]],
                  programs: Optional[int]):
-        """views: every feature map the main kernel addresses (S, T and outputs like them)."""
+        """outputs: the other feature maps the main kernel addresses, one list per output
+        shaped like S, each addressed from its level 0's."""
         self.S, self.T = S, T
+        self.maps = [S, T, *outputs]
+        views = [x for xs in self.maps for x in xs]
         self.layout = choose_layout(views)
         self.block_c, self.block_hw, self.sector = tile_shape(S[0].dtype, self.layout)
+        self.align = launch_align(S[0].dtype, self.layout)
         check_int32_spans(views, self.block_c)
         blocks = [triton.cdiv(s.shape[2] * s.shape[3], self.block_hw) for s in S]
         target = programs or _target_programs(S[0].device)
@@ -265,18 +281,25 @@ class Launch:
         rows = []
         for l, (s, t) in enumerate(zip(self.S, self.T)):
             N, C, H, W = s.shape
-            rows.append([prog0[l], self.nsplit[l], comb0[l], N, C, H * W, W,
+            rows.append([prog0[l], self.nsplit[l], comb0[l], N, C, H * W, W, self.aligned(l),
                          *view(s, self.S[0]), *view(t, self.T[0]), part0[l], *extra[l]])
         assert all(len(row) == ncol for row in rows)
         return device_values(rows, torch.int64, self.S[0].device)
+
+    def aligned(self, level: int) -> int:
+        """COL_ALIGNED of a level: 1 if every map of it may be addressed with self.align."""
+        maps = [xs[level] for xs in self.maps]
+        offsets = [offset(xs[level], xs[0]) for xs in self.maps]
+        return int(self.align > 1 and level_aligned(maps, offsets, self.layout, self.align))
 
     def main(self, kernel, table: Tensor, bases: list[Tensor], ws: Tensor) -> None:
         """Launches a main kernel (table, *bases, ws, L, BLOCKS_PER_PROG, constexprs)."""
         with on_device(self.S[0].device):
             kernel[(self.programs,)](table, *bases, ws, len(self.S), self.blocks_per_prog,
-                                     LEVELS=self.levels, LAYOUT=self.layout,
+                                     LEVELS=self.levels, LAYOUT=self.layout, ALIGN=self.align,
                                      BLOCK_C=self.block_c, BLOCK_HW=self.block_hw,
-                                     SECTOR=self.sector, num_warps=NUM_WARPS)
+                                     SECTOR=self.sector, num_warps=NUM_WARPS,
+                                     maxnreg=MAX_REGISTERS)
 
     def combine(self, kernel, table: Tensor, ws: Tensor, comb_counts: list[int]) -> None:
         """Launches a combine kernel (table, ws, L, constexprs), sum(comb_counts) programs."""

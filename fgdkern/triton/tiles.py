@@ -19,6 +19,14 @@ with lanes where the compiler's defaults put them).
 
 A view of a feature map is five int64 values: its element offset from a base
 pointer of its dtype, then its strides of n, c, h, w (see levels.py).
+
+Aligned levels. Where the host has checked that every offset and stride along
+which a thread's pixels (PIX_DENSE) or channels (CHANNELS_DENSE) are
+contiguous is a multiple of ALIGN (16 bytes of the dtype), and so is the
+extent the masks test along that axis, a program runs its level with the
+constexpr ALIGN and the kernels write those values as x // ALIGN * ALIGN: the
+same numbers, in a form from which the compiler sees their divisibility and
+loads and stores 16-byte vectors (docs/kernels.md, "Aligned levels").
 """
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
 # tl.constexpr annotations of kernel arguments as objects, not strings.
@@ -41,11 +49,11 @@ TILE_SHAPES = {(True, False): (32, 32, 8), (False, False): (16, 64, 16),
 # GENERAL views address every element through both strides: the 1024-element tiles
 # spill on sm_90 (python -m tests.triton.offline), tiles of 512 do not.
 GENERAL_TILE = (32, 16, 8)
-# Channel chunks in flight in every channel loop (tl.range's num_stages): the tiles
-# of the next chunk are copied to shared memory (cp.async) while this one's math
-# runs, so a program has twice the bytes in flight that its registers alone hold.
-# Three stages make the float32 FGD kernels spill on sm_90; two spill nowhere
-# (docs/kernels.md, "Offline compile").
+# Channel chunks in flight in the channel loops of aligned levels and GENERAL views
+# (tl.range's num_stages; the other levels take 1): the tiles of the next chunk are
+# copied to shared memory (cp.async) while this one's math runs, so a program has twice
+# the bytes in flight that its registers alone hold. Three stages make the float32 FGD
+# kernels spill on sm_90; two spill nowhere (docs/kernels.md, "Offline compile").
 STAGES = tl.constexpr(2)
 
 
@@ -59,6 +67,34 @@ def choose_layout(views: list[Tensor]) -> int:
     if all(pix_dense(x) for x in views):
         return PIX_DENSE.value
     return GENERAL.value
+
+
+def launch_align(dtype: torch.dtype, layout: int) -> int:
+    """The ALIGN of the aligned levels of a launch: elements in 16 bytes, or 1 for GENERAL views
+    (whose contiguous axis, if any, the kernels do not know)."""
+    return 1 if layout == GENERAL.value else 16 // dtype.itemsize
+
+
+def level_aligned(maps: list[Tensor], offsets: list[int], layout: int, align: int) -> bool:
+    """Whether every map of one level (element offsets from its launch's bases) has the offsets,
+    strides and extent along its contiguous axis that its kernels may write as multiples of
+    align (see image_tile and extents). A stride of a dimension of size 1 never multiplies a
+    valid index, so it is not checked."""
+    def multiple(size, stride):
+        return size == 1 or stride % align == 0
+    for x, off in zip(maps, offsets):
+        N, C, H, W = x.shape
+        sn, sc, sh, sw = x.stride()
+        ok = off % align == 0 and multiple(N, sn)
+        if layout == PIX_DENSE.value:
+            ok = ok and multiple(C, sc) and (H * W) % align == 0
+        elif layout == CHANNELS_DENSE.value:
+            ok = ok and multiple(H, sh) and multiple(W, sw) and C % align == 0
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
 
 
 def tile_shape(dtype: torch.dtype, layout: int) -> tuple[int, int, int]:
@@ -97,22 +133,42 @@ def block_grids(b, HW, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl
 
 
 @triton.jit
-def image_tile(base, view, n, tile_c, tile_p, W, LAYOUT: tl.constexpr):
+def aligned(x, ALIGN: tl.constexpr):
+    """x, a multiple of ALIGN (checked on the host: level_aligned), written so that the
+    compiler knows it is one."""
+    return x // ALIGN * ALIGN
+
+
+@triton.jit
+def extents(C, HW, LAYOUT: tl.constexpr, ALIGN: tl.constexpr):
+    """A level's C and H * W as its masks test them: the extent along the contiguous axis
+    is a multiple of ALIGN, so a vector of ALIGN elements is all inside or all outside."""
+    if LAYOUT == PIX_DENSE:
+        HW = aligned(HW, ALIGN)
+    if LAYOUT == CHANNELS_DENSE:
+        C = aligned(C, ALIGN)
+    return C, HW
+
+
+@triton.jit
+def image_tile(base, view, n, tile_c, tile_p, W, LAYOUT: tl.constexpr, ALIGN: tl.constexpr):
     """Image n of the feature map whose view (offset, strides) is at pointer view.
 
     Returns a pointer to its channel 0, the int32 offsets of the flat tile
     (tile_grid) from the tile's first channel, and the channel stride. LAYOUT
     (the same for every view of a launch) says which offsets are contiguous:
     PIX_DENSE, the offset of pixel p is p (NCHW); CHANNELS_DENSE, the channel
-    stride is 1 (channels_last); GENERAL, any strides.
+    stride is 1 (channels_last); GENERAL, any strides. ALIGN: the level's
+    offsets and strides along the contiguous axis are its multiples.
     """
-    image = base + tl.load(view) + n * tl.load(view + 1)
+    image = base + aligned(tl.load(view) + n * tl.load(view + 1), ALIGN)
     sc = tl.load(view + 2)
     if LAYOUT == PIX_DENSE:
         pix = tile_p
+        sc = aligned(sc, ALIGN)
     else:
-        sh = tl.load(view + 3).to(tl.int32)
-        sw = tl.load(view + 4).to(tl.int32)
+        sh = aligned(tl.load(view + 3), ALIGN).to(tl.int32)
+        sw = aligned(tl.load(view + 4), ALIGN).to(tl.int32)
         pix = (tile_p // W) * sh + (tile_p % W) * sw
     if LAYOUT == CHANNELS_DENSE:
         c_off = tile_c
@@ -191,8 +247,8 @@ def sum_channels(x, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.co
 
 @triton.jit
 def channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, tile_c, tile_in,
-                 ABS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-                 SECTOR: tl.constexpr):
+                 ABS: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """Per pixel of a block of two maps S, T: sum_c w_s S, sum_c w_t T and, if ABS,
     sum_c |S|, sum_c |T|. Each [ROWS, SECTOR]; w_s, w_t point to C float32 weights."""
     ws_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)

@@ -7,10 +7,12 @@ ends in ``_kernel``) and each variant a launch can ask for -- feature dtype x
 LAYOUT for the main kernels, one variant for the combine kernels -- it runs
 ``triton.compile`` for ``GPUTarget("cuda", arch, 32)`` (ptxas of the triton
 wheel; no GPU, no driver) and reads the cubin's resource usage with the
-wheel's cuobjdump: registers per thread, stack and local memory. A kernel that
-spills (stack or local memory above zero) fails the check. The compiled code
-is what a real launch of the same constexprs compiles, so this shows register
-pressure and spills before any GPU runs it (docs/kernels.md, "Offline compile").
+wheel's cuobjdump: registers per thread, stack and local memory; and from the
+PTX the widest global load of feature data (bytes per instruction). A kernel
+that spills (stack or local memory above zero) fails the check. The compiled
+code is what a real launch of the same constexprs, launch options and 16-byte
+aligned tensors compiles, so this shows register pressure, spills and vector
+width before any GPU runs it (docs/kernels.md, "Offline compile").
 
 Runs in subprocesses without TRITON_INTERPRET (the interpreter replaces the
 kernels by Python functions that cannot be compiled).
@@ -37,6 +39,11 @@ ARCHS = (90, 80)
 SCALARS = {"L": "i32", "BLOCKS_PER_PROG": "i32"}
 POINTERS = {"table": "*i64", "f32": "*fp32"}
 SPILL = re.compile(r"STACK:(\d+).*?LOCAL:(\d+)")
+# Global loads of feature data in the PTX: asynchronous copies to shared memory (their size
+# in bytes), and plain loads of 16- or 32-bit words (vector count, bits); the 64-bit loads
+# are of the int64 level table.
+ASYNC_COPY = re.compile(r"cp\.async\.\w+\.shared\.global[^;]*?,\s*(0x[0-9a-f]+|\d+)\s*[,;]")
+GLOBAL_LOAD = re.compile(r"ld\.global[.\w:]*?(?:\.v(\d))?\.[bfsu](16|32)\s")
 REGS = re.compile(r"REG:(\d+)")
 
 
@@ -59,7 +66,7 @@ def variants(module: str, name: str) -> list[dict]:
     """The (dtype, constexprs) variants of a kernel that launches compile."""
     import torch
     from fgdkern.triton.levels import COMBINE_BLOCK_C, COMBINE_WARPS
-    from fgdkern.triton.tiles import tile_shape
+    from fgdkern.triton.tiles import launch_align, tile_shape
     fn = getattr(importlib.import_module(module), name)
     args = fn.arg_names
     out = []
@@ -68,19 +75,23 @@ def variants(module: str, name: str) -> list[dict]:
                      num_warps=COMBINE_WARPS)]
     for dtype, torch_name in FEATURE_DTYPES.items():
         for layout in (0, 1, 2):
-            block_c, block_hw, sector = tile_shape(getattr(torch, torch_name), layout)
+            torch_dtype = getattr(torch, torch_name)
+            block_c, block_hw, sector = tile_shape(torch_dtype, layout)
             out.append(dict(dtype=dtype, constexprs=dict(
-                LEVELS=8, LAYOUT=layout, BLOCK_C=block_c, BLOCK_HW=block_hw, SECTOR=sector)))
+                LEVELS=8, LAYOUT=layout, ALIGN=launch_align(torch_dtype, layout),
+                BLOCK_C=block_c, BLOCK_HW=block_hw, SECTOR=sector)))
     return out
 
 
-def compile_one(module: str, name: str, variant: dict, arch: int) -> dict:
-    """Compiles one variant for sm_<arch>; returns its resource usage."""
+def compile_variant(module: str, name: str, variant: dict, arch: int):
+    """The compiled kernel of one variant for sm_<arch>, as a launch compiles it when every
+    tensor argument is 16-byte aligned (what PyTorch's allocators return): Triton then
+    marks those pointers divisible by 16, which lets it vectorise loads."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from fgdkern.triton.levels import NUM_WARPS
+    from fgdkern.triton.levels import MAX_REGISTERS, NUM_WARPS
     fn = getattr(importlib.import_module(module), name)
     consts = {k: v for k, v in variant["constexprs"].items() if k in fn.arg_names}
     signature = {}
@@ -89,13 +100,33 @@ def compile_one(module: str, name: str, variant: dict, arch: int) -> dict:
             signature[arg] = "constexpr"
         else:
             signature[arg] = SCALARS.get(arg) or POINTERS.get(arg) or f"*{variant['dtype']}"
-    src = ASTSource(fn=fn, signature=signature, constexprs=consts)
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=variant.get("num_warps", NUM_WARPS)))
+    aligned = {(i,): [["tt.divisibility", 16]]
+               for i, arg in enumerate(fn.arg_names) if signature[arg].startswith("*")}
+    src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=aligned)
+    options = dict(num_warps=variant.get("num_warps", NUM_WARPS))
+    if "LAYOUT" in consts:  # a main kernel: launched with maxnreg (levels.MAX_REGISTERS)
+        options["maxnreg"] = MAX_REGISTERS
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def compile_one(module: str, name: str, variant: dict, arch: int) -> dict:
+    """Compiles one variant for sm_<arch>; returns its resource usage."""
+    kernel = compile_variant(module, name, variant, arch)
     usage = _resource_usage(kernel.asm["cubin"])
+    usage["vector_bytes"] = widest_load(kernel.asm["ptx"])
+    fn = getattr(importlib.import_module(module), name)
+    consts = variant["constexprs"]
     specialised = [p.name for p in fn.params if p.name in SCALARS and not p.do_not_specialize]
     return dict(kernel=name, arch=arch, dtype=variant["dtype"],
                 layout=consts.get("LAYOUT"), specialised=specialised, **usage)
+
+
+def widest_load(ptx: str) -> int:
+    """Bytes of the widest global load one thread issues in a kernel's PTX (16: a 128-bit
+    vector, the most one instruction moves)."""
+    sizes = [int(x, 0) for x in ASYNC_COPY.findall(ptx)]
+    sizes += [int(vec or 1) * int(bits) // 8 for vec, bits in GLOBAL_LOAD.findall(ptx)]
+    return max(sizes, default=0)
 
 
 def _resource_usage(cubin: bytes) -> dict:
@@ -129,11 +160,12 @@ def run(archs=ARCHS, jobs: int = 2) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'kernel':34} {'arch':>5} {'dtype':>5} {'layout':>6} {'regs':>5} {'stack':>6} "
-             f"{'local':>6}"]
+             f"{'local':>6} {'load B':>6}"]
     for r in rows:
         layout = "-" if r["layout"] is None else r["layout"]
         lines.append(f"{r['kernel']:34} {'sm_' + str(r['arch']):>5} {r['dtype']:>5} "
-                     f"{layout:>6} {r['registers']:>5} {r['stack']:>6} {r['local']:>6}")
+                     f"{layout:>6} {r['registers']:>5} {r['stack']:>6} {r['local']:>6} "
+                     f"{r['vector_bytes']:>6}")
     return "\n".join(lines)
 
 

@@ -30,9 +30,9 @@ def test_one_levels_constexpr_up_to_eight_levels(levels):
     from fgdkern.triton.levels import MIN_LEVELS, Launch
 
     S = make_inputs(1, 4, [(3, 2)] * levels, device=DEVICE)[0]
-    assert Launch(S, S, S, None).levels == MIN_LEVELS == 8
+    assert Launch(S, S, [], None).levels == MIN_LEVELS == 8
     S = make_inputs(1, 4, [(2, 2)] * 9, device=DEVICE)[0]
-    assert Launch(S, S, S, None).levels == 16
+    assert Launch(S, S, [], None).levels == 16
 
 
 # ------------------------------------------------------------------------------ CUDA

@@ -26,7 +26,7 @@ def test_programs_split_into_runs(programs, blocks_per_prog):
     from fgdkern.triton.levels import Launch
 
     S = make_inputs(2, 70, [(13, 11), (5, 7), (1, 1)], device=DEVICE)[0]
-    run = Launch(S, S, S, programs)
+    run = Launch(S, S, [], programs)
     blocks = [(s.shape[2] * s.shape[3] + run.block_hw - 1) // run.block_hw for s in S]
     assert run.blocks_per_prog == blocks_per_prog
     assert all(k * run.blocks_per_prog >= b > (k - 1) * run.blocks_per_prog

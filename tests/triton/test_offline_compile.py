@@ -1,7 +1,8 @@
 """Every Triton kernel compiles for sm_90 and sm_80 without register spills (no GPU needed).
 
 tests/triton/offline.py compiles each kernel variant with triton.compile for a
-GPUTarget and reads registers, stack and local memory from the cubin; this
+GPUTarget and reads registers, stack and local memory from the cubin, and the
+widest global load from the PTX; this
 test runs it in a subprocess without TRITON_INTERPRET and prints the table
 (pytest -s shows it).
 """
@@ -61,6 +62,16 @@ def test_no_register_spills(usage):
     spilled = [r for r in usage if r["stack"] or r["local"]]
     assert not spilled, f"kernels that spill to local memory: {spilled}"
     assert all(0 < r["registers"] <= 255 for r in usage)
+
+
+def test_aligned_levels_load_16_byte_vectors(usage):
+    """Pixel- and channel-dense launches compile a path for aligned levels (tiles.py, "Aligned
+    levels") whose tile loads move 16 bytes per instruction, in every dtype."""
+    main = [r for r in usage if r["layout"] in (1, 2)]
+    assert main
+    narrow = [(r["kernel"], r["arch"], r["dtype"], r["layout"], r["vector_bytes"]) for r in main
+              if r["vector_bytes"] != 16]
+    assert not narrow, f"main kernels without 16-byte loads: {narrow}"
 
 
 def test_launch_ints_are_not_specialised(usage):
