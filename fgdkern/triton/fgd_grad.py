@@ -33,7 +33,7 @@ from fgdkern.triton.levels import (
     COL_C, COL_COMB0, COL_N, COL_NSPLIT, COL_PART, COL_S, COL_T, COMBINE_BLOCK_C, VIEW_COLS,
     Launch, check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
     level_is_aligned, level_shape, offset, per_dtype, program_run, row_indices, view)
-from fgdkern.triton.merges import accumulate
+from fgdkern.triton.merges import accumulate_rows, stack2
 from fgdkern.triton.tiles import (
     STAGES, block_grids, channel_row, channel_sums, extents, image_tile, load_tile, per_pixel,
     store_tile, sum_pixels, tile_mask)
@@ -126,8 +126,8 @@ def fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32, LAYOUT: tl.constexp
             grad = (sign_s * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
                     + k_const + p_s * g_ctx_s + w_s * dz_s)
             store_tile(ds_img, ds_tile, ds_sc, c0, mask, grad, BLOCK_C, BLOCK_HW, SECTOR)
-            accumulate(part + DW_S * C + c, c_mask, keep, 1.0, sum_pixels((s - ctx_s) * dz_s))
-            accumulate(part + DW_T * C + c, c_mask, keep, 1.0, sum_pixels((t - ctx_t) * dz_t))
+            dw = stack2(sum_pixels((s - ctx_s) * dz_s), sum_pixels((t - ctx_t) * dz_t))
+            accumulate_rows(part, c, c_mask, C, keep, 1.0, dw)
         tl.debug_barrier()  # the next block re-reads rows that other threads stored
 
 

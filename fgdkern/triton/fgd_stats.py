@@ -14,7 +14,8 @@ main-kernel program
   2. loops over the same chunks again -- the block's tiles are still in L1/L2 --
      reducing over pixels per channel into the run's partial chan rows in the
      float32 workspace, merged by online-softmax rescaling (ctx, x_fg, x_bg)
-     and Chan's formula (m2_d) (merges.py).
+     and Chan's formula (m2_d), all rows of a chunk in one read-modify-write
+     (merges.py).
 The combine kernel merges the runs of each image in a fixed order.
 """
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
@@ -32,15 +33,18 @@ from fgdkern.triton.levels import (
     COL_COMB0, COL_NSPLIT, COL_PART, COL_PROG0, COL_S, COL_T, COMBINE_BLOCK_C, Launch,
     check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
     level_is_aligned, level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
-from fgdkern.triton.merges import accumulate, block_softmax, chan_merge, merge_moments, rescale
+from fgdkern.triton.merges import (
+    accumulate_rows_and_moments, block_softmax, chan_merge, rescale, stack8)
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, block_sum, channel_sums, extents, image_tile, load_tile, per_pixel,
-    sum_pixels, tile_mask)
+    STAGES, block_grids, block_sum, channel_sums, extents, image_tile, load_tile, per_channel,
+    per_pixel, sum_pixels, tile_mask)
 
 # Rows of pix and chan (fgdkern.rows); the partial rows of a run are laid out as chan.
 GS_S, GS_T, Z_S, Z_T, PIX_ROWS = row_indices(FGD_PIX, "gs_s", "gs_t", "z_s", "z_t")
 GC_S, GC_T, CTX_S, CTX_T, SUM_D, M2_D, X_FG, X_BG, CHAN_ROWS = row_indices(
     FGD_CHAN, "gc_s", "gc_t", "ctx_s", "ctx_t", "sum_d", "m2_d", "x_fg", "x_bg")
+# sub-loop 2 stacks a chunk's sums in this order: that of the rows in memory
+assert [GC_S, GC_T, CTX_S, CTX_T, SUM_D, M2_D, X_FG, X_BG] == list(range(CHAN_ROWS))
 
 # Columns of the level table after the common ones: element offsets from the workspace.
 COL_FG, COL_BG, COL_WS, COL_WT, COL_PIX, COL_CHAN, COL_TEMP = extra_columns(7)
@@ -96,6 +100,7 @@ def fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32, LAYOUT: tl.constexpr,
     l_zt = 0.0
     l_a = 0.0
     n_run = 0.0           # pixels merged so far
+    rows = tl.arange(0, CHAN_ROWS)[None, :]  # the partial rows, as stacked by stack8
     for b in range(blk_lo, blk_hi):
         keep = b > blk_lo
         p, p_mask, tile_c, tile_p, tile_in = block_grids(b, HW, BLOCK_C, BLOCK_HW, SECTOR)
@@ -122,6 +127,9 @@ def fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32, LAYOUT: tl.constexpr,
         e_t = per_pixel(e_t)
         w_fg = per_pixel(tl.load(fg_row + p, mask=p_mask, other=0.0) * e_a)
         w_bg = per_pixel(tl.load(bg_row + p, mask=p_mask, other=0.0) * e_a)
+        # the rows' factors: softmax-weighted sums are rescaled to the new maxima
+        scales = tl.where(rows == CTX_S, alpha_s, tl.where(rows == CTX_T, alpha_t, 1.0))
+        scales = tl.where((rows == X_FG) | (rows == X_BG), alpha_a, scales)
         # sub-loop 2: per-channel sums over the block
         for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
             c = c0 + tl.arange(0, BLOCK_C)
@@ -131,15 +139,13 @@ def fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32, LAYOUT: tl.constexpr,
             t = load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
             d = s - t
             d2 = d * d
-            row = part + c
-            accumulate(row + GC_S * C, c_mask, keep, 1.0, sum_pixels(tl.abs(s)))
-            accumulate(row + GC_T * C, c_mask, keep, 1.0, sum_pixels(tl.abs(t)))
-            accumulate(row + CTX_S * C, c_mask, keep, alpha_s, sum_pixels(s * e_s))
-            accumulate(row + CTX_T * C, c_mask, keep, alpha_t, sum_pixels(t * e_t))
-            merge_moments(row + SUM_D * C, row + M2_D * C, c_mask, keep, n_run, n_block, d,
-                          p_mask)
-            accumulate(row + X_FG * C, c_mask, keep, alpha_a, sum_pixels(d2 * w_fg))
-            accumulate(row + X_BG * C, c_mask, keep, alpha_a, sum_pixels(d2 * w_bg))
+            sum_d = sum_pixels(d)                                           # [BLOCK_C]
+            centred = tl.where(per_pixel(p_mask), d - per_channel(sum_d / n_block), 0.0)
+            sums = stack8(sum_pixels(tl.abs(s)), sum_pixels(tl.abs(t)), sum_pixels(s * e_s),
+                          sum_pixels(t * e_t), sum_d, sum_pixels(centred * centred),
+                          sum_pixels(d2 * w_fg), sum_pixels(d2 * w_bg))  # stacked as rows
+            accumulate_rows_and_moments(part, c, c_mask, C, keep, scales, sums, n_run, n_block,
+                                        SUM_D, M2_D)
         n_run += n_block
         tl.debug_barrier()  # the next block re-reads rows that other threads stored
     scalars = f32 + tl.program_id(0) * N_SCALARS

@@ -19,7 +19,7 @@ both
     (tiles.sum_channels; abs_x feeds FKD's softmax(abs_x / temp), so it is
     kept to about one ulp: docs/kernels.md, "Precision"), and
   * adding the chunk's sums over the block's pixels into the run's partial
-    chan rows in the float32 workspace (merges.accumulate).
+    chan rows in the float32 workspace (merges.accumulate_rows).
 The combine kernel adds the runs of each image in order, a program taking
 levels.COMBINE_BLOCK_C channels of one image. Tile shapes (BLOCK_C x BLOCK_HW)
 are those tiles.tile_shape gives every pass for the dtype and LAYOUT.
@@ -39,7 +39,7 @@ from fgdkern.triton.levels import (
     COL_PART, COL_S, COL_T, Launch, check_features, extra_columns,
     float32_levels, host_copy_if_interpreted, image_channel_block, image_channel_blocks,
     level_is_aligned, level_shape, offset, per_dtype, program_run, row_indices)
-from fgdkern.triton.merges import accumulate
+from fgdkern.triton.merges import accumulate_rows, stack2
 from fgdkern.triton.tiles import (
     STAGES, block_grids, channel_row, extents, image_tile, load_tile, sum_channels, sum_pixels,
     tile_mask)
@@ -47,6 +47,7 @@ from fgdkern.triton.tiles import (
 # Rows of pix and chan (fgdkern.rows); a run's partial rows are laid out as chan.
 P_ABS, P_SUM, P_SQ, PIX_ROWS = row_indices(IMIT_PIX, "abs_x", "sum_x", "sq_d")
 C_ABS, C_SUM, CHAN_ROWS = row_indices(IMIT_CHAN, "abs_x", "sum_x")
+assert [C_ABS, C_SUM] == list(range(CHAN_ROWS))  # the order a chunk stacks its sums in
 
 # Columns of the level table after the common ones: element offsets from the workspace.
 COL_WEIGHT, COL_PIX, COL_CHAN = extra_columns(3)
@@ -105,9 +106,8 @@ def imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32, LAYOUT: tl.const
             abs_x += tl.abs(x)
             sum_x += x
             sq_d += channel_row(w, c, c_mask) * (d * d)
-            row = part + c
-            accumulate(row + C_ABS * C, c_mask, keep, 1.0, sum_pixels(tl.abs(x)))
-            accumulate(row + C_SUM * C, c_mask, keep, 1.0, sum_pixels(x))
+            accumulate_rows(part, c, c_mask, C, keep, 1.0,
+                            stack2(sum_pixels(tl.abs(x)), sum_pixels(x)))
         tl.store(pix + P_ABS * HW + p, sum_channels(abs_x, BLOCK_C, BLOCK_HW, SECTOR), mask=p_mask)
         tl.store(pix + P_SUM * HW + p, sum_channels(sum_x, BLOCK_C, BLOCK_HW, SECTOR), mask=p_mask)
         tl.store(pix + P_SQ * HW + p, sum_channels(sq_d, BLOCK_C, BLOCK_HW, SECTOR), mask=p_mask)

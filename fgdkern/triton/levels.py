@@ -231,6 +231,21 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def _has_maxnreg() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return "maxnreg" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+def _register_bound(device: torch.device) -> dict:
+    """maxnreg=MAX_REGISTERS for a launch on an NVIDIA GPU, where this Triton has the option."""
+    nvidia = device.type == "cuda" and torch.version.hip is None
+    return {"maxnreg": MAX_REGISTERS} if nvidia and _has_maxnreg() else {}
+
+
 def _target_programs(device: torch.device) -> int:
     if device.type != "cuda":
         return INTERPRETER_PROGRAMS
@@ -299,7 +314,7 @@ class Launch:
                                      LEVELS=self.levels, LAYOUT=self.layout, ALIGN=self.align,
                                      BLOCK_C=self.block_c, BLOCK_HW=self.block_hw,
                                      SECTOR=self.sector, num_warps=NUM_WARPS,
-                                     maxnreg=MAX_REGISTERS)
+                                     **_register_bound(self.S[0].device))
 
     def combine(self, kernel, table: Tensor, ws: Tensor, comb_counts: list[int]) -> None:
         """Launches a combine kernel (table, ws, L, constexprs), sum(comb_counts) programs."""

@@ -5,14 +5,13 @@ calling program). Plain sums are merged by addition; softmax-weighted sums by
 the online-softmax rescaling (each partial sum carries its running maximum m
 and sum of exponentials l); the second moment of a difference about its mean
 by Chan et al.'s pairwise formula, so that no cancellation occurs when the
-mean is large next to the spread.
+mean is large next to the spread. A channel chunk's partial sums are stacked,
+[BLOCK_C, rows], and merged into their rows in one read-modify-write.
 """
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
 # tl.constexpr annotations of kernel arguments as objects, not strings.
 import triton
 import triton.language as tl
-
-from fgdkern.triton.tiles import per_channel, per_pixel, sum_pixels
 
 
 @triton.jit
@@ -39,21 +38,48 @@ def chan_merge(n_a, sum_a, m2_a, n_b, sum_b, m2_b):
 
 
 @triton.jit
-def accumulate(row, c_mask, keep, scale, x):
-    """row[c] = row[c] * scale + x, with row read as 0 when not keep (a program's first block)."""
-    acc = tl.where(keep, tl.load(row, mask=c_mask, other=0.0), 0.0)
-    tl.store(row, acc * scale + x, mask=c_mask)
+def stack2(a, b):
+    """Two [BLOCK_C] vectors of one layout as [BLOCK_C, 2], column k the k-th argument."""
+    return tl.join(a, b)
 
 
 @triton.jit
-def merge_moments(sum_row, m2_row, c_mask, keep, n_run, n_block, d, p_mask):
-    """Fold one block's per-channel sum and block-centred second moment of d
-    [ROWS, BLOCK_C, SECTOR] into the rows, which hold those of n_run earlier pixels."""
-    sum_b = sum_pixels(d)                                                 # [BLOCK_C]
-    centred = tl.where(per_pixel(p_mask), d - per_channel(sum_b / n_block), 0.0)
-    m2_b = sum_pixels(centred * centred)
-    sum_a = tl.where(keep, tl.load(sum_row, mask=c_mask, other=0.0), 0.0)
-    m2_a = tl.where(keep, tl.load(m2_row, mask=c_mask, other=0.0), 0.0)
-    sum_ab, m2_ab = chan_merge(n_run, sum_a, m2_a, n_block, sum_b, m2_b)
-    tl.store(sum_row, sum_ab, mask=c_mask)
-    tl.store(m2_row, m2_ab, mask=c_mask)
+def stack8(a, b, c, d, e, f, g, h):
+    """Eight [BLOCK_C] vectors of one layout as [BLOCK_C, 8], column k the k-th argument, a
+    thread keeping all eight values of its channels. tl.join adds its axis last, so
+    the joins nest in bit-reversed order."""
+    x = tl.join(tl.join(tl.join(a, e), tl.join(c, g)), tl.join(tl.join(b, f), tl.join(d, h)))
+    return tl.reshape(x, [a.shape[0], 8])
+
+
+@triton.jit
+def read_rows(part, c, c_mask, C, keep, R: tl.constexpr):
+    """Rows 0..R-1 of a program's partial rows (R rows of C values at part) at the chunk's
+    channels c, stacked [BLOCK_C, R]: each row's index, pointers and mask, and values, read
+    as 0 when not keep (a program's first block)."""
+    row = tl.arange(0, R)[None, :]
+    ptr = part + row * C + c[:, None]
+    mask = c_mask[:, None] & (row < R)
+    return row, ptr, mask, tl.where(keep, tl.load(ptr, mask=mask, other=0.0), 0.0)
+
+
+@triton.jit
+def accumulate_rows(part, c, c_mask, C, keep, scale, x):
+    """rows = rows * scale + x, x stacked [BLOCK_C, R] in row order (stack2, stack8): all the
+    partial rows of a channel chunk in one read-modify-write."""
+    _, ptr, mask, acc = read_rows(part, c, c_mask, C, keep, x.shape[1])
+    tl.store(ptr, acc * scale + x, mask=mask)
+
+
+@triton.jit
+def accumulate_rows_and_moments(part, c, c_mask, C, keep, scale, x, n_run, n_block,
+                                SUM: tl.constexpr, M2: tl.constexpr):
+    """accumulate_rows, where rows SUM and M2 hold a sum of d and its centred second moment
+    over n_run pixels and x a block's over n_block: those merged by Chan's formula
+    (chan_merge, operation for operation). scale: [1, R], or a scalar."""
+    row, ptr, mask, acc = read_rows(part, c, c_mask, C, keep, x.shape[1])
+    sum_a = tl.sum(tl.where(row == SUM, acc, 0.0), 1)
+    sum_b = tl.sum(tl.where(row == SUM, x, 0.0), 1)
+    delta = sum_b / n_block - sum_a / tl.maximum(n_run, 1.0)
+    spread = delta * delta * (n_run * n_block / (n_run + n_block))
+    tl.store(ptr, acc * scale + x + tl.where(row == M2, spread[:, None], 0.0), mask=mask)

@@ -7,8 +7,9 @@ ends in ``_kernel``) and each variant a launch can ask for -- feature dtype x
 LAYOUT for the main kernels, one variant for the combine kernels -- it runs
 ``triton.compile`` for ``GPUTarget("cuda", arch, 32)`` (ptxas of the triton
 wheel; no GPU, no driver) and reads the cubin's resource usage with the
-wheel's cuobjdump: registers per thread, stack and local memory; and from the
-PTX the widest global load of feature data (bytes per instruction). A kernel
+wheel's cuobjdump: registers per thread, stack and local memory; from the PTX
+the widest global load of feature data (bytes per instruction); from the
+TTGIR the layout conversions and stores of its storing loops. A kernel
 that spills (stack or local memory above zero) fails the check. The compiled
 code is what a real launch of the same constexprs, launch options and 16-byte
 aligned tensors compiles, so this shows register pressure, spills and vector
@@ -114,6 +115,7 @@ def compile_one(module: str, name: str, variant: dict, arch: int) -> dict:
     kernel = compile_variant(module, name, variant, arch)
     usage = _resource_usage(kernel.asm["cubin"])
     usage["vector_bytes"] = widest_load(kernel.asm["ptx"])
+    usage["loops"] = chunk_loops(kernel.asm["ttgir"])
     fn = getattr(importlib.import_module(module), name)
     consts = variant["constexprs"]
     specialised = [p.name for p in fn.params if p.name in SCALARS and not p.do_not_specialize]
@@ -127,6 +129,27 @@ def widest_load(ptx: str) -> int:
     sizes = [int(x, 0) for x in ASYNC_COPY.findall(ptx)]
     sizes += [int(vec or 1) * int(bits) // 8 for vec, bits in GLOBAL_LOAD.findall(ptx)]
     return max(sizes, default=0)
+
+
+def chunk_loops(ttgir: str) -> list[list[int]]:
+    """[layout conversions, global stores] of each innermost loop of a kernel's TTGIR that
+    stores (a main kernel's channel loops that write rows or dS). A conversion moves a
+    tensor between thread layouts through shared memory, with barriers on both sides."""
+    loops, open_loops, depth = [], [], 0
+    for line in ttgir.splitlines():
+        if "scf.for" in line:
+            for outer in open_loops:
+                outer[2] = False  # holds a loop: not innermost
+            open_loops.append([depth, [0, 0], True])
+        for loop in open_loops:
+            loop[1][0] += "ttg.convert_layout" in line
+            loop[1][1] += "tt.store" in line
+        depth += line.count("{") - line.count("}")
+        while open_loops and depth <= open_loops[-1][0]:
+            _, counts, innermost = open_loops.pop()
+            if innermost and counts[1]:
+                loops.append(counts)
+    return loops
 
 
 def _resource_usage(cubin: bytes) -> dict:
@@ -160,13 +183,17 @@ def run(archs=ARCHS, jobs: int = 2) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'kernel':34} {'arch':>5} {'dtype':>5} {'layout':>6} {'regs':>5} {'stack':>6} "
-             f"{'local':>6} {'load B':>6}"]
+             f"{'local':>6} {'load B':>6} {'conv/st':>7}"]
     for r in rows:
         layout = "-" if r["layout"] is None else r["layout"]
         lines.append(f"{r['kernel']:34} {'sm_' + str(r['arch']):>5} {r['dtype']:>5} "
                      f"{layout:>6} {r['registers']:>5} {r['stack']:>6} {r['local']:>6} "
-                     f"{r['vector_bytes']:>6}")
+                     f"{r['vector_bytes']:>6} {_worst_loop(r['loops']):>7}")
     return "\n".join(lines)
+
+
+def _worst_loop(loops: list[list[int]]) -> str:
+    return "/".join(str(x) for x in max(loops)) if loops else "-"
 
 
 def main(argv=None) -> int:

@@ -35,6 +35,17 @@ def test_one_levels_constexpr_up_to_eight_levels(levels):
     assert Launch(S, S, [], None).levels == 16
 
 
+def test_main_launches_bound_registers_on_nvidia_gpus():
+    """Main kernels run with maxnreg on CUDA (where Triton has the option), never elsewhere."""
+    from fgdkern.triton import levels
+
+    want = {"maxnreg": levels.MAX_REGISTERS} if levels._has_maxnreg() else {}
+    assert levels._register_bound(torch.device("cuda")) == (
+        want if torch.version.hip is None else {})
+    assert levels._register_bound(torch.device("cpu")) == {}
+    assert levels.MAX_REGISTERS == 255  # 65536 per SM over 2 programs of 4 warps, at most 255
+
+
 # ------------------------------------------------------------------------------ CUDA
 def _fgd_step(levels: int, hw: int, device="cuda", seed: int = 0):
     """A MultiLevelFGDLoss fwd+bwd call (backend triton) on device: a zero-argument call."""

@@ -74,6 +74,24 @@ def test_aligned_levels_load_16_byte_vectors(usage):
     assert not narrow, f"main kernels without 16-byte loads: {narrow}"
 
 
+# Global stores per channel chunk of each main kernel's loops: its partial rows, stacked
+# (merges.accumulate_rows), and dS or dX where it writes one.
+CHUNK_STORES = {"fgd_stats_fwd_kernel": 1, "fgd_grad_bwd_kernel": 2,
+                "imitation_stats_fwd_kernel": 1, "imitation_grad_bwd_kernel": 1}
+
+
+def test_one_read_modify_write_of_the_rows_per_chunk(usage):
+    """A channel chunk merges all its partial rows in one read-modify-write of a stacked
+    tile: its loop stores once per output, with at most 3 layout conversions (merging row
+    by row, FGD's statistics kernel took 9 conversions and 8 stores per chunk)."""
+    rows = [r for r in usage if r["kernel"] in CHUNK_STORES]
+    assert {r["kernel"] for r in rows} == set(CHUNK_STORES)
+    worse = [(r["kernel"], r["arch"], r["dtype"], r["layout"], r["loops"]) for r in rows
+             if not r["loops"] or any(stores > CHUNK_STORES[r["kernel"]] or conversions > 3
+                                      for conversions, stores in r["loops"])]
+    assert not worse, worse
+
+
 def test_launch_ints_are_not_specialised(usage):
     """A new level count or image size (L, BLOCKS_PER_PROG of 1 or a multiple of 16) must not
     compile a new variant mid-run: no kernel specialises on them."""
