@@ -128,15 +128,23 @@ __global__ void paint_fg_kernel(const int4* range, const float* value, const int
 
 // Pass 3, a block per (level, image): reads fg; counts its zero cells N_bg (an
 // exact integer sum) and writes bg = 1 / N_bg where fg == 0, else 0.
+// One block of kThreads per (level, image) plane. Each thread counts the background
+// cells of its strided share with no barrier in the loop, so its loads overlap; the
+// block then adds the counts (warp shuffles, one barrier) and writes bg.
 __global__ void normalize_bg_kernel(int64_t N, Levels lv) {
+  __shared__ int64_t warp_counts[kThreads / 32];
   const int64_t l = blockIdx.x / N, n = blockIdx.x % N, HW = lv.H[l] * lv.W[l];
   const float* fg = lv.fg[l] + n * HW;
   float* bg = lv.bg[l] + n * HW;
-  int64_t n_bg = 0;
-  for (int64_t base = 0; base < HW; base += blockDim.x) {
-    const int64_t c = base + threadIdx.x;
-    n_bg += __syncthreads_count(c < HW && fg[c] == 0.0f);
+  int64_t count = 0;
+  for (int64_t c = threadIdx.x; c < HW; c += blockDim.x) count += fg[c] == 0.0f;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    count += __shfl_down_sync(0xffffffffu, count, offset);
   }
+  if (threadIdx.x % 32 == 0) warp_counts[threadIdx.x / 32] = count;
+  __syncthreads();
+  int64_t n_bg = 0;
+  for (int w = 0; w < kThreads / 32; ++w) n_bg += warp_counts[w];
   const float inv = n_bg > 0 ? 1.0f / static_cast<float>(n_bg) : 0.0f;
   for (int64_t c = threadIdx.x; c < HW; c += blockDim.x) bg[c] = fg[c] == 0.0f ? inv : 0.0f;
 }
