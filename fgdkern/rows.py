@@ -30,14 +30,14 @@ class Rows:
         return f"Rows{self.names}"
 
 
-# FGD statistics pass (docs/kernels.md, "FGD statistics"): per pixel and per channel.
+# FGD statistics pass (docs/kernels.md, "The row tables"): per pixel and per channel.
 FGD_PIX = Rows("gs_s", "gs_t", "z_s", "z_t")
 FGD_CHAN = Rows("gc_s", "gc_t", "ctx_s", "ctx_t", "sum_d", "m2_d", "x_fg", "x_bg")
-# FGD gradient pass (docs/kernels.md, "FGD gradient"): its coefficient tables.
+# FGD gradient pass (docs/kernels.md, "The row tables"): its coefficient tables.
 FGD_PIX_COEF = Rows("a_sign", "fgA", "bgA", "p_s", "p_t")
 FGD_CHAN_COEF = Rows("b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s", "g_ctx_t",
                      "w_s", "w_t", "ctx_s", "ctx_t")
-# Imitation passes, shared by FKD and PFI (docs/kernels.md, "Imitation passes"):
+# Imitation passes, shared by FKD and PFI (docs/kernels.md, "The imitation passes (FKD, PFI)"):
 # sums over channels per pixel and over pixels per channel of X, and the
 # channel-weighted squared difference of X and Y per pixel; the gradient
 # pass's coefficient tables.

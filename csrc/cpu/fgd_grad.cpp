@@ -1,5 +1,5 @@
 // fgdkern::fgd_grad_cpp: the FGD gradient pass on CPU (contract and notation:
-// fgdkern/reference/fgd_passes.py; rows: docs/kernels.md, "FGD gradient").
+// fgdkern/reference/fgd_passes.py; rows: docs/kernels.md, "The row tables").
 // Reads S, T and the coefficient tables pix_coef (N, 5, HW), chan_coef
 // (N, 11, C), K (N, 2); writes dS (shape, dtype and strides of S) and the
 // conv_mask weight gradients dw_s, dw_t (C,), summed over S - ctx_s and

@@ -1,5 +1,5 @@
 // The rows of the small tables that the two fused FGD passes exchange
-// (docs/kernels.md, "FGD statistics" and "FGD gradient"), in order. Each list
+// (docs/kernels.md, "The row tables"), in order. Each list
 // names a row once, as its enumerator and as the name fgdkern/rows.py gives
 // it; tests/cpu/test_fgd_rows_cpp.py compares the names, through the op
 // fgdkern::fgd_rows_cpp, with fgdkern.rows (the mechanism: rows.h).

@@ -1,6 +1,6 @@
 // fgdkern::fgd_stats_cpp: the FGD statistics pass on CPU (contract and
-// notation: fgdkern/reference/fgd_passes.py; rows: docs/kernels.md, "FGD
-// statistics"). Reads S, T, the masks fg, bg, the conv_mask weights w_s, w_t
+// notation: fgdkern/reference/fgd_passes.py; rows: docs/kernels.md, "The row
+// tables"). Reads S, T, the masks fg, bg, the conv_mask weights w_s, w_t
 // and one temperature per level; writes per image the pixel rows pix
 // (N, 4, HW) and the channel rows chan (N, 8, C).
 //

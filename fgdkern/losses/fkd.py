@@ -24,7 +24,7 @@ PRESETS = {
     "one_stage": (0.5, 4e-4, 2e-2, 4e-4),
     "two_stage": (0.1, 7e-5, 4e-3, 7e-5),
 }
-# docs/fkd.md, "The two variants": the weighted terms' names and weights
+# docs/fkd.md, "The code variant", "The paper variant": the weighted terms' names, weights
 TERM_KEYS = {"code": ("feat", "channel", "spatial", "nonlocal"),
              "paper": ("at", "am", "nonlocal")}
 
@@ -164,7 +164,7 @@ class FKDLoss(nn.Module):
                                      self.non_local_adaptation.bias)
 
     def weighted_parts(self, terms: FKDCodeTerms | FKDPaperTerms) -> dict[str, Tensor]:
-        """Weighted terms by name (docs/fkd.md, "The two variants"); no "nonlocal" key
+        """Weighted terms by name (docs/fkd.md, "The code variant"); no "nonlocal" key
         when non_local=False."""
         if self.variant == "code":
             parts = dict(feat=self.beta * terms.feat_loss,

@@ -4,7 +4,7 @@
 student maps, teacher maps, the parameter NamedTuples of
 ``fgdkern.reference.fkd``, temperatures). For the fused implementations every
 sum over a whole (N, C, H, W) map comes from ``imitation_stats``
-(docs/kernels.md, "Imitation passes"; docs/fkd.md, "How it is computed"):
+(docs/kernels.md, "The imitation passes (FKD, PFI)"; docs/fkd.md, "How it is computed"):
 
 code variant   X = T, Y = f(S): abs_x -> A_S(T), sum_x -> signed means of T,
                sq_d -> L_feat;  X = S: abs_x -> A_S(S), sum_x -> signed means of S

@@ -164,7 +164,7 @@ def non_local(x: Tensor, p: NonLocalParams) -> Tensor:
 
 
 def nonlocal_term(S: Tensor, T: Tensor, nld: NonLocalDistillParams | None) -> Tensor:
-    """L_NL = || adapt(NL_s(S)) - NL_t(T) ||_2 (docs/fkd.md, "Non-local distillation");
+    """L_NL = || adapt(NL_s(S)) - NL_t(T) ||_2 (docs/fkd.md, "The non-local block");
     T detached, NL_t's parameters train. Zero when the term is switched off (None)."""
     dtype = acc_dtype(S, T)
     if nld is None:

@@ -1,4 +1,5 @@
-"""Checkpoints of one role: written atomically, restored exactly (docs/training.md, "Resuming").
+"""Checkpoints of one role: written atomically, restored exactly (docs/training.md,
+"Checkpoints and resuming").
 
 A checkpoint is ``<out>/<role>/checkpoint.pth``: the detector, the distillation
 losses' modules (FGD's under "fgd", FKD's and PFI's under "distill"),

@@ -113,7 +113,7 @@ def teacher_logits(teacher: nn.Module, feats_T) -> torch.Tensor:
 
 
 def fkd_terms(loss: nn.Module, feats_S, feats_T) -> dict:
-    """"fkd/<term>": the weighted terms summed over levels (docs/fkd.md, "The two variants")."""
+    """"fkd/<term>": the weighted terms summed over levels (docs/fkd.md, "The code variant")."""
     return {f"fkd/{k}": v for k, v in loss.weighted_terms(feats_S, feats_T).items()}
 
 
