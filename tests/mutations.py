@@ -60,8 +60,8 @@ MUTATIONS = [
              ["tests/losses/test_fgd_shared.py", "tests/reference", "tests/test_baselines.py",
               "-k", "not triton"]),
     Mutation("triton-ctx-rescale-dropped", "fgdkern/triton/fgd_stats.py",
-             "accumulate(row + CTX_S * C, c_mask, keep, alpha_s,",
-             "accumulate(row + CTX_S * C, c_mask, keep, 1.0,",
+             "scales = tl.where(rows == CTX_S, alpha_s,",
+             "scales = tl.where(rows == CTX_S, 1.0,",
              ["tests/triton/test_levels.py", "tests/triton/test_fgd_stats.py",
               "-k", "runs_of_blocks or temperature"]),
     Mutation("autocast-not-disabled", "fgdkern/ops/fgd.py",
@@ -99,6 +99,12 @@ MUTATIONS = [
     Mutation("triton-imitation-sign-term-dropped", "fgdkern/triton/imitation_grad.py",
              "+ b_p + b_c + sign(x) * (s_p + s_c)", "+ b_p + b_c + (s_p + s_c)",
              ["tests/triton/test_imitation_grad.py"]),
+    Mutation("triton-stacked-rows-in-join-order", "fgdkern/triton/merges.py",
+             "tl.join(tl.join(tl.join(a, e), tl.join(c, g)), tl.join(tl.join(b, f), "
+             "tl.join(d, h)))",
+             "tl.join(tl.join(tl.join(a, b), tl.join(c, d)), tl.join(tl.join(e, f), "
+             "tl.join(g, h)))",
+             ["tests/triton/test_fgd_stats.py"]),
     Mutation("triton-aligned-level-extent-unchecked", "fgdkern/triton/tiles.py",
              "ok = ok and multiple(C, sc) and (H * W) % align == 0", "ok = ok and multiple(C, sc)",
              ["tests/triton/test_alignment.py", "-k", "mixed or runs"]),
