@@ -29,13 +29,13 @@ from torch import Tensor
 
 from fgdkern.rows import FGD_CHAN_COEF, FGD_PIX_COEF
 from fgdkern.triton.levels import (
-    RUNTIME_INTS,
+    RUNTIME_INTS, run_blocks,
     COL_C, COL_COMB0, COL_N, COL_NSPLIT, COL_PART, COL_S, COL_T, COMBINE_BLOCK_C, VIEW_COLS,
     Launch, check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
-    level_is_aligned, level_shape, offset, per_dtype, program_run, row_indices, view)
+    level_shape, offset, per_dtype, program_run, row_indices, view)
 from fgdkern.triton.merges import accumulate_rows, stack2
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, channel_row, channel_sums, extents, image_tile, load_tile, per_pixel,
+    block_grids, channel_row, channel_sums, extents, image_tile, load_tile, per_pixel,
     store_tile, sum_pixels, tile_mask)
 
 # Rows of pix_coef and chan_coef (fgdkern.rows) that the kernel reads.
@@ -66,21 +66,14 @@ def fgd_grad_bwd_kernel(
 ):
     """Reads S, T and the coefficients of a run of blocks; writes dS and its partial dw rows."""
     lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
-    if ALIGN == 1:  # GENERAL views
-        fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
-                     LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-    elif level_is_aligned(lv):  # 16-byte vectors (docs/kernels.md, "Aligned levels")
-        fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
-                     LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-    else:  # an address per element: not pipelined, or the kernel spills
-        fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
-                     LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
+    run_blocks(fgd_grad_run, lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
+               LAYOUT, ALIGN, BLOCK_C, BLOCK_HW, SECTOR)
 
 
 @triton.jit
-def fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32, LAYOUT: tl.constexpr,
-                 ALIGN: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
-                 BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+def fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
+                 LAYOUT: tl.constexpr, ALIGN: tl.constexpr, STAGES: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
     C, HW, W = level_shape(lv)
     C, HW = extents(C, HW, LAYOUT, ALIGN)

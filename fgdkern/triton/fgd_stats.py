@@ -29,14 +29,14 @@ from torch import Tensor
 
 from fgdkern.rows import FGD_CHAN, FGD_PIX
 from fgdkern.triton.levels import (
-    RUNTIME_INTS, device_values,
+    RUNTIME_INTS, device_values, run_blocks,
     COL_COMB0, COL_NSPLIT, COL_PART, COL_PROG0, COL_S, COL_T, COMBINE_BLOCK_C, Launch,
     check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
-    level_is_aligned, level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
+    level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
 from fgdkern.triton.merges import (
     accumulate_rows_and_moments, block_softmax, chan_merge, rescale, stack8)
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, block_sum, channel_sums, extents, image_tile, load_tile, per_channel,
+    block_grids, block_sum, channel_sums, extents, image_tile, load_tile, per_channel,
     per_pixel, sum_pixels, tile_mask)
 
 # Rows of pix and chan (fgdkern.rows); the partial rows of a run are laid out as chan.
@@ -68,21 +68,14 @@ def fgd_stats_fwd_kernel(
     """Reads S, T, fg, bg, w_s, w_t, temp of a run of blocks; writes pix and its partial chan
     rows (ctx, x_fg, x_bg unnormalised) and scalars."""
     lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
-    if ALIGN == 1:  # GENERAL views
-        fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32,
-                      LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-    elif level_is_aligned(lv):  # 16-byte vectors (docs/kernels.md, "Aligned levels")
-        fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32,
-                      LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-    else:  # an address per element: not pipelined, or the kernel spills
-        fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32,
-                      LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
+    run_blocks(fgd_stats_run, lv, prog, n, blk_lo, blk_hi, S, T, None, f32,
+               LAYOUT, ALIGN, BLOCK_C, BLOCK_HW, SECTOR)
 
 
 @triton.jit
-def fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, f32, LAYOUT: tl.constexpr,
-                  ALIGN: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
-                  BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+def fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, OUT, f32,
+                  LAYOUT: tl.constexpr, ALIGN: tl.constexpr, STAGES: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
     C, HW, W = level_shape(lv)
     C, HW = extents(C, HW, LAYOUT, ALIGN)

@@ -28,12 +28,12 @@ from torch import Tensor
 
 from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX_COEF
 from fgdkern.triton.levels import (
-    RUNTIME_INTS,
+    RUNTIME_INTS, run_blocks,
     COL_S, COL_T, VIEW_COLS, Launch, check_features, extra_columns, float32_levels,
-    host_copy_if_interpreted, level_is_aligned, level_shape, offset, per_dtype, program_run,
+    host_copy_if_interpreted, level_shape, offset, per_dtype, program_run,
     row_indices, view)
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, channel_row, extents, image_tile, load_tile, per_pixel, sign,
+    block_grids, channel_row, extents, image_tile, load_tile, per_pixel, sign,
     store_tile, tile_mask)
 
 # Rows of pix_coef and chan_coef (fgdkern.rows).
@@ -63,22 +63,15 @@ def imitation_grad_bwd_kernel(
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr,
 ):
     """Reads X, Y and the coefficients of a run of blocks; writes their dX."""
-    lv, _, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
-    if ALIGN == 1:  # GENERAL views
-        imitation_grad_run(lv, n, blk_lo, blk_hi, X, Y, dX, f32,
-                           LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-    elif level_is_aligned(lv):  # 16-byte vectors (docs/kernels.md, "Aligned levels")
-        imitation_grad_run(lv, n, blk_lo, blk_hi, X, Y, dX, f32,
-                           LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-    else:  # an address per element: not pipelined, or the kernel spills
-        imitation_grad_run(lv, n, blk_lo, blk_hi, X, Y, dX, f32,
-                           LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
+    lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
+    run_blocks(imitation_grad_run, lv, prog, n, blk_lo, blk_hi, X, Y, dX, f32,
+               LAYOUT, ALIGN, BLOCK_C, BLOCK_HW, SECTOR)
 
 
 @triton.jit
-def imitation_grad_run(lv, n, blk_lo, blk_hi, X, Y, dX, f32, LAYOUT: tl.constexpr,
-                       ALIGN: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
-                       BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+def imitation_grad_run(lv, prog, n, blk_lo, blk_hi, X, Y, dX, f32,
+                       LAYOUT: tl.constexpr, ALIGN: tl.constexpr, STAGES: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
     C, HW, W = level_shape(lv)
     C, HW = extents(C, HW, LAYOUT, ALIGN)

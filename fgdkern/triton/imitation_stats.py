@@ -35,13 +35,13 @@ from torch import Tensor
 
 from fgdkern.rows import IMIT_CHAN, IMIT_PIX
 from fgdkern.triton.levels import (
-    RUNTIME_INTS,
+    RUNTIME_INTS, run_blocks,
     COL_PART, COL_S, COL_T, Launch, check_features, extra_columns,
     float32_levels, host_copy_if_interpreted, image_channel_block, image_channel_blocks,
-    level_is_aligned, level_shape, offset, per_dtype, program_run, row_indices)
+    level_shape, offset, per_dtype, program_run, row_indices)
 from fgdkern.triton.merges import accumulate_rows, stack2
 from fgdkern.triton.tiles import (
-    STAGES, block_grids, channel_row, extents, image_tile, load_tile, sum_channels, sum_pixels,
+    block_grids, channel_row, extents, image_tile, load_tile, sum_channels, sum_pixels,
     tile_mask)
 
 # Rows of pix and chan (fgdkern.rows); a run's partial rows are laid out as chan.
@@ -66,21 +66,14 @@ def imitation_stats_fwd_kernel(
 ):
     """Reads X, Y and w of a run of blocks; writes their pix and the run's partial chan rows."""
     lv, prog, n, blk_lo, blk_hi = program_run(table, L, BLOCKS_PER_PROG, NCOL, LEVELS, BLOCK_HW)
-    if ALIGN == 1:  # GENERAL views
-        imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32,
-                            LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-    elif level_is_aligned(lv):  # 16-byte vectors (docs/kernels.md, "Aligned levels")
-        imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32,
-                            LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-    else:  # an address per element: not pipelined, or the kernel spills
-        imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32,
-                            LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
+    run_blocks(imitation_stats_run, lv, prog, n, blk_lo, blk_hi, X, Y, None, f32,
+               LAYOUT, ALIGN, BLOCK_C, BLOCK_HW, SECTOR)
 
 
 @triton.jit
-def imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, f32, LAYOUT: tl.constexpr,
-                        ALIGN: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
-                        BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+def imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, OUT, f32,
+                        LAYOUT: tl.constexpr, ALIGN: tl.constexpr, STAGES: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
     C, HW, W = level_shape(lv)
     C, HW = extents(C, HW, LAYOUT, ALIGN)

@@ -37,7 +37,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fgdkern._device import device_values, on_device  # noqa: F401  (kernels import them here)
-from fgdkern.triton.tiles import choose_layout, launch_align, level_aligned, tile_shape
+from fgdkern.triton.tiles import STAGES, choose_layout, launch_align, level_aligned, tile_shape
 
 # A combine program merges every run of one channel block, one warp, a channel per
 # lane: at C = 256 that is 8 programs per image (or level) rather than 2 of 128
@@ -113,6 +113,25 @@ def program_run(table, L, BLOCKS_PER_PROG, NCOL: tl.constexpr, LEVELS: tl.conste
 def level_is_aligned(lv):
     """Whether the level's programs run with the launch's ALIGN (tiles.level_aligned)."""
     return tl.load(lv + COL_ALIGNED) != 0
+
+
+@triton.jit
+def run_blocks(RUN: tl.constexpr, lv, prog, n, blk_lo, blk_hi, S, T, OUT, f32,
+               LAYOUT: tl.constexpr, ALIGN: tl.constexpr, BLOCK_C: tl.constexpr,
+               BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """A main kernel's program: RUN(lv, prog, n, blk_lo, blk_hi, S, T, OUT, f32, LAYOUT,
+    align, stages, BLOCK_C, BLOCK_HW, SECTOR) on its run of blocks (OUT: the output map, or
+    None). An aligned level runs with ALIGN and pipelined channel loops (tiles.py, "Aligned
+    levels"); another with an address per element and one stage, as two pipelined paths
+    would spill; a launch of GENERAL views (ALIGN 1) has the one path."""
+    if ALIGN == 1:
+        RUN(lv, prog, n, blk_lo, blk_hi, S, T, OUT, f32,
+            LAYOUT, 1, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    elif level_is_aligned(lv):
+        RUN(lv, prog, n, blk_lo, blk_hi, S, T, OUT, f32,
+            LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+    else:
+        RUN(lv, prog, n, blk_lo, blk_hi, S, T, OUT, f32, LAYOUT, 1, 1, BLOCK_C, BLOCK_HW, SECTOR)
 
 
 @triton.jit
