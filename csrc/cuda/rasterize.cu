@@ -126,11 +126,10 @@ __global__ void paint_fg_kernel(const int4* range, const float* value, const int
   lv.fg[l][cell] = v;
 }
 
-// Pass 3, a block per (level, image): reads fg; counts its zero cells N_bg (an
-// exact integer sum) and writes bg = 1 / N_bg where fg == 0, else 0.
-// One block of kThreads per (level, image) plane. Each thread counts the background
-// cells of its strided share with no barrier in the loop, so its loads overlap; the
-// block then adds the counts (warp shuffles, one barrier) and writes bg.
+// Pass 3, a block of kThreads per (level, image): reads fg; counts its zero cells
+// N_bg (an exact integer sum) and writes bg = 1 / N_bg where fg == 0, else 0. Each
+// thread counts its strided share with no barrier in the loop, so its loads overlap;
+// the block then adds the counts (warp shuffles, one barrier).
 __global__ void normalize_bg_kernel(int64_t N, Levels lv) {
   __shared__ int64_t warp_counts[kThreads / 32];
   const int64_t l = blockIdx.x / N, n = blockIdx.x % N, HW = lv.H[l] * lv.W[l];

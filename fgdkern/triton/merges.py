@@ -59,7 +59,7 @@ def read_rows(part, c, c_mask, C, keep, R: tl.constexpr):
     as 0 when not keep (a program's first block)."""
     row = tl.arange(0, R)[None, :]
     ptr = part + row * C + c[:, None]
-    mask = c_mask[:, None] & (row < R)
+    mask = tl.broadcast_to(c_mask[:, None], ptr.shape)
     return row, ptr, mask, tl.where(keep, tl.load(ptr, mask=mask, other=0.0), 0.0)
 
 
