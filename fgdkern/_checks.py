@@ -55,6 +55,20 @@ def check_pyramid(levels, feats_S, feats_T) -> None:
                              f"{feats_S[0].device}: every level must be on one device")
 
 
+def level_widths(name: str, value, num_levels: int) -> list:
+    """One channel count per level: one value for every level, or a sequence of num_levels
+    ints (necks such as YOLO's widen with the stride). The level's loss checks each range."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        return [value] * num_levels
+    if len(value) != num_levels:
+        raise ValueError(f"{name} has {len(value)} widths for {num_levels} levels: "
+                         "give one per level, or one int for all")
+    for k, width in enumerate(value):
+        if isinstance(width, bool) or not isinstance(width, int):
+            raise ValueError(f"{name}[{k}] must be an int, got {width!r}")
+    return list(value)
+
+
 def check_flag(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool (True or False), got {value!r}")

@@ -8,6 +8,8 @@ implementations load.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -199,24 +201,29 @@ class MultiLevelFGDLoss(nn.Module):
 
     feats_S / feats_T: sequences of per-level maps, or mappings such as a
     torchvision FPN OrderedDict (the first ``num_levels`` entries, in order).
+    student_channels / teacher_channels: one int for every level, or one per level.
     The result is the sum of the per-level weighted losses (docs/fgd.md, "Multi-level and temperatures").
     """
 
-    def __init__(self, num_levels: int, student_channels: int, teacher_channels: int,
-                 temp: float = 0.5, alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4,
-                 gamma_fgd: float = 1e-3, lambda_fgd: float = 5e-6, backend: str = "auto",
-                 check_finite: bool = False, border: str = "clip"):
+    def __init__(self, num_levels: int, student_channels: int | Sequence[int],
+                 teacher_channels: int | Sequence[int], temp: float = 0.5,
+                 alpha_fgd: float = 1e-3, beta_fgd: float = 5e-4, gamma_fgd: float = 1e-3,
+                 lambda_fgd: float = 5e-6, backend: str = "auto", check_finite: bool = False,
+                 border: str = "clip"):
         super().__init__()
-        if not isinstance(num_levels, int) or num_levels < 1:
+        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
             raise ValueError(f"num_levels must be a positive int, got {num_levels!r}")
+        widths_S = _checks.level_widths("student_channels", student_channels, num_levels)
+        widths_T = _checks.level_widths("teacher_channels", teacher_channels, num_levels)
         self.num_levels, self.backend, self.check_finite = num_levels, backend, check_finite
         self.border = border
         self.levels = nn.ModuleList(
-            FGDLoss(student_channels, teacher_channels, temp, alpha_fgd, beta_fgd, gamma_fgd,
-                    lambda_fgd, backend, check_finite, border) for _ in range(num_levels))
+            FGDLoss(cs, ct, temp, alpha_fgd, beta_fgd, gamma_fgd, lambda_fgd, backend,
+                    check_finite, border) for cs, ct in zip(widths_S, widths_T))
 
     @classmethod
-    def for_detector(cls, detector: str, student_channels: int, teacher_channels: int, **kwargs):
+    def for_detector(cls, detector: str, student_channels: int | Sequence[int],
+                     teacher_channels: int | Sequence[int], **kwargs):
         """Official config of ``detector`` (docs/fgd.md, "Presets"), its number of levels unless given."""
         return cls(student_channels=student_channels, teacher_channels=teacher_channels,
                    **{**preset(detector), **kwargs})

@@ -7,6 +7,7 @@ docs/fkd.md.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Real
 
 import torch
@@ -209,27 +210,30 @@ class MultiLevelFKDLoss(nn.Module):
 
     feats_S / feats_T: sequences of per-level maps, or mappings such as a
     torchvision FPN OrderedDict (the first ``num_levels`` entries, in order).
-    temp: one temperature, or one per level. The result is the sum of the
+    student_channels / teacher_channels and temp: one value for every level, or one per level. The result is the sum of the
     per-level weighted losses (docs/fkd.md, "Multi-level").
     """
 
-    def __init__(self, num_levels: int, student_channels: int, teacher_channels: int,
-                 variant: str = "code", temp: float | list = 0.5, alpha: float = 4e-4,
-                 beta: float = 2e-2, gamma: float = 4e-4, non_local: bool = True,
-                 backend: str = "auto", check_finite: bool = False):
+    def __init__(self, num_levels: int, student_channels: int | Sequence[int],
+                 teacher_channels: int | Sequence[int], variant: str = "code",
+                 temp: float | list = 0.5, alpha: float = 4e-4, beta: float = 2e-2,
+                 gamma: float = 4e-4, non_local: bool = True, backend: str = "auto",
+                 check_finite: bool = False):
         super().__init__()
         if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
             raise ValueError(f"num_levels must be a positive int, got {num_levels!r}")
         temps = _level_temps(temp, num_levels)
+        widths_S = _checks.level_widths("student_channels", student_channels, num_levels)
+        widths_T = _checks.level_widths("teacher_channels", teacher_channels, num_levels)
         self.num_levels, self.variant = num_levels, variant
         self.backend, self.check_finite = backend, check_finite
         self.levels = nn.ModuleList(
-            FKDLoss(student_channels, teacher_channels, variant, t, alpha, beta, gamma,
-                    non_local, backend, check_finite) for t in temps)
+            FKDLoss(cs, ct, variant, t, alpha, beta, gamma, non_local, backend, check_finite)
+            for cs, ct, t in zip(widths_S, widths_T, temps))
 
     @classmethod
-    def for_detector(cls, detector: str, num_levels: int, student_channels: int,
-                     teacher_channels: int, **kwargs):
+    def for_detector(cls, detector: str, num_levels: int, student_channels: int | Sequence[int],
+                     teacher_channels: int | Sequence[int], **kwargs):
         """The paper's hyper-parameters for ``detector`` (docs/fkd.md, "Presets");
         kwargs override."""
         return cls(num_levels, student_channels, teacher_channels,

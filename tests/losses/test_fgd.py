@@ -37,6 +37,18 @@ def build(N, Cs, Ct, sizes, dtype=torch.float32, device="cpu", seed=0, temps=Non
     return ms, [s.to(device) for s in S], [t.to(device) for t in T], boxes, shapes
 
 
+def build_mixed(device="cpu", seed=0):
+    """Three levels whose widths grow with the stride, as a YOLO neck's: an align conv on
+    two of them (odd and even widths), none on the middle one."""
+    N, Cs, Ct, sizes = 2, [5, 8, 12], [8, 8, 16], [(8, 12), (4, 6), (2, 3)]
+    ms = randomize(MultiLevelFGDLoss(len(sizes), Cs, Ct, backend="reference"), seed).to(device)
+    g = torch.Generator().manual_seed(seed)
+    S = [torch.randn(N, c, H, W, generator=g).to(device) for c, (H, W) in zip(Cs, sizes)]
+    T = [(torch.randn(N, c, H, W, generator=g) * 1.5 + 0.3).to(device)
+         for c, (H, W) in zip(Ct, sizes)]
+    return ms, S, T, random_boxes(N, IMG, seed=seed), [IMG] * N
+
+
 def loss_and_grads(ms, S, T, boxes, shapes, backend, autocast=None):
     """autocast: a dtype to run the forward in a CPU autocast region of (the backward runs
     outside it, as torch.autocast recommends)."""
@@ -87,6 +99,21 @@ def test_fused_memory_formats(backend, layout):
     else:
         T = [t.transpose(2, 3).contiguous().transpose(2, 3) for t in T]
     assert_matches_reference(ms, S, T, boxes, shapes, backend)
+
+
+@pytest.mark.parametrize("backend", ALL_FUSED)
+def test_fused_matches_reference_with_a_width_per_level(backend):
+    """docs/fgd.md, "Every level has its own width": loss and every gradient, one call."""
+    assert_matches_reference(*build_mixed(device=backend_device(backend)), backend)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + ALL_FUSED)
+def test_a_width_per_level_is_the_sum_of_its_levels(backend):
+    ms, S, T, boxes, shapes = build_mixed(device=backend_device(backend))
+    for m in [ms, *ms.levels]:
+        m.backend = backend
+    per_level = sum(m(s, t, boxes, shapes) for m, s, t in zip(ms.levels, S, T))
+    torch.testing.assert_close(ms(S, T, boxes, shapes), per_level, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + ALL_FUSED)
@@ -241,6 +268,9 @@ def test_state_dict_names():
     assert set(FGDLoss(128, 256).state_dict()) == mlp | masks | {"align.weight", "align.bias"}
     ms = MultiLevelFGDLoss(2, 256, 256)
     assert set(ms.state_dict()) == {f"levels.{k}.{n}" for k in range(2) for n in keys}
+    mixed = MultiLevelFGDLoss(2, [128, 256], 256).state_dict()   # a width per level: same names
+    assert set(mixed) == set(ms.state_dict()) | {"levels.0.align.weight", "levels.0.align.bias"}
+    assert mixed["levels.0.align.weight"].shape == (256, 128, 1, 1)
 
 
 def test_initialisation():

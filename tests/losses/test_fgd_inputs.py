@@ -145,6 +145,17 @@ def test_bad_constructor_arguments():
         FGDLoss(4, 4, temp=0.0)
     with pytest.raises(TypeError, match="check_finite"):
         FGDLoss(4, 4, check_finite="yes")
+
+
+@pytest.mark.parametrize("Cs,Ct,error,match", [
+    ([4, 8], 8, ValueError, "student_channels has 2 widths for 3 levels"),
+    (4, (8, 8, 8, 8), ValueError, "teacher_channels has 4 widths for 3 levels"),
+    ([4, 8.0, 8], 8, ValueError, r"student_channels\[1\] must be an int"),
+    (4, [8, 1, 8], ValueError, "teacher_channels must be an int >= 2"),
+])
+def test_bad_widths_per_level(Cs, Ct, error, match):
+    with pytest.raises(error, match=match):
+        MultiLevelFGDLoss(3, Cs, Ct)
     with pytest.raises(ValueError, match="num_levels"):
         MultiLevelFGDLoss(0, 4, 4)
     with pytest.raises(ValueError, match="detector"):

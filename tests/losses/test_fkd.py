@@ -39,13 +39,15 @@ def randomize(module, seed=0):
 
 def build(N, Cs, Ct, sizes, variant="code", dtype=torch.float32, device="cpu", seed=0,
           temps=0.5, training=True):
+    """Cs, Ct: one width for every level or a list of one per level."""
     ms = MultiLevelFKDLoss(len(sizes), Cs, Ct, variant=variant, temp=temps,
                            backend="reference")
     ms = randomize(ms, seed).to(device).train(training)
+    Cs, Ct = ([C] * len(sizes) if isinstance(C, int) else C for C in (Cs, Ct))
     g = torch.Generator().manual_seed(seed)
-    S = [torch.randn(N, Cs, H, W, generator=g).to(dtype).to(device) for H, W in sizes]
-    T = [(torch.randn(N, Ct, H, W, generator=g) * 1.5 + 0.3).to(dtype).to(device)
-         for H, W in sizes]
+    S = [torch.randn(N, c, H, W, generator=g).to(dtype).to(device) for c, (H, W) in zip(Cs, sizes)]
+    T = [(torch.randn(N, c, H, W, generator=g) * 1.5 + 0.3).to(dtype).to(device)
+         for c, (H, W) in zip(Ct, sizes)]
     return ms, S, T
 
 
@@ -78,6 +80,19 @@ def assert_matches_reference(ms, S, T, backend, dtype=torch.float32):
 def test_fused_matches_reference(backend, variant, N, Cs, Ct, sizes):
     dev = backend_device(backend)
     assert_matches_reference(*build(N, Cs, Ct, sizes, variant, device=dev), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fused_matches_reference_with_a_width_per_level(backend, variant):
+    """docs/fkd.md, "Multi-level": widths growing with the stride, as a YOLO neck's; one call."""
+    ms, S, T = build(2, [5, 8, 12], [8, 8, 16], [(8, 12), (4, 6), (2, 3)], variant,
+                     device=backend_device(backend))
+    assert_matches_reference(ms, S, T, backend)
+    for m in [ms, *ms.levels]:
+        m.backend = backend
+    per_level = sum(m(s, t) for m, s, t in zip(ms.levels, S, T))
+    torch.testing.assert_close(ms(S, T), per_level, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -237,6 +252,9 @@ def test_state_dict_names():
                                                                          "align.bias"}
     ms = MultiLevelFKDLoss(2, 128, 256)
     assert set(ms.state_dict()) == {f"levels.{k}.{n}" for k in range(2) for n in code | NL}
+    mixed = MultiLevelFKDLoss(2, [64, 128], [128, 256]).state_dict()   # a width per level
+    assert set(mixed) == set(ms.state_dict())
+    assert mixed["levels.0.adaptation.weight"].shape == (128, 64, 1, 1)
 
 
 def test_shapes_and_initialisation():

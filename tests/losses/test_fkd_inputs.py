@@ -46,6 +46,12 @@ def test_multi_level_construction():
         MultiLevelFKDLoss(3, 4, 4, temp=[0.5, 0.5])
     with pytest.raises(ValueError, match="temp must be a positive number"):
         MultiLevelFKDLoss(2, 4, 4, temp=[0.5, 0.0])
+    with pytest.raises(ValueError, match="student_channels has 3 widths for 2 levels"):
+        MultiLevelFKDLoss(2, [4, 8, 8], 8)
+    with pytest.raises(ValueError, match=r"teacher_channels\[0\] must be an int"):
+        MultiLevelFKDLoss(2, 4, ["8", 8])
+    with pytest.raises(ValueError, match="student_channels must be an int >= 1"):
+        MultiLevelFKDLoss(2, [4, 0], 8)
     with pytest.raises(ValueError, match="detector must be one of"):
         preset("retinanet")
 
