@@ -2,6 +2,10 @@
 #                 built-in synthetic COCO dataset, report mAP (out/report.json, out/report.png)
 # make demo-loss  the loss alone on synthetic pyramids: terms per level + out/fgd_masks.png
 # make test       the test suite (Triton kernels run under TRITON_INTERPRET=1 without a GPU)
+# make test-isa   the C++ kernel tests (fuzz included) once under each CPU variant this machine
+#                 runs (FGDKERN_CPU_ISA=avx512|avx2|baseline; docs/kernels.md, "CPU variants")
+# make portability  make test with 1 thread, then with each CPU variant forced: the suite must
+#                 pass on any x86-64 machine, whatever its rounding (README, Development)
 # make mutations  plant known mistakes in a copy of the package; fails if the suite misses one
 # make bench      time every implementation and write bench/results/<device>-<date>.{json,png}
 # make sdist      dist/fgdkern-<version>.tar.gz (needs no torch)
@@ -12,7 +16,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
 
-.PHONY: demo demo-loss test mutations ext bench bench-quick sdist clean
+.PHONY: demo demo-loss test test-isa portability mutations ext bench bench-quick sdist clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +37,22 @@ demo-loss: ext
 
 test: ext
 	$(PY) -m pytest -q tests
+
+# Every test of the C++ kernels has cpp in its module name or its backend parameter.
+CPU_KERNEL_TESTS := tests/cpu tests/losses tests/ops -k cpp
+CPU_ISAS = $$($(PY) -c "import fgdkern, torch; print(*torch.ops.fgdkern.cpu_isas_cpp())")
+
+test-isa: ext
+	for isa in $(CPU_ISAS); do \
+	  echo "== C++ kernel tests, FGDKERN_CPU_ISA=$$isa"; \
+	  FGDKERN_CPU_ISA=$$isa $(PY) -m pytest -q $(CPU_KERNEL_TESTS) || exit 1; \
+	done
+
+portability: ext
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	for isa in $(CPU_ISAS); do \
+	  echo "== FGDKERN_CPU_ISA=$$isa"; FGDKERN_CPU_ISA=$$isa $(PY) -m pytest -q tests || exit 1; \
+	done
 
 mutations: ext
 	$(PY) -m tests.mutations

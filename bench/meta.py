@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 import cases
+import fgdkern
 
 REPO = Path(__file__).resolve().parent.parent
 DIRTY_FILES_SHOWN = 40
@@ -77,11 +78,12 @@ def software() -> dict:
 
 
 def machine(device: torch.device) -> dict:
-    """The device, its name and driver, the CPU and the threads torch uses."""
+    """The device, its name and driver, the CPU, the ISA variant of the C++ kernels that ran
+    (docs/kernels.md, "CPU variants") and the threads torch uses."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return dict(device=device.type, device_name=gpu or _cpu_model(), gpu_name=gpu,
                 nvidia_driver=_nvidia_driver(device) if gpu else None,
-                cpu_model=_cpu_model(), cpu_count=os.cpu_count(),
+                cpu_model=_cpu_model(), cpu_count=os.cpu_count(), cpu_isa=fgdkern.cpu_isa(),
                 cpu_threads=torch.get_num_threads(),
                 cpu_interop_threads=torch.get_num_interop_threads(),
                 omp_num_threads=os.environ.get("OMP_NUM_THREADS"),

@@ -92,6 +92,8 @@ def headline(meta: dict) -> str:
     if meta["device"] == "cpu":
         threads = meta["cpu_threads"]
         where += f", {threads} thread{'s' if threads != 1 else ''}"
+        if meta.get("cpu_isa"):   # runs recorded before the variants were selectable lack it
+            where += f", {meta['cpu_isa']} kernels"
     quick = " (--quick)" if meta["quick"] else ""
     losses = ", ".join(meta.get("losses", ["fgd"])).upper()
     return (f"{losses} on {meta['device'].upper()}: {where} - torch {meta['torch']} - "

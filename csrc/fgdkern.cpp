@@ -44,4 +44,9 @@ TORCH_LIBRARY(fgdkern, m) {
   // their bytes, and the release of those nothing else refers to.
   m.def("recycle_kept_bytes_cpp() -> int");
   m.def("recycle_release_cpp() -> ()");
+  // The ISA variants of the CPU kernels (csrc/cpu/isa.h): those this CPU runs,
+  // best first; the one that runs; the choice of another.
+  m.def("cpu_isas_cpp() -> str[]");
+  m.def("cpu_isa_cpp() -> str");
+  m.def("set_cpu_isa_cpp(str name) -> ()");
 }

@@ -4,10 +4,11 @@ Public API (docs/README.md): FGDLoss, MultiLevelFGDLoss, FKDLoss,
 MultiLevelFKDLoss, PFILoss and RankMimickingLoss, rasterize_boxes, the target
 adapters of fgdkern.targets, PFI's and RM's inputs from a torchvision RetinaNet
 (fgdkern.retinanet, imported on use), load_fgd_checkpoint /
-export_fgd_checkpoint (checkpoints of the widely used FGD code) and
-check_loss_scale.
+export_fgd_checkpoint (checkpoints of the widely used FGD code),
+check_loss_scale, and HAS_EXT / cpu_isa(): whether the C++ extension loaded
+and which ISA variant of its CPU kernels runs.
 """
-from fgdkern._ext import HAS_EXT
+from fgdkern._ext import HAS_EXT, cpu_isa
 from fgdkern.losses.fgd import FGDLoss, MultiLevelFGDLoss, preset
 from fgdkern.losses.fkd import FKDLoss, MultiLevelFKDLoss
 from fgdkern.losses.scale import check_loss_scale
@@ -23,4 +24,4 @@ __all__ = ["FGDLoss", "MultiLevelFGDLoss", "FGDTerms", "rasterize_boxes", "prese
            "FKDLoss", "MultiLevelFKDLoss",
            "check_loss_scale", "PFILoss", "RankMimickingLoss",
            "load_fgd_checkpoint", "export_fgd_checkpoint",
-           "HAS_EXT", "__version__"]
+           "HAS_EXT", "cpu_isa", "__version__"]

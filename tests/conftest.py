@@ -42,6 +42,14 @@ def pytest_sessionstart(session):
         pytest.exit(reason, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
+def pytest_report_header(config):
+    """Where the numbers come from: the CPU kernels' variant and torch's threads."""
+    import fgdkern
+
+    return (f"fgdkern: C++ extension {'loaded' if fgdkern.HAS_EXT else 'missing'}, CPU variant "
+            f"{fgdkern.cpu_isa()}, {torch.get_num_threads()} torch threads")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

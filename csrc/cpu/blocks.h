@@ -102,8 +102,8 @@ void dispatch(at::ScalarType dtype, Order order, const Fn& fn) {
 }
 
 // kernel.operator()<scalar_t, order>(level, block, scratch) over every block
-// of every level, in parallel, with denormals flushed; each thread gets
-// scratch of scratch_floats.
+// of every level, in parallel, with denormals flushed, in the active ISA
+// variant (isa.h); each thread gets scratch of scratch_floats.
 template <class LevelT, class Kernel>
 void for_each_block(const std::vector<LevelT>& levels, int64_t scratch_floats,
                     const Kernel& kernel) {
@@ -114,8 +114,10 @@ void for_each_block(const std::vector<LevelT>& levels, int64_t scratch_floats,
     for (int64_t i = begin; i < end; ++i) {
       const LevelT& lv = levels[blocks[i].level];
       dispatch(lv.S.scalar_type(), lv.order, [&](auto tag, auto order) {
-        kernel.template operator()<decltype(tag), decltype(order)::value>(lv, blocks[i],
-                                                                          scratch.data());
+        on_active_isa([&]() FGDKERN_INLINE_LAMBDA {
+          kernel.template operator()<decltype(tag), decltype(order)::value>(lv, blocks[i],
+                                                                            scratch.data());
+        });
       });
     }
   });

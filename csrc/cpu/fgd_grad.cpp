@@ -39,7 +39,7 @@ struct GradLevel : Level {
 // dz_s = p_s (gp_s - K_s), dz_t = p_t (gp_t - K_t).
 struct GradBlock {
   template <typename scalar_t, Order kOrder>
-  FGDKERN_CPU_CLONES void operator()(const GradLevel& lv, const Block& b, float* scratch) const {
+  FGDKERN_INLINE void operator()(const GradLevel& lv, const Block& b, float* scratch) const {
     const int64_t C = lv.C, HW = lv.HW, np = b.np;
     const Tile<scalar_t> x = lv.tile<scalar_t>(b.n, b.p0, np);
     const float* pc = lv.pix_coef.const_data_ptr<float>() + b.n * kPixCoefs * HW + b.p0;

@@ -64,7 +64,7 @@ void block_weights(const StatsLevel& lv, const Block& b, float* pix, float* e,
 // with block-local softmax weights and D centred on the block mean).
 struct StatsBlock {
   template <typename scalar_t, Order kOrder>
-  FGDKERN_CPU_CLONES void operator()(const StatsLevel& lv, const Block& b, float* scratch) const {
+  FGDKERN_INLINE void operator()(const StatsLevel& lv, const Block& b, float* scratch) const {
     const int64_t C = lv.C, HW = lv.HW, np = b.np;
     const Tile<scalar_t> x = lv.tile<scalar_t>(b.n, b.p0, np);
     float* pix = lv.pix.data_ptr<float>() + b.n * kPixRows * HW + b.p0;

@@ -27,7 +27,7 @@ namespace {
 
 // Per image n of a level, the terms over channels: part[4 n ..] = fg, bg, the
 // channel half of mask, rela.
-FGDKERN_CPU_CLONES void channel_terms(const TermsLevel& lv, double* part) {
+FGDKERN_INLINE void channel_terms(const TermsLevel& lv, double* part) {
   const int64_t C = lv.C;
   const float c_f = static_cast<float>(C), hw = static_cast<float>(lv.HW);
   LevelChannels st(lv);
@@ -50,7 +50,7 @@ FGDKERN_CPU_CLONES void channel_terms(const TermsLevel& lv, double* part) {
 }
 
 // Image n of a level over pixels: its y_S rows and the pixel half of mask.
-FGDKERN_CPU_CLONES double pixel_terms(const TermsLevel& lv, int64_t n, float* y_S) {
+FGDKERN_INLINE double pixel_terms(const TermsLevel& lv, int64_t n, float* y_S) {
   const int64_t HW = lv.HW;
   const float hw = static_cast<float>(HW);
   const float* px = lv.pix.const_data_ptr<float>() + n * kPixRows * HW;
@@ -75,9 +75,13 @@ std::vector<at::Tensor> fgd_terms_cpu(at::TensorList pix, at::TensorList chan,
     part[l].resize(4 * lv.N);
     pix_mask[l].resize(lv.N);
   }
-  each_level(L, [&](int64_t l) { channel_terms(levels[l], part[l].data()); });
+  each_level(L, [&](int64_t l) {
+    on_active_isa([&]() FGDKERN_INLINE_LAMBDA { channel_terms(levels[l], part[l].data()); });
+  });
   each_image(levels, [&](int64_t l, int64_t n) {
-    pix_mask[l][n] = pixel_terms(levels[l], n, out[1 + l].data_ptr<float>());
+    pix_mask[l][n] = on_active_isa([&]() FGDKERN_INLINE_LAMBDA {
+      return pixel_terms(levels[l], n, out[1 + l].data_ptr<float>());
+    });
   });
   for (int64_t l = 0; l < L; ++l) {  // the images' sums in order, / N
     double row[4] = {};

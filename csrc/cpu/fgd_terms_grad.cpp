@@ -81,7 +81,7 @@ FGDKERN_INLINE void context_rows(const TermsLevel& lv, const GradLevel& out,
 }
 
 // pix_coef of image n.
-FGDKERN_CPU_CLONES void pixel_rows(const TermsLevel& lv, const GradLevel& out, float g_mask,
+FGDKERN_INLINE void pixel_rows(const TermsLevel& lv, const GradLevel& out, float g_mask,
                                    int64_t n) {
   const int64_t HW = lv.HW;
   const float hw = static_cast<float>(HW);
@@ -101,7 +101,7 @@ FGDKERN_CPU_CLONES void pixel_rows(const TermsLevel& lv, const GradLevel& out, f
   softmax(px + kZT * HW, HW, 1.0f, pc + kPT * HW);
 }
 
-FGDKERN_CPU_CLONES void channel_level(const TermsLevel& lv, const GradLevel& out,
+FGDKERN_INLINE void channel_level(const TermsLevel& lv, const GradLevel& out,
                                       const float* g) {
   LevelChannels st(lv);
   st.compute(lv);
@@ -164,8 +164,13 @@ std::vector<at::Tensor> fgd_terms_grad_cpu(
       g[4 * l + k] = G_c.const_data_ptr<float>()[4 * l + k] / static_cast<float>(levels[l].N);
     }
   }
-  each_level(L, [&](int64_t l) { channel_level(levels[l], out[l], g.data() + 4 * l); });
-  each_image(levels, [&](int64_t l, int64_t n) { pixel_rows(levels[l], out[l], g[4 * l + 2], n); });
+  each_level(L, [&](int64_t l) {
+    on_active_isa(
+        [&]() FGDKERN_INLINE_LAMBDA { channel_level(levels[l], out[l], g.data() + 4 * l); });
+  });
+  each_image(levels, [&](int64_t l, int64_t n) {
+    on_active_isa([&]() FGDKERN_INLINE_LAMBDA { pixel_rows(levels[l], out[l], g[4 * l + 2], n); });
+  });
   std::vector<at::Tensor> result;
   for (auto* list : {&pix_coef, &chan_coef, &K, &g_mlp[0], &g_mlp[1]}) {
     result.insert(result.end(), list->begin(), list->end());

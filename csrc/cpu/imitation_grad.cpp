@@ -52,7 +52,7 @@ struct GradLevel : Level {
 // Reads the block's tile of X and Y once; writes its tile of dX.
 struct GradBlock {
   template <typename scalar_t, Order kOrder>
-  FGDKERN_CPU_CLONES void operator()(const GradLevel& lv, const Block& b, float* scratch) const {
+  FGDKERN_INLINE void operator()(const GradLevel& lv, const Block& b, float* scratch) const {
     const int64_t C = lv.C, HW = lv.HW;
     const float* pc = lv.pix_coef.const_data_ptr<float>() + b.n * PixCoef::kRows * HW + b.p0;
     const float* cc = lv.chan_coef.const_data_ptr<float>() + b.n * ChanCoef::kRows * C;

@@ -67,7 +67,7 @@ struct StatsLevel : Level {
 // and its partial chan rows.
 struct StatsBlock {
   template <typename scalar_t, Order kOrder>
-  FGDKERN_CPU_CLONES void operator()(const StatsLevel& lv, const Block& b, float* scratch) const {
+  FGDKERN_INLINE void operator()(const StatsLevel& lv, const Block& b, float* scratch) const {
     const int64_t C = lv.C, HW = lv.HW;
     float* pix = lv.pix.data_ptr<float>() + b.n * Pix::kRows * HW + b.p0;
     float* part = lv.part.data_ptr<float>() + b.index * Chan::kRows * C;

@@ -1,7 +1,7 @@
 // 16-lane float vectors for the CPU kernels: lane masks, loads and stores
 // that convert float32 / float16 / bfloat16 to and from float exactly, a
-// lane sum in a fixed order, denormal flushing and the ISA variants of a
-// kernel. Nothing here knows what a loss computes.
+// lane sum in a fixed order and denormal flushing. Nothing here knows what a
+// loss computes.
 #pragma once
 
 #include <array>
@@ -13,24 +13,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "isa.h"
+
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
-#endif
-
-#if defined(__GNUC__)
-#define FGDKERN_INLINE inline __attribute__((always_inline))
-#else
-#define FGDKERN_INLINE inline
-#endif
-
-// Block kernels are compiled for AVX-512, AVX2 and the baseline ISA; the
-// loader picks the best one the CPU has (GCC on x86-64 Linux). Everything they
-// call is FGDKERN_INLINE, so it is compiled into each variant.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FGDKERN_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#pragma GCC diagnostic ignored "-Wpsabi"
-#else
-#define FGDKERN_CPU_CLONES
 #endif
 
 namespace fgdkern::cpu {
