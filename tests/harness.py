@@ -8,7 +8,10 @@ it on a backend; the checks here do the rest (docs/adding-a-loss.md):
   exact as the float32 reference against float64, up to ``noise_floor``);
 * ``assert_deterministic``, ``assert_grad_output_honoured``;
 * ``assert_compiles_fullgraph``: eager and ``torch.compile(fullgraph=True)`` agree.
-Kernel-level tests use ``LAYOUTS`` / ``with_layout`` and ``assert_close_list``.
+Kernel-level tests use ``LAYOUTS`` / ``with_layout`` and ``assert_matches_contract``.
+No test compares two float32 (or float16/bfloat16) computations with tolerances of its
+own: rounding depends on the order of sums, the thread count and the CPU's ISA variant,
+so every such comparison goes through ``assert_exact`` against a float64 truth.
 """
 from __future__ import annotations
 
@@ -46,11 +49,6 @@ ALL_FUSED = all_fused("fgd")
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 
-# Kernel outputs (float32 statistics) against the PyTorch contract of the passes.
-PASS_TOL = dict(rtol=2e-5, atol=1e-6)
-PASS_TOLS = {torch.float32: PASS_TOL, torch.float16: PASS_TOL, torch.bfloat16: PASS_TOL}
-
-
 def backend_device(backend: str) -> str:
     return "cuda" if backend == "triton" and HAS_CUDA else "cpu"
 
@@ -64,13 +62,13 @@ def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
-def assert_close_list(got, want, **tol):
-    assert len(got) == len(want)
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert a.shape == b.shape, (i, a.shape, b.shape)
-        assert a.dtype == b.dtype, (i, a.dtype, b.dtype)
-        torch.testing.assert_close(a.cpu(), b.cpu(), msg=lambda m: f"output {i}: {m}",
-                                   **(tol or PASS_TOL))
+def to_float64(x):
+    """``x`` with every floating tensor in it (in lists and tuples too) as float64."""
+    if isinstance(x, torch.Tensor):
+        return x.double() if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_float64(v) for v in x)
+    return x
 
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -140,6 +138,42 @@ def assert_exact(name: str, got, want, truth, sum_length: int, dtype=torch.float
     assert err_got <= 2 * err_ref + floor, (
         f"{name}: error {err_got:.3g} vs float64, the float32 reference's own is {err_ref:.3g}, "
         f"floor {floor:.3g} (scale {scale:.3g}, sums of up to {sum_length})")
+
+
+def assert_exact_list(got, want, truth, sum_length: int, scale: float | None = None):
+    """``assert_exact`` output by output: ``got`` and ``want`` lists of tensors, ``truth()``
+    the float64 list. The rows of a table (N, rows, X) are held each to its own scale
+    (rows of one table hold quantities of different sizes) unless ``scale`` gives one for
+    all (parameter gradients: see assert_matches_reference); an output stored in
+    float16/bfloat16 (dS, dX) is allowed its one rounding to that type."""
+    assert len(got) == len(want), (len(got), len(want))
+    cache = {}
+
+    def truth_of(i):
+        if "x" not in cache:
+            cache["x"] = [t.detach().cpu() for t in truth()]
+        return cache["x"][i]
+
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape, (i, a.shape, b.shape)
+        assert a.dtype == b.dtype, (i, a.dtype, b.dtype)
+        dtype = a.dtype if a.dtype in LOW_PRECISION else torch.float32
+        rows = [(f"output {i}", ...)] if b.dim() != 3 or scale is not None else [
+            (f"output {i} row {r}", (slice(None), r)) for r in range(b.shape[1])]
+        for name, at in rows:
+            assert_exact(name, a.detach().cpu()[at], b.detach().cpu()[at],
+                         lambda i=i, at=at: truth_of(i)[at], sum_length, dtype, scale)
+
+
+def assert_matches_contract(got, contract, *args, sum_length: int | None = None):
+    """The outputs ``got`` of a kernel against ``contract(*args)``, the PyTorch form of its
+    contract in float32, by ``assert_exact_list`` with ``contract`` on the same inputs in
+    float64 as the truth (docs/kernels.md, "How exactness is tested"). ``sum_length``
+    defaults to the elements of the largest map in ``args[0]``: no output sums over more
+    (the kernels add per level)."""
+    if sum_length is None:
+        sum_length = max(x.numel() for x in args[0])
+    assert_exact_list(got, contract(*args), lambda: contract(*to_float64(args)), sum_length)
 
 
 def assert_matches_reference(run, backend: str, dtype=torch.float32, sum_length=None):

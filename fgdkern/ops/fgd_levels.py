@@ -27,15 +27,16 @@ from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
 
 
 def values(rows: list, like: Tensor) -> Tensor:
-    """Host numbers (a list, or a list of equal-length lists) as a float32 tensor on like's
-    device, without a host sync."""
+    """Host numbers (a list, or a list of equal-length lists) as a tensor of like's dtype
+    and device, without a host sync: float32 on every fused path, float64 where the tests
+    evaluate the same math as their truth."""
     if _checks.is_compiling():  # a constant of the graph
-        return torch.tensor(rows, dtype=torch.float32, device=like.device)
-    return _device.device_values(rows, torch.float32, like.device)
+        return torch.tensor(rows, dtype=like.dtype, device=like.device)
+    return _device.device_values(rows, like.dtype, like.device)
 
 
 def column(per_level: list[float], like: Tensor) -> Tensor:
-    """One number per level as an (L, 1, 1) float32 column on like's device."""
+    """One number per level as an (L, 1, 1) column of like's dtype and device."""
     return values(per_level, like).view(-1, 1, 1)
 
 

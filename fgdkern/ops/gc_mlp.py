@@ -30,10 +30,11 @@ def flat(gcs) -> list[Tensor]:
 
 
 def _levels(params: list[Tensor]) -> dict[str, list[Tensor]]:
-    """Each parameter name -> its tensor per level, float32; the matrices as (out, in) views."""
+    """Each parameter name -> its tensor per level, float32 (float64 stays float64, for the
+    tests' truth); the matrices as (out, in) views."""
     out = {}
     for k, name in enumerate(PARAMS):
-        level = [p.to(torch.float32) for p in params[k::len(PARAMS)]]
+        level = [p.to(torch.promote_types(p.dtype, torch.float32)) for p in params[k::len(PARAMS)]]
         out[name] = [p.flatten(1) for p in level] if name in MATRICES else level
     return out
 

@@ -8,7 +8,7 @@ import torch
 from fgdkern.reference import fgd_passes as contract
 from fgdkern.rows import FGD_CHAN_COEF, FGD_PIX_COEF
 from tests.cpu.cpp_ops import FLOAT_MIN, grad, needs_cpp, stats
-from tests.harness import PASS_TOL, assert_close_list
+from tests.harness import assert_matches_contract
 from tests.helpers import flush_denormals, make_coefs, make_inputs
 
 pytestmark = needs_cpp
@@ -22,10 +22,9 @@ def test_many_blocks_any_thread_count(kind):
     flushed = [[flush_denormals(x) for x in a] for a in (S, T)]
     coefs = make_coefs(S)
     temps = [0.5, 1.3]
-    assert_close_list(stats(*args, temps), contract.fgd_stats(*flushed, *args[2:], temps),
-                      **PASS_TOL)
+    assert_matches_contract(stats(*args, temps), contract.fgd_stats, *flushed, *args[2:], temps)
     want = grad(S, T, *coefs)
-    assert_close_list(want, contract.fgd_grad(*flushed, *coefs), **PASS_TOL)
+    assert_matches_contract(want, contract.fgd_grad, *flushed, *coefs)
     threads = torch.get_num_threads()
     try:
         for n in (1, 3):

@@ -16,8 +16,8 @@ from fgdkern.ops import dispatch
 from fgdkern.reference import imitation_passes as contract
 from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX, IMIT_PIX_COEF
 from tests.cpu.imitation_cpp import flushed, grad, make_coefs, make_maps, same_format, stats
-from tests.harness import (EPS32, LAYOUTS, LOW_PRECISION, PASS_TOLS, assert_close_list,
-                           assert_exact, noise_floor)
+from tests.harness import (EPS32, LAYOUTS, LOW_PRECISION, assert_exact, assert_matches_contract,
+                           noise_floor)
 from tests.helpers import ZERO_KINDS
 
 pytestmark = pytest.mark.skipif(not dispatch.available("imitation", "cpp"),
@@ -25,10 +25,6 @@ pytestmark = pytest.mark.skipif(not dispatch.available("imitation", "cpp"),
 
 FLOAT_MIN = torch.finfo(torch.float32).tiny  # below it, the kernels flush denormals to zero
 DTYPES = [torch.float32, *LOW_PRECISION]
-# dX is stored in the dtype of X: compared at that precision (a float32 difference of an
-# ulp may round to the neighbouring float16 / bfloat16 value)
-DX_TOLS = {torch.float32: PASS_TOLS[torch.float32], torch.float16: dict(rtol=2e-3, atol=1e-4),
-           torch.bfloat16: dict(rtol=1e-2, atol=1e-3)}
 # (N, C, [(H, W), ...])
 SHAPES = [
     (2, 24, [(40, 60), (3, 5)]),        # 1024-pixel blocks at C = 24: 3 per image of level 0
@@ -38,8 +34,7 @@ SHAPES = [
     (1, 1, [(1, 1), (2, 3)]),
 ]
 # Hundreds of channels: sums of that many values of both signs cancel to far below the
-# terms they add, and PASS_TOL's atol no longer covers their rounding (the float32
-# contract's as much as the kernels'), so these are held to the harness's exactness rule.
+# terms they add; held to the exactness rule with the length of each output's own sums.
 WIDE = [
     (2, 256, [(20, 28), (7, 10), (1, 1)]),  # RetinaNet's C: 256-pixel blocks, 3 per image
     (1, 300, [(3, 4), (11, 13)]),           # more channels than pixels
@@ -55,7 +50,7 @@ def test_stats_match_contract(N, C, sizes, dtype, layout, same):
     X, Y, w = make_maps(N, C, sizes, dtype, layout)
     Y = X if same else Y
     got = stats(X, Y, w)
-    assert_close_list(got, contract.imitation_stats(X, Y, w), **PASS_TOLS[dtype])
+    assert_matches_contract(got, contract.imitation_stats, X, Y, w)
     if same:  # the difference of a map with itself: exactly 0
         assert all(not p[:, IMIT_PIX.sq_d].any() for p in got[:len(X)])
 
@@ -69,9 +64,8 @@ def test_grad_matches_contract(N, C, sizes, dtype, layout, same):
     Y = X if same else Y
     pix, chan = make_coefs(X)
     got = grad(X, Y, pix, chan)
-    want = contract.imitation_grad(X, Y, pix, chan)
-    assert_close_list(got, want, **DX_TOLS[dtype])
-    for d, r in zip(got, want):  # dX keeps the memory format of a dense X, as the contract's
+    assert_matches_contract(got, contract.imitation_grad, X, Y, pix, chan)
+    for d, r in zip(got, contract.imitation_grad(X, Y, pix, chan)):  # dX keeps the memory format of a dense X, as the contract's
         assert same_format(d, r)
 
 
@@ -113,11 +107,10 @@ def test_levels_of_different_dtypes_channels_and_layouts():
     X[3] = torch.randn(1, 8, 5, 21).permute(0, 3, 2, 1)  # channels innermost, odd pixel strides
     Y[3] = torch.randn(1, 5, 9, 21)[:, :, 1:].permute(0, 3, 1, 2)
     X[4], Y[4] = torch.randn(1, 21, 5, 16)[..., ::2], torch.randn(1, 21, 10, 8)[:, :, ::2]
-    assert_close_list(stats(X, Y, w), contract.imitation_stats(X, Y, w), **PASS_TOLS[torch.float32])
+    assert_matches_contract(stats(X, Y, w), contract.imitation_stats, X, Y, w)
     pix, chan = make_coefs(X)
     got = grad(X, Y, pix, chan)
-    for l, (d, r) in enumerate(zip(got, contract.imitation_grad(X, Y, pix, chan))):
-        assert_close_list([d], [r], **DX_TOLS[X[l].dtype])
+    assert_matches_contract(got, contract.imitation_grad, X, Y, pix, chan)
     assert got[0].stride() == X[0].stride() and got[3].stride() == X[3].stride()
     assert got[2].is_contiguous() and got[4].is_contiguous()
 
@@ -132,10 +125,8 @@ def test_zeros_and_subnormals_any_thread_count(kind, dtype):
     pix, chan = make_coefs(X)
     want_stats = stats(X, Y, w)
     want_grad = grad(X, Y, pix, chan)
-    assert_close_list(want_stats, contract.imitation_stats(flushed(X), flushed(Y), w),
-                      **PASS_TOLS[dtype])
-    assert_close_list(want_grad, contract.imitation_grad(flushed(X), flushed(Y), pix, chan),
-                      **DX_TOLS[dtype])
+    assert_matches_contract(want_stats, contract.imitation_stats, flushed(X), flushed(Y), w)
+    assert_matches_contract(want_grad, contract.imitation_grad, flushed(X), flushed(Y), pix, chan)
     threads = torch.get_num_threads()
     try:
         for n in (1, 3):

@@ -1,11 +1,16 @@
 """FGD's small math over all levels at once (fgdkern.ops.fgd_levels): the terms against
 the same math level by level, their hand-written backward against autograd through the
 GcBlock modules themselves, the gradient tables, and levels of different C."""
+import copy
+import functools
+
 import pytest
 import torch
 
-from fgdkern.ops import fgd_levels
+from fgdkern.ops import fgd_levels, gc_mlp
 from fgdkern.rows import FGD_CHAN, FGD_PIX
+from tests.harness import (assert_exact_list, assert_matches_contract, assert_matches_reference,
+                           to_float64)
 from tests.helpers import make_inputs, make_loss
 from tests.ops.small_math import (SIZES, TEMPS, masks_and_weights, mlp_args, modules,
                                   statistics)
@@ -15,14 +20,19 @@ def one_by_one(fn, *per_level):
     return [fn(*([x] for x in level)) for level in zip(*per_level)]
 
 
+def terms_alone(pix, chan, mlp_s, mlp_t, eps_s, eps_t, temps):
+    """The (L, 4) terms level by level, as its four columns."""
+    P = len(gc_mlp.PARAMS)
+    return list(torch.cat([
+        fgd_levels.terms([pix[l]], [chan[l]], mlp_s[P * l:P * (l + 1)], mlp_t[P * l:P * (l + 1)],
+                         [eps_s[l]], [eps_t[l]], [temps[l]])[0] for l in range(len(pix))]).T)
+
+
 @pytest.mark.parametrize("temps", TEMPS)
 def test_terms_match_level_by_level(temps):
     pix, chan = statistics(2, 6, SIZES)
-    mods = modules(6, len(SIZES))
-    batched = fgd_levels.terms(pix, chan, *mlp_args(mods), temps)[0]
-    alone = torch.cat([fgd_levels.terms([p], [c], *mlp_args([m]), [t])[0]
-                       for p, c, m, t in zip(pix, chan, mods, temps)])
-    torch.testing.assert_close(batched, alone, rtol=1e-6, atol=0)
+    args = (pix, chan, *mlp_args(modules(6, len(SIZES))), temps)
+    assert_matches_contract(list(fgd_levels.terms(*args)[0].T), terms_alone, *args)
 
 
 @pytest.mark.parametrize("temps", TEMPS)
@@ -30,13 +40,15 @@ def test_gradient_tables_match_level_by_level(temps):
     S, T, fg, bg, w_s, w_t = make_inputs(2, 6, SIZES)
     pix, chan = statistics(2, 6, SIZES)
     g_pix, g_chan = statistics(2, 6, SIZES, seed=1)
-    batched = fgd_levels.grad_coefficients(fg, bg, w_s, w_t, pix, chan, g_pix, g_chan, temps)
-    alone = one_by_one(fgd_levels.grad_coefficients, fg, bg, w_s, w_t, pix, chan, g_pix,
-                       g_chan, temps)
-    for k, table in enumerate(batched):  # pix_coef, chan_coef, K per level
-        for level, got in enumerate(table):
-            assert got.is_contiguous()
-            torch.testing.assert_close(got, alone[level][k][0], rtol=1e-6, atol=1e-7)
+    args = (fg, bg, w_s, w_t, pix, chan, g_pix, g_chan, temps)
+    batched = [t for table in fgd_levels.grad_coefficients(*args) for t in table]
+    assert all(t.is_contiguous() for t in batched)
+
+    def alone(*args):   # pix_coef, chan_coef, K of each level, in batched's order
+        tables = one_by_one(fgd_levels.grad_coefficients, *args)
+        return [level[k][0] for k in range(3) for level in tables]
+
+    assert_matches_contract(batched, alone, *args, sum_length=max(p.numel() for p in pix))
 
 
 def oracle_terms(pix, chan, mods, temps):
@@ -72,14 +84,6 @@ def expected_backward(G, pix, chan, mods, temps, fg, bg, w_s, w_t):
     return [t.detach() for table in tables for t in table] + list(grads[2 * L:])
 
 
-def assert_close_to_scale(got, want, msg):
-    """float32 cancellation: elements far below a tensor's scale are held to that scale."""
-    for k, (g, w) in enumerate(zip(got, want)):
-        assert g.shape == w.shape, f"{msg} {k}"
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 * w.abs().max().item() + 1e-30,
-                                   msg=f"{msg} {k}")
-
-
 @pytest.mark.parametrize("temps", TEMPS)
 @pytest.mark.parametrize("eps", [None, [1e-5, 1e-2, 0.3]])
 @pytest.mark.parametrize("trained", [True, False])
@@ -89,14 +93,22 @@ def test_terms_and_their_backward_match_autograd(temps, eps, trained):
     pix, chan = statistics(2, 6, SIZES)
     mods = modules(6, len(SIZES), eps, trained)
     fg, bg, w_s, w_t = masks_and_weights(2, 6, SIZES)
+    mods64 = [copy.deepcopy(m).double() for m in mods]
+    pix64, chan64 = to_float64((pix, chan))
+    n = max(p.numel() for p in pix + chan)
     out = fgd_levels.terms(pix, chan, *mlp_args(mods), temps)
-    torch.testing.assert_close(out[0], oracle_terms(pix, chan, mods, temps), rtol=1e-5,
-                               atol=1e-6)
+    assert_exact_list(list(out[0].T), list(oracle_terms(pix, chan, mods, temps).T),
+                      lambda: list(oracle_terms(pix64, chan64, mods64, temps).T), n)
     G = torch.randn(len(SIZES), 4)
     got = fgd_levels.terms_grad(G, pix, chan, out[1:], fg, bg, w_s, w_t, *mlp_args(mods),
                                 temps)
-    assert_close_to_scale(got, expected_backward(G, pix, chan, mods, temps, fg, bg, w_s, w_t),
-                          "output")
+    want = expected_backward(G, pix, chan, mods, temps, fg, bg, w_s, w_t)
+    truth = functools.cache(lambda: expected_backward(G.double(), pix64, chan64, mods64, temps,
+                                                      *to_float64((fg, bg, w_s, w_t))))
+    tables = 3 * len(SIZES)   # then the MLP parameters' gradients, on one scale
+    assert_exact_list(got[:tables], want[:tables], lambda: truth()[:tables], n)
+    assert_exact_list(got[tables:], want[tables:], lambda: truth()[tables:], n,
+                      scale=max(float(w.abs().max()) for w in want[tables:]))
 
 
 def test_levels_of_different_channels_match_the_reference():
@@ -107,13 +119,16 @@ def test_levels_of_different_channels_match_the_reference():
     S, T = [torch.randn(2, 4, 8, 6), torch.randn(2, 6, 4, 3)], [torch.randn(2, 4, 8, 6),
                                                                   torch.randn(2, 6, 4, 3)]
     boxes, shapes = random_boxes(2, (32, 24), seed=3, empty_images=()), [(32, 24)] * 2
-    args = (S, T, boxes, shapes, [m.gc_block("s") for m in mods],
-            [m.gc_block("t") for m in mods], [0.5, 0.7])
-    S = [s.requires_grad_() for s in S]
-    got = fgd_terms("torch", *args)
-    want = fgd_terms("reference", *args)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     weights = torch.rand(2, 4)
-    for g, w in zip(torch.autograd.grad((got * weights).sum(), S),
-                    torch.autograd.grad((want * weights).sum(), S)):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+
+    def run(backend, float64):
+        ms = [copy.deepcopy(m).double() for m in mods] if float64 else mods
+        S_ = [(s.double() if float64 else s).requires_grad_() for s in S]
+        terms = fgd_terms(backend, S_, [t.double() if float64 else t for t in T], boxes, shapes,
+                          [m.gc_block("s") for m in ms], [m.gc_block("t") for m in ms],
+                          [0.5, 0.7])
+        loss = (terms * weights.to(terms.dtype)).sum()
+        grads = torch.autograd.grad(loss, S_)
+        return list(terms), loss, {f"S[{l}]": g for l, g in enumerate(grads)}
+
+    assert_matches_reference(run, "torch")

@@ -1,7 +1,8 @@
 """The fused passes of every backend against their PyTorch contract.
 
 fgdkern.reference.fgd_passes fixes what fgd_stats and fgd_grad compute; here
-each kernel is compared with it output by output, in float32, over shapes
+each kernel is compared with it output by output (harness.assert_matches_contract: as
+exact as the float32 contract against float64), over shapes
 that stress tiling (odd C, 1x1 and non-square maps, several levels of
 different sizes), dtypes and memory formats.
 """
@@ -10,7 +11,7 @@ import torch
 
 from fgdkern.ops import fgd as fused
 from fgdkern.reference import fgd_passes as contract
-from tests.harness import (FUSED_BACKENDS, LAYOUTS, LOW_PRECISION, PASS_TOLS, assert_close_list,
+from tests.harness import (FUSED_BACKENDS, LAYOUTS, LOW_PRECISION, assert_matches_contract,
                            backend_device)
 from tests.helpers import make_coefs, make_inputs
 
@@ -23,11 +24,6 @@ SHAPES = [
     (3, 16, [(12, 10), (6, 5)]),
     (1, 130, [(4, 33)]),
 ]
-TOL = PASS_TOLS
-
-
-
-
 device_of = backend_device
 
 
@@ -41,17 +37,16 @@ def temps(args, t=0.5):
 def test_stats_match_contract(backend, N, C, sizes):
     args = make_inputs(N, C, sizes, device=device_of(backend))
     got = fused.kernels(backend).stats(*args, temps(args))
-    want = contract.fgd_stats(*args, temps(args))
-    assert_close_list(got, want, **TOL[torch.float32])
+    assert_matches_contract(got, contract.fgd_stats, *args, temps(args))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_stats_per_level_temperatures(backend):
     """Each level's statistics use that level's temperature (the x_fg / x_bg rows)."""
     args = make_inputs(2, 9, [(6, 7), (3, 4), (2, 2)], device=device_of(backend))
-    want = contract.fgd_stats(*args, [0.2, 0.5, 3.0])
-    assert_close_list(fused.kernels(backend).stats(*args, [0.2, 0.5, 3.0]), want, **TOL[torch.float32])
-    assert not torch.allclose(want[3], contract.fgd_stats(*args, [0.5] * 3)[3])
+    got = fused.kernels(backend).stats(*args, [0.2, 0.5, 3.0])
+    assert_matches_contract(got, contract.fgd_stats, *args, [0.2, 0.5, 3.0])
+    assert not torch.allclose(got[3].cpu(), contract.fgd_stats(*args, [0.5] * 3)[3].cpu())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -60,8 +55,7 @@ def test_grad_matches_contract(backend, N, C, sizes):
     S, T, *_ = make_inputs(N, C, sizes, device=device_of(backend))
     coefs = make_coefs(S)
     got = fused.kernels(backend).grad(S, T, *coefs)
-    want = contract.fgd_grad(S, T, *coefs)
-    assert_close_list(got, want, **TOL[torch.float32])
+    assert_matches_contract(got, contract.fgd_grad, S, T, *coefs)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -71,17 +65,12 @@ def test_dtypes_and_layouts(backend, dtype, layout):
     """Low-precision inputs are read as they are and accumulated in float32."""
     args = make_inputs(2, 19, [(5, 6), (3, 2)], dtype=dtype, device=device_of(backend),
                        layout=layout)
-    assert_close_list(fused.kernels(backend).stats(*args, temps(args, 0.7)),
-                      contract.fgd_stats(*args, temps(args, 0.7)),
-                      **TOL[dtype])
+    assert_matches_contract(fused.kernels(backend).stats(*args, temps(args, 0.7)),
+                            contract.fgd_stats, *args, temps(args, 0.7))
     S, T = args[0], args[1]
     coefs = make_coefs(S)
     got = fused.kernels(backend).grad(S, T, *coefs)
-    want = contract.fgd_grad(S, T, *coefs)
-    # dS is stored in the dtype of S: compare at that precision
-    low = dict(rtol=1e-2, atol=1e-3) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=1e-4)
-    assert_close_list(got[:2], want[:2], **low)
-    assert_close_list(got[2:], want[2:], **TOL[dtype])
+    assert_matches_contract(got, contract.fgd_grad, S, T, *coefs)   # dS in the dtype of S
     for d, s in zip(got[:2], S):  # dS keeps the memory format of a dense S
         if s.is_contiguous() or s.is_contiguous(memory_format=torch.channels_last):
             assert d.stride() == s.stride()

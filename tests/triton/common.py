@@ -6,19 +6,16 @@ import importlib.util
 import os
 
 import pytest
-import torch
 
 from fgdkern.reference import fgd_passes as contract
 from tests.helpers import make_coefs  # noqa: F401  (the Triton tests import it from here)
-from tests.harness import HAS_CUDA, backend_device
-from tests.harness import PASS_TOLS as TOL, assert_close_list
+from tests.harness import HAS_CUDA, assert_matches_contract, backend_device
 
 needs_kernels = pytest.mark.skipif(
     not (importlib.util.find_spec("triton") is not None and (HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1")),
     reason="needs triton on CUDA or TRITON_INTERPRET=1")
 
 DEVICE = backend_device("triton")
-F32 = TOL[torch.float32]
 
 
 
@@ -28,15 +25,16 @@ def same_temps(args, temp=0.5):
     return [temp] * len(args[0])
 
 
-def check_both_passes(args, temps=None, programs=None, stats_tol=F32, grad_tol=F32):
-    """Both kernels against the contract: fgd_stats on args (S, T, fg, bg, w_s, w_t) and
-    temps (default 0.5 per level), fgd_grad on S, T and random coefficients."""
+def check_both_passes(args, temps=None, programs=None):
+    """Both kernels against the contract (harness.assert_matches_contract): fgd_stats on
+    args (S, T, fg, bg, w_s, w_t) and temps (default 0.5 per level), fgd_grad on S, T and
+    random coefficients."""
     from fgdkern.triton import fgd_grad, fgd_stats
 
     temps = same_temps(args) if temps is None else temps
-    assert_close_list(fgd_stats(*args, temps, programs=programs),
-                      contract.fgd_stats(*args, temps), **stats_tol)
+    assert_matches_contract(fgd_stats(*args, temps, programs=programs), contract.fgd_stats,
+                            *args, temps)
     S, T = args[0], args[1]
     coefs = make_coefs(S)
-    assert_close_list(fgd_grad(S, T, *coefs, programs=programs), contract.fgd_grad(S, T, *coefs),
-                      **grad_tol)
+    assert_matches_contract(fgd_grad(S, T, *coefs, programs=programs), contract.fgd_grad, S, T,
+                            *coefs)

@@ -9,7 +9,7 @@ import torch
 
 from fgdkern.reference import imitation_passes as contract
 from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX_COEF
-from tests.harness import PASS_TOLS, assert_close_list, with_layout
+from tests.harness import assert_matches_contract, with_layout
 from tests.helpers import apply_kind, flush_denormals
 from tests.triton.common import DEVICE
 
@@ -44,22 +44,14 @@ def make_coefs(X, seed=1):
     return pix, chan
 
 
-def dx_tol(dtype):
-    """dX is rounded once to X's dtype: one unit of it apart (values of order one)."""
-    if dtype == torch.float32:
-        return PASS_TOLS[torch.float32]
-    eps = torch.finfo(dtype).eps
-    return dict(rtol=eps, atol=eps)
-
-
-def _assert_matches_contract(got, fn, X, Y, rest, kind, tol):
-    wants = [fn(X, Y, *rest)]
+def _assert_matches_contract(got, fn, X, Y, rest, kind):
+    readings = [(X, Y)]
     if kind == "denormal":
-        wants.append(fn([flush_denormals(x) for x in X], [flush_denormals(y) for y in Y], *rest))
+        readings.append(([flush_denormals(x) for x in X], [flush_denormals(y) for y in Y]))
     errors = []
-    for want in wants:
+    for x, y in readings:
         try:
-            return assert_close_list(got, want, **tol)
+            return assert_matches_contract(got, fn, x, y, *rest)
         except AssertionError as e:
             errors.append(str(e))
     raise AssertionError("\n".join(errors))
@@ -70,8 +62,7 @@ def check_stats(X, Y, w, programs=None, kind="randn"):
     from fgdkern.triton import imitation_stats
 
     got = imitation_stats(X, Y, w, programs=programs)
-    _assert_matches_contract(got, contract.imitation_stats, X, Y, [w], kind,
-                             PASS_TOLS[X[0].dtype])
+    _assert_matches_contract(got, contract.imitation_stats, X, Y, [w], kind)
     return got
 
 
@@ -81,6 +72,5 @@ def check_grad(X, Y, coefs=None, programs=None, kind="randn"):
 
     coefs = make_coefs(X) if coefs is None else coefs
     got = imitation_grad(X, Y, *coefs, programs=programs)
-    _assert_matches_contract(got, contract.imitation_grad, X, Y, list(coefs), kind,
-                             dx_tol(X[0].dtype))
+    _assert_matches_contract(got, contract.imitation_grad, X, Y, list(coefs), kind)
     return got

@@ -15,14 +15,13 @@ pytestmark = needs_kernels
 def test_softmax_logits_far_from_zero(programs):
     """Block maxima differ by tens: the online softmaxes must rescale, not overflow.
 
-    Logits of ~100 carry rounding errors of ~1e-5 whatever the summation order, so
-    the softmax-weighted outputs agree to that, not to float32 epsilon.
+    Logits of ~100 carry rounding errors of ~1e-5 whatever the summation order; the
+    float64 truth tells the kernels' share of that from the contract's.
     """
     S, T, fg, bg, w_s, w_t = make_inputs(2, 33, [(11, 12), (3, 4)], device=DEVICE)
     w_s = [w * 40 for w in w_s]
     w_t = [w * 40 for w in w_t]
-    check_both_passes((S, T, fg, bg, w_s, w_t), temps=[0.02, 0.02], programs=programs,
-                      stats_tol=dict(rtol=2e-4, atol=1e-5))
+    check_both_passes((S, T, fg, bg, w_s, w_t), temps=[0.02, 0.02], programs=programs)
 
 
 @pytest.mark.parametrize("programs", [1, 10_000])
