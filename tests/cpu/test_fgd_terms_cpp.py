@@ -3,6 +3,8 @@ against its PyTorch form (fgdkern.ops.fgd_levels.terms / terms_grad, itself chec
 against autograd in tests/ops/test_fgd_levels.py): the terms, y_S, every table of the
 gradient pass and every MLP parameter's gradient; levels of different C, which the
 ops take in one call; the ops' schemas and fake implementations; bad arguments."""
+import functools
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from fgdkern.ops import fgd_levels
 from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF
 from tests.cpu.cpp_ops import needs_cpp
 from tests.ops.small_math import SIZES, TEMPS, masks_and_weights, mlp_args, modules, statistics
-from tests.ops.test_fgd_levels import assert_close_to_scale
+from tests.harness import assert_exact_list, to_float64
 
 pytestmark = needs_cpp
 ops = torch.ops.fgdkern
@@ -30,18 +32,26 @@ def case(N, C, sizes, eps=None, trained=True, seed=0):
 def test_matches_the_pytorch_small_math(N, C, temps, eps, trained):
     pix, chan, mods, (fg, bg, w_s, w_t) = case(N, C, SIZES, eps, trained)
     mlp = mlp_args(mods)
+    n = max(p.numel() for p in pix + chan)
     want = fgd_levels.terms(pix, chan, *mlp, temps)
+    truth = functools.cache(lambda: fgd_levels.terms(*to_float64((pix, chan, *mlp, temps))))
     got = ops.fgd_terms_cpp(pix, chan, *mlp, temps)
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    assert_exact_list(list(got[0].T), list(want[0].T), lambda: list(truth()[0].T), n)
     L = len(SIZES)
-    for y, y_s, diff in zip(got[1:], want[5:5 + L], want[5 + L:5 + 2 * L]):  # y_S
-        torch.testing.assert_close(y[:, 0], y_s, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(y.shape[-1] * (y[:, 0] - y[:, 1]), diff, rtol=1e-4, atol=1e-5)
+    # y_S: the student's rows, and HW (y_s - y_t) (subtracted exactly), which mask reads
+    y_S = [y[:, 0] for y in got[1:]] + [
+        (y.shape[-1] * (y[:, 0].double() - y[:, 1].double())).float() for y in got[1:]]
+    assert_exact_list(y_S, want[5:5 + 2 * L], lambda: truth()[5:5 + 2 * L], n)
     G = torch.randn(L, 4)
     got = ops.fgd_terms_grad_cpp(G, pix, chan, got[1:], fg, bg, w_s, w_t, *mlp, temps)
     want = fgd_levels.terms_grad(G, pix, chan, want[1:], fg, bg, w_s, w_t, *mlp, temps)
-    K = slice(2 * L, 3 * L)
-    assert_close_to_scale(got[:K.start] + got[K.stop:], want[:K.start] + want[K.stop:], "output")
+    truth = functools.cache(lambda: fgd_levels.terms_grad(
+        G.double(), *to_float64((pix, chan)), truth()[1:],
+        *to_float64((fg, bg, w_s, w_t, *mlp, temps))))
+    K = slice(2 * L, 3 * L)   # then the MLP parameters' gradients, on one scale
+    assert_exact_list(got[:K.start], want[:K.start], lambda: truth()[:K.start], n)
+    assert_exact_list(got[K.stop:], want[K.stop:], lambda: truth()[K.stop:], n,
+                      scale=max(float(w.abs().max()) for w in want[K.stop:]))
     for k, c, cc in zip(got[K], chan, got[L:2 * L]):  # K = sum_c g_ctx ctx, which may cancel
         products = cc[:, [FGD_CHAN_COEF.g_ctx_s, FGD_CHAN_COEF.g_ctx_t]].double() * c[
             :, [FGD_CHAN.ctx_s, FGD_CHAN.ctx_t]].double()
