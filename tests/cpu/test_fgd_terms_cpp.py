@@ -34,19 +34,19 @@ def test_matches_the_pytorch_small_math(N, C, temps, eps, trained):
     mlp = mlp_args(mods)
     n = max(p.numel() for p in pix + chan)
     want = fgd_levels.terms(pix, chan, *mlp, temps)
-    truth = functools.cache(lambda: fgd_levels.terms(*to_float64((pix, chan, *mlp, temps))))
+    terms64 = functools.cache(lambda: fgd_levels.terms(*to_float64((pix, chan, *mlp, temps))))
     got = ops.fgd_terms_cpp(pix, chan, *mlp, temps)
-    assert_exact_list(list(got[0].T), list(want[0].T), lambda: list(truth()[0].T), n)
+    assert_exact_list(list(got[0].T), list(want[0].T), lambda: list(terms64()[0].T), n)
     L = len(SIZES)
     # y_S: the student's rows, and HW (y_s - y_t) (subtracted exactly), which mask reads
     y_S = [y[:, 0] for y in got[1:]] + [
         (y.shape[-1] * (y[:, 0].double() - y[:, 1].double())).float() for y in got[1:]]
-    assert_exact_list(y_S, want[5:5 + 2 * L], lambda: truth()[5:5 + 2 * L], n)
+    assert_exact_list(y_S, want[5:5 + 2 * L], lambda: terms64()[5:5 + 2 * L], n)
     G = torch.randn(L, 4)
     got = ops.fgd_terms_grad_cpp(G, pix, chan, got[1:], fg, bg, w_s, w_t, *mlp, temps)
     want = fgd_levels.terms_grad(G, pix, chan, want[1:], fg, bg, w_s, w_t, *mlp, temps)
     truth = functools.cache(lambda: fgd_levels.terms_grad(
-        G.double(), *to_float64((pix, chan)), truth()[1:],
+        G.double(), *to_float64((pix, chan)), terms64()[1:],
         *to_float64((fg, bg, w_s, w_t, *mlp, temps))))
     K = slice(2 * L, 3 * L)   # then the MLP parameters' gradients, on one scale
     assert_exact_list(got[:K.start], want[:K.start], lambda: truth()[:K.start], n)
