@@ -112,13 +112,16 @@ def no_network():
 
 @contextlib.contextmanager
 def torch_global_state():
-    """Ultralytics' training sets torch's deterministic-algorithm flags for the process;
-    the rest of the test session runs with the values it had before."""
+    """Ultralytics' training sets torch's deterministic-algorithm flags and, on a CPU, its
+    thread count (one less than the cores) for the process; the rest of the test session
+    runs with the values it had before."""
     fill = torch.utils.deterministic.fill_uninitialized_memory
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled())
+    threads = torch.get_num_threads()
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.utils.deterministic.fill_uninitialized_memory = fill
+        torch.set_num_threads(threads)
