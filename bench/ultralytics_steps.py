@@ -1,8 +1,8 @@
 """Step time of a YOLO student trained alone, with Ultralytics' built-in distillation, and
 with each loss of fgdkern's Ultralytics trainer: one run, one machine.
 
-    python bench/ultralytics_steps.py [--imgsz 320] [--batch 8] [--steps 10] [--warmup 3]
-                                      [--rounds 2] [--student yolov8n.yaml]
+    python bench/ultralytics_steps.py [--imgsz 320] [--batch 8] [--steps 4] [--warmup 2]
+                                      [--rounds 4] [--student yolov8n.yaml]
                                       [--teacher yolov8s.yaml] [--out DIR] [--allow-dirty]
 
 Every configuration trains the same student (built from YAML, random weights) in
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -95,9 +96,9 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per run")
-    p.add_argument("--warmup", type=int, default=3, help="untimed first steps per run")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--student", default="yolov8n.yaml")
     p.add_argument("--teacher", default="yolov8s.yaml")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     if args.out == REPO / "bench" / "results" and not (start["clean"] or args.allow_dirty):
         sys.exit(f"bench/results takes runs of a clean checkout ({meta.describe_dirty(start)}); "
                  "commit, pass --out elsewhere, or --allow-dirty")
+    load_at_start = os.getloadavg()   # other work on the machine shows in the spread
     root = Path(tempfile.mkdtemp(prefix="fgdkern-ultralytics-steps-"))
     data = yolo.write_dataset(root, n_train=args.batch * (args.warmup + args.steps),
                               n_val=args.batch, size=args.imgsz)
@@ -124,6 +126,7 @@ def main(argv=None) -> int:
     record = dict(**meta.machine(torch.device("cpu")), **meta.software(),
                   date=now.isoformat(timespec="seconds"), **meta.code_state(
                       start, meta.git_state(), args.allow_dirty),
+                  load_average_start=load_at_start, load_average_end=os.getloadavg(),
                   settings={k: str(v) for k, v in vars(args).items()}, steps_s=results)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ultralytics-cpu-{now:%Y-%m-%d-%H%M%S}.json"
