@@ -15,6 +15,7 @@ so every such comparison goes through ``assert_exact`` against a float64 truth.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -174,6 +175,31 @@ def assert_matches_contract(got, contract, *args, sum_length: int | None = None)
     if sum_length is None:
         sum_length = max(x.numel() for x in args[0])
     assert_exact_list(got, contract(*args), lambda: contract(*to_float64(args)), sum_length)
+
+
+def float64_run(module, *args):
+    """A thunk: ``module`` (a copy) in float64 on the reference backend, on ``args`` in
+    float64, without gradients. The truth of a check between two float32 evaluations of
+    the same loss (a pyramid and the sum of its levels, fused and reference, ...)."""
+    def run():
+        m = copy.deepcopy(module).double()
+        for sub in m.modules():
+            if hasattr(sub, "backend"):
+                sub.backend = "reference"
+        with torch.no_grad():
+            return m(*to_float64(args))
+    return run
+
+
+def elements(*maps) -> int:
+    """The feature elements in ``maps`` (tensors, or lists and dicts of them): the sum
+    length of a loss that reads them (noise_floor)."""
+    def count(x):
+        if isinstance(x, torch.Tensor):
+            return x.numel()
+        values = x.values() if isinstance(x, dict) else x
+        return sum(count(v) for v in values)
+    return sum(count(m) for m in maps)
 
 
 def assert_matches_reference(run, backend: str, dtype=torch.float32, sum_length=None):

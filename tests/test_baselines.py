@@ -3,6 +3,9 @@
 Two independent implementations of docs/fgd.md: equal loss, equal gradients of the
 student features and of every parameter, bit-equal masks.
 """
+import copy
+import functools
+
 import pytest
 import torch
 
@@ -11,6 +14,7 @@ if not hasattr(fgdkern, "MultiLevelFGDLoss"):
     pytest.skip("fgdkern.MultiLevelFGDLoss does not exist yet", allow_module_level=True)
 
 from bench.baselines import EagerLoopMultiLevelFGD, paint_masks  # noqa: E402
+from tests.harness import assert_exact, elements, to_float64  # noqa: E402
 from tests.helpers import random_boxes, random_features, randomize  # noqa: E402
 
 SIZES = [(12, 18), (6, 9), (3, 5)]
@@ -63,9 +67,11 @@ def test_eager_loop_matches_reference(Cs, Ct, dtype):
     S, T = random_features(3, Cs, Ct, SIZES, dtype=dtype, seed=1)
     boxes = random_boxes(3, IMG, max_boxes=5, seed=2)
     want, got = _loss_and_grads(ms, S, T, boxes), _loss_and_grads(eager, S, T, boxes)
+    truth = functools.cache(lambda: _loss_and_grads(copy.deepcopy(ms).double(), to_float64(S),
+                                                    to_float64(T), boxes))
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5,
-                                   atol=1e-5 * _scale(name, want), msg=lambda m: f"{name}: {m}")
+        assert_exact(name, got[name], want[name], lambda name=name: truth()[name],
+                     elements(S, T), scale=_scale(name, want))
 
 
 def test_loop_painted_masks_equal_the_rasterizer():

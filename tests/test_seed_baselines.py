@@ -1,10 +1,14 @@
 """The benchmark's eager FKD, PFI and RM (bench/seed_baselines.py) against the package
 references: equal loss, equal gradients of the student inputs and of every parameter."""
+import copy
+import functools
+
 import pytest
 import torch
 
 import fgdkern
 from bench.seed_baselines import EagerLoopFKD, EagerLoopPFI, EagerLoopRM
+from tests.harness import assert_exact_list, elements, to_float64
 from tests.helpers import randomize
 
 SIZES = [(10, 14), (5, 7), (3, 4)]
@@ -16,10 +20,18 @@ def _grads(loss_fn, student: list, rest: list, single: bool = False) -> list:
     return [value.detach(), *torch.autograd.grad(value, student + list(loss_fn.parameters()))]
 
 
-def _assert_same(got: list, want: list) -> None:
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=2e-5, atol=1e-7 * max(1.0, float(w.abs().max())))
+def _assert_same(baseline, loss_fn, student: list, rest: list, single: bool = False) -> None:
+    """The eager baseline as exact as the package's reference ``loss_fn``: the loss and
+    every gradient, against the reference in float64 (harness.assert_exact_list), the
+    parameters' gradients on their common scale as in assert_matches_reference."""
+    want = _grads(loss_fn, student, rest, single)
+    got = _grads(baseline, student, rest, single)
+    truth = functools.cache(lambda: _grads(copy.deepcopy(loss_fn).double(), to_float64(student),
+                                           to_float64(rest), single))
+    k, n = 1 + len(student), elements(student, rest)   # the parameters' gradients: one scale
+    assert_exact_list(got[:k], want[:k], lambda: truth()[:k], n)
+    assert_exact_list(got[k:], want[k:], lambda: truth()[k:], n,
+                      scale=max((float(w.abs().max()) for w in want[k:]), default=0.0))
 
 
 def _pyramid(C, seed=0):
@@ -33,8 +45,7 @@ def test_eager_fkd_is_the_reference(non_local):
     ms = randomize(fgdkern.MultiLevelFKDLoss(len(SIZES), 6, 6, temp=[0.5, 0.3, 0.8],
                                              non_local=non_local, backend="reference"))
     S, T = _pyramid(6, 1), _pyramid(6, 2)
-    want = _grads(ms, S, [T])
-    _assert_same(_grads(EagerLoopFKD.like(ms), S, [T]), want)
+    _assert_same(EagerLoopFKD.like(ms), ms, S, [T])
 
 
 def test_eager_pfi_is_the_reference():
@@ -42,7 +53,7 @@ def test_eager_pfi_is_the_reference():
     loss = randomize(fgdkern.PFILoss(4, 6, backend="reference"))
     S, T = _pyramid(4, 1), _pyramid(6, 2)
     P = [[p.sigmoid() for p in _pyramid(5, 3 + k)] for k in range(2)]
-    _assert_same(_grads(EagerLoopPFI.like(loss), S, [T, *P]), _grads(loss, S, [T, *P]))
+    _assert_same(EagerLoopPFI.like(loss), loss, S, [T, *P])
 
 
 def test_eager_rm_is_the_reference():
@@ -50,5 +61,4 @@ def test_eager_rm_is_the_reference():
     ids = torch.tensor([3, 0, 3, 7, 0, 3, 9, 7, 7, 7])
     s, t = torch.randn(10, generator=g), torch.randn(10, generator=g)
     loss = fgdkern.RankMimickingLoss()
-    _assert_same(_grads(EagerLoopRM.like(loss), [s], [t, ids], single=True),
-                 _grads(loss, [s], [t, ids], single=True))
+    _assert_same(EagerLoopRM.like(loss), loss, [s], [t, ids], single=True)

@@ -14,7 +14,8 @@ from fgdkern import FGDLoss, MultiLevelFGDLoss
 from fgdkern.losses.fgd import fgd_pyramid_terms
 from fgdkern.ops import dispatch
 from tests import harness
-from tests.harness import ALL_FUSED, FUSED_BACKENDS, backend_device
+from tests.harness import (ALL_FUSED, FUSED_BACKENDS, assert_exact, backend_device, elements,
+                           float64_run)
 from tests.helpers import random_boxes, random_features, randomize
 
 IMG = (64, 96)
@@ -113,7 +114,8 @@ def test_a_width_per_level_is_the_sum_of_its_levels(backend):
     for m in [ms, *ms.levels]:
         m.backend = backend
     per_level = sum(m(s, t, boxes, shapes) for m, s, t in zip(ms.levels, S, T))
-    torch.testing.assert_close(ms(S, T, boxes, shapes), per_level, rtol=1e-6, atol=0)
+    assert_exact("pyramid", ms(S, T, boxes, shapes), per_level,
+                 float64_run(ms, S, T, boxes, shapes), elements(S, T))
 
 
 @pytest.mark.parametrize("backend", ["reference"] + ALL_FUSED)
@@ -124,7 +126,8 @@ def test_every_level_uses_its_own_temperature(backend):
     for m in [ms, *ms.levels]:
         m.backend = backend
     per_level = sum(m(s, t, boxes, shapes) for m, s, t in zip(ms.levels, S, T))
-    torch.testing.assert_close(ms(S, T, boxes, shapes), per_level, rtol=1e-6, atol=0)
+    assert_exact("pyramid", ms(S, T, boxes, shapes), per_level,
+                 float64_run(ms, S, T, boxes, shapes), elements(S, T))
     ms.levels[1].temp = 0.5
     assert not torch.allclose(ms(S, T, boxes, shapes), per_level, rtol=1e-4)
     if backend != "reference":
@@ -170,7 +173,8 @@ def test_no_grad_forward(backend):
     with torch.no_grad():
         got = ms(S, T, boxes, shapes)
     ms.backend = ms.levels[0].backend = "reference"
-    torch.testing.assert_close(got, ms(S, T, boxes, shapes).detach(), rtol=1e-5, atol=0)
+    assert_exact("loss", got, ms(S, T, boxes, shapes).detach(),
+                 float64_run(ms, S, T, boxes, shapes), elements(S, T))
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS + ["auto", "reference"])
@@ -257,7 +261,8 @@ def test_multi_level_accepts_dicts_and_sums_levels():
     fpn_T = OrderedDict((k, t) for k, t in zip(["0", "1", "pool"], T))
     total = ms(fpn_S, fpn_T, boxes, shapes)
     per_level = sum(m(s, t, boxes, shapes) for m, s, t in zip(ms.levels, S, T))
-    torch.testing.assert_close(total, per_level, rtol=1e-6, atol=0)
+    assert_exact("pyramid", total, per_level, float64_run(ms, S, T, boxes, shapes),
+                 elements(S, T))
 
 
 def test_state_dict_names():

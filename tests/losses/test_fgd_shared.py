@@ -10,13 +10,15 @@ reference cannot see a mistake in code both run.
 * the masks: the fg / bg each level's pass receives are fgdkern.rasterize_boxes of
   that level's size.
 """
+import copy
+
 import pytest
 import torch
 
 import fgdkern
 from fgdkern import FGDLoss, MultiLevelFGDLoss
 from fgdkern.ops import fgd as fgd_ops
-from tests.harness import ALL_FUSED, backend_device
+from tests.harness import ALL_FUSED, assert_exact, backend_device, elements, float64_run
 from tests.helpers import random_boxes, random_features, randomize
 
 BACKENDS = ["reference"] + ALL_FUSED
@@ -74,7 +76,8 @@ def test_per_level_hyper_parameters(backend):
         single = FGDLoss(5, 6, backend="reference", **hp).to(dev)
         single.load_state_dict(m.state_dict())
         want = want + single(s, t, boxes, shapes)
-    torch.testing.assert_close(ms(S, T, boxes, shapes), want, rtol=1e-5, atol=0)
+    assert_exact("pyramid", ms(S, T, boxes, shapes), want, float64_run(ms, S, T, boxes, shapes),
+                 elements(S, T))
     if backend != "reference":
         return
     # the sum would not match with any level given another level's settings
@@ -100,10 +103,15 @@ def test_align_layer_is_the_align_conv(backend):
     aligned.requires_grad_()
     loss = m(S, T[0], boxes, shapes)
     want = same(aligned, T[0], boxes, shapes)
-    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
     (dS,), (dA,) = torch.autograd.grad(loss, [S]), torch.autograd.grad(want, [aligned])
-    torch.testing.assert_close(dS, torch.einsum("oc,nohw->nchw", weight, dA), rtol=1e-4,
-                               atol=1e-6 * float(dS.abs().max()))
+    S64 = S.detach().double().requires_grad_()
+    m64 = copy.deepcopy(m).double()
+    m64.backend = "reference"
+    loss64 = m64(S64, T[0].double(), boxes, shapes)
+    n = elements(S, T)
+    assert_exact("loss", loss, want, lambda: loss64, n)
+    assert_exact("dS", dS, torch.einsum("oc,nohw->nchw", weight, dA),
+                 lambda: torch.autograd.grad(loss64, [S64])[0], n)
 
 
 @pytest.mark.parametrize("backend", SHARED)

@@ -14,7 +14,7 @@ import torch
 from fgdkern import FKDLoss, MultiLevelFKDLoss
 from fgdkern.losses.fkd import fkd_pyramid_terms, preset
 from tests import harness
-from tests.harness import backend_device
+from tests.harness import assert_exact, backend_device, elements, float64_run
 
 BACKENDS = harness.all_fused("imitation")
 KERNELS = harness.fused_backends("imitation")
@@ -92,7 +92,7 @@ def test_fused_matches_reference_with_a_width_per_level(backend, variant):
     for m in [ms, *ms.levels]:
         m.backend = backend
     per_level = sum(m(s, t) for m, s, t in zip(ms.levels, S, T))
-    torch.testing.assert_close(ms(S, T), per_level, rtol=1e-6, atol=0)
+    assert_exact("pyramid", ms(S, T), per_level, float64_run(ms, S, T), elements(S, T))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -136,7 +136,7 @@ def test_every_level_uses_its_own_temperature(backend, variant):
     for m in [ms, *ms.levels]:
         m.backend = backend
     per_level = sum(m(s, t) for m, s, t in zip(ms.levels, S, T))
-    torch.testing.assert_close(ms(S, T), per_level, rtol=1e-6, atol=0)
+    assert_exact("pyramid", ms(S, T), per_level, float64_run(ms, S, T), elements(S, T))
     ms.levels[1].temp = 0.5
     assert not torch.allclose(ms(S, T), per_level, rtol=1e-4)
 
@@ -170,7 +170,7 @@ def test_no_grad_forward(backend):
     with torch.no_grad():
         got = ms(S, T)
     ms.backend = "reference"
-    torch.testing.assert_close(got, ms(S, T).detach(), rtol=1e-5, atol=0)
+    assert_exact("loss", got, ms(S, T).detach(), float64_run(ms, S, T), elements(S, T))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -182,7 +182,7 @@ def test_autocast_computes_in_float32(backend):
     with torch.autocast(S[0].device.type, dtype=torch.bfloat16):
         got = ms(S, T)
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert_exact("loss", got, want, float64_run(ms, S, T), elements(S, T))
 
 
 @pytest.mark.parametrize("backend", KERNELS + ["torch", "auto", "reference"])
@@ -233,7 +233,7 @@ def test_multi_level_accepts_dicts_and_sums_levels():
     fpn_S = OrderedDict((k, s) for k, s in zip(["0", "1", "pool"], S))
     fpn_T = OrderedDict((k, t) for k, t in zip(["0", "1", "pool"], T))
     per_level = sum(m(s, t) for m, s, t in zip(ms.levels, S, T))
-    torch.testing.assert_close(ms(fpn_S, fpn_T), per_level, rtol=1e-6, atol=0)
+    assert_exact("pyramid", ms(fpn_S, fpn_T), per_level, float64_run(ms, S, T), elements(S, T))
 
 
 NL = {f"{side}.{p}" for side in ("student_non_local", "teacher_non_local")
