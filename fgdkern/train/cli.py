@@ -2,14 +2,17 @@
 
 parse_args: flags -> one namespace (flag, else preset value, else BASE),
 validated with argparse errors (exit code 2). main: runs the roles
-(fgdkern.train.roles) and turns a non-finite loss into exit code 3.
+(fgdkern.train.roles) and turns what the user can fix into one line on stderr
+and an exit code: 2 for options, files and data (errors.UsageError, and an
+OSError naming a file), 3 for a non-finite loss. Anything else is a bug and
+keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fgdkern.train import distill, presets
+from fgdkern.train import distill, errors, presets
 
 EXIT_USAGE = 2  # as argparse
 EXIT_NON_FINITE = 3
@@ -47,6 +50,9 @@ def _add_data(p) -> None:
     _flag(g, "--image-size", type=int)
     _flag(g, "--data-seed", type=int)
     _flag(g, "--aspect-ratio-group-factor", type=int, metavar="K", help="-1: no grouping")
+    _flag(g, "--strict-data", action="store_true",
+          help="an image that is missing or cannot be decoded is an error (default: it is "
+               "skipped with a warning)")
 
 
 def _add_model(p) -> None:
@@ -203,19 +209,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _error(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"fgdkern.train: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv=None) -> int:
     """Parse, run every requested role, write the report; the process exit code."""
     args = parse_args(argv)
+    try:
+        return _run(args)
+    except errors.UsageError as exc:
+        return _error(errors.one_line(exc))
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a file: a bug until shown otherwise
+        return _error(str(exc))  # e.g. "[Errno 13] Permission denied: 'out/report.json'"
+
+
+def _run(args) -> int:
     from fgdkern.train import require_all
-    require_all()
+    try:
+        require_all()
+    except ImportError as exc:  # the [train] extra is not installed
+        raise errors.UsageError(str(exc)) from None
     from fgdkern.train import roles
     from fgdkern.train.engine import NonFiniteLossError
     try:
         roles.run(args)
-    except roles.UsageError as exc:
-        print(f"fgdkern.train: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
     except NonFiniteLossError as exc:
-        print(f"fgdkern.train: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_NON_FINITE
+        return _error(str(exc), EXIT_NON_FINITE)
     return 0

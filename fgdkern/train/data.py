@@ -1,7 +1,9 @@
 """COCO-format detection data: the dataset, its batch samplers and the loader.
 
     CocoDetection(root, split, train)   reads root/annotations/instances_{split}.json
-                                        (pycocotools) and the images of root/{split}/
+                                        (checked: fgdkern.train.coco_json) and the
+                                        images of root/{split}/, leaving out those that
+                                        cannot be read
     build_loader(dataset, ...)          a DataLoader whose batches are a pure function
                                         of (seed, epoch, rank, world)
 
@@ -14,15 +16,18 @@ DistributedSampler does, then grouped by aspect ratio so that a batch pads littl
 from __future__ import annotations
 
 import bisect
-import contextlib
-import io
 import math
 import pathlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-from fgdkern.train import require
+from fgdkern.train import coco_json
+from fgdkern.train.errors import DataError, brief
+
+# Threads that check the images at the start: the work is mostly waiting for the disk.
+CHECK_THREADS = 8
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -32,9 +37,14 @@ class CocoDetection(torch.utils.data.Dataset):
     file_name fields from root/{split}/ (or root/{split}2017/, COCO's own layout).
     Labels are contiguous, 1..num_classes-1 in category id order (0 = background);
     label_to_cat_id maps them back for evaluation.
+
+    Every image is checked once here (unreadable_reason): one that is missing or
+    cannot be decoded is left out of the dataset, the same ones on every rank and
+    every run, and listed in ``skipped`` ("<path>: <why>"); with strict=True the
+    first of them is a DataError instead.
     """
 
-    def __init__(self, root, split: str, train: bool, seed: int = 0):
+    def __init__(self, root, split: str, train: bool, seed: int = 0, strict: bool = False):
         if not isinstance(split, str) or not split:
             raise ValueError(f"CocoDetection: split must be a non-empty str, got {split!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -43,8 +53,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.split, self.train, self.seed, self.epoch = split, bool(train), seed, 0
         annotation_file = _annotation_file(self.root, split)
         self.image_dir = _image_dir(self.root, split)
-        self.coco = _load_coco(annotation_file)
-        self.ids = sorted(self.coco.imgs)
+        self.coco = coco_json.read(annotation_file)
+        self.ids, self.skipped = self._readable(sorted(self.coco.imgs), strict)
         cat_ids = sorted(self.coco.cats)
         self.num_classes = len(cat_ids) + 1
         self.label_to_cat_id = {i + 1: c for i, c in enumerate(cat_ids)}
@@ -52,6 +62,17 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _readable(self, ids: list, strict: bool) -> tuple[list, list[str]]:
+        """(the ids of the images that read, "<path>: <why>" for each of the others)."""
+        paths = [self.image_dir / self.coco.imgs[i]["file_name"] for i in ids]
+        with ThreadPoolExecutor(CHECK_THREADS) as pool:
+            reasons = list(pool.map(unreadable_reason, paths))
+        skipped = [f"{p}: {why}" for p, why in zip(paths, reasons) if why is not None]
+        if skipped and strict:
+            raise DataError(f"{skipped[0]} ({len(skipped)} of the {len(ids)} {self.split} "
+                            "images cannot be read; without --strict-data they are skipped)")
+        return [i for i, why in zip(ids, reasons) if why is None], skipped
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose flips __getitem__ draws (call it every epoch)."""
@@ -70,7 +91,11 @@ class CocoDetection(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         """(image float32 (3, H, W) in 0..1, target dict); see _target for the dict."""
         info = self.coco.imgs[self.ids[index]]
-        image = _read_image(self.image_dir / info["file_name"])
+        path = self.image_dir / info["file_name"]
+        try:
+            image = _read_image(path)
+        except IMAGE_ERRORS as exc:  # it read when the run started: it changed since
+            raise DataError(f"{path}: cannot be decoded any more ({brief(exc)})") from None
         target = self._target(info, image.shape[-1], image.shape[-2])
         if self.flipped(index):
             image, target["boxes"] = flip_horizontal(image, target["boxes"])
@@ -132,19 +157,46 @@ def _image_dir(root: pathlib.Path, split: str) -> pathlib.Path:
                             f"named in annotations/instances_{split}.json belong there")
 
 
-def _load_coco(path: pathlib.Path):
-    """pycocotools COCO of the json at `path`, with its progress prints silenced."""
-    coco_api = require("pycocotools.coco")
-    with contextlib.redirect_stdout(io.StringIO()):
-        return coco_api.COCO(str(path))
-
-
 def _read_image(path: pathlib.Path) -> torch.Tensor:
     """RGB image file -> float32 (3, H, W) in 0..1."""
     from PIL import Image
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("RGB"))
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+# What PIL raises for a file it cannot decode (a damaged PNG chunk is a SyntaxError).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
+def unreadable_reason(path: pathlib.Path) -> str | None:
+    """Why the image file at ``path`` cannot be used; None when it can.
+
+    Cheap where it can be: the header is read, and PIL's verify checks every chunk of a
+    PNG. A JPEG that lacks its end marker (a download cut short) is decoded in full.
+    """
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            kind = im.format
+            im.verify()
+        if kind == "JPEG" and not _ends_with(path, b"\xff\xd9"):
+            _read_image(path)
+    except FileNotFoundError:
+        return "no such file"
+    except UnidentifiedImageError:
+        return "not an image (no format PIL reads)"
+    except (*IMAGE_ERRORS, Image.DecompressionBombError) as exc:
+        return f"cannot be decoded ({brief(exc)})"
+    return None
+
+
+def _ends_with(path: pathlib.Path, tail: bytes) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(size - len(tail), 0))
+        return f.read() == tail
 
 
 def collate_fn(batch):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fgdkern.train.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -35,14 +37,17 @@ def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
     """--device: "cpu", "cuda", "cuda:1"...; None means CUDA when available, else CPU."""
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # not a device name at all
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda[:index], got {name!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
         if device.index is None:
             device = torch.device("cuda", local_rank)
-    elif device.type != "cpu":
-        raise ValueError(f"--device must be cpu or cuda[:index], got {name!r}")
     return device
 
 

@@ -107,3 +107,9 @@ def say(line: str, enabled: bool = True) -> None:
     """One line of progress on stdout (rank 0)."""
     if enabled:
         print(line, flush=True)
+
+
+def warn(line: str, enabled: bool = True) -> None:
+    """``fgdkern.train: warning: <line>`` on stderr (rank 0): something the run worked around."""
+    if enabled:
+        print(f"fgdkern.train: warning: {line}", file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ BASE = dict(
     warmup_steps=1000, warmup_factor=0.001, momentum=0.9, weight_decay=1e-4, clip_grad=35.0,
     amp=False, resume=False, test_only=False, device=None, workers=4, seed=0, print_freq=20,
     ckpt_every=500, aspect_ratio_group_factor=3, eval_batch_size=None, report_images=3,
+    strict_data=False,
 )
 
 PRESETS = {

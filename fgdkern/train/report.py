@@ -70,6 +70,8 @@ def report_dict(run, results: dict, wall: float) -> dict:
     out["distillation"] = run.args.distill
     schedules = {role: asdict(sc) for role, sc in run.schedules.items()}
     out.update(settings=vars(run.args), schedules=schedules, data=run.data_meta,
+               skipped_images={"train": len(run.train_set.skipped),
+                               "val": len(run.val_set.skipped)},
                versions=versions(), device=device_name(run.ctx.device),
                world_size=run.ctx.world, wall_time_s=wall)
     return _json_safe(out)

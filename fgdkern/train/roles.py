@@ -20,12 +20,10 @@ import torch
 import fgdkern
 from fgdkern.train import checkpoint as ckpt
 from fgdkern.train import distill, distributed, engine, logs, models
+from fgdkern.train.errors import UsageError
 
 ROLES = ("teacher", "student", "distilled")
-
-
-class UsageError(ValueError):
-    """A problem with the options or files the user gave (reported, exit code 2)."""
+MAX_WARNINGS = 20  # skipped images named one by one; a broken dataset is not a wall of lines
 
 
 @dataclass
@@ -62,7 +60,10 @@ def prepare_data(args, ctx: distributed.Context, out: pathlib.Path) -> tuple[pat
                               image_size=args.image_size, seed=args.data_seed)}
     if ctx.main:
         logs.say(f"data: built-in synthetic dataset in {root}")
-        make_synthetic_coco(root, **meta["synthetic"])
+        try:
+            make_synthetic_coco(root, **meta["synthetic"])
+        except FileExistsError as exc:  # --data-cache names a folder of other files
+            raise UsageError(f"--data-cache: {exc}") from None
     distributed.barrier(ctx)
     return root, meta
 
@@ -81,12 +82,28 @@ def make_schedule(args, steps_per_epoch: int, factor: float = 1.0) -> engine.Sch
         ckpt_every=args.ckpt_every, print_freq=args.print_freq, seed=args.seed)
 
 
+def load_split(root: pathlib.Path, split: str, args, ctx: distributed.Context):
+    """data.CocoDetection of one split; each image it skips (unreadable) said on stderr."""
+    from fgdkern.train import data
+    try:
+        dataset = data.CocoDetection(root, split, train=split == "train", seed=args.seed,
+                                     strict=args.strict_data)
+    except FileNotFoundError as exc:  # no annotation file or image folder for the split
+        raise UsageError(str(exc)) from None
+    for line in dataset.skipped[:MAX_WARNINGS]:
+        logs.warn(f"skipping image {line}", ctx.main)
+    if len(dataset.skipped) > MAX_WARNINGS:
+        logs.warn(f"... and {len(dataset.skipped) - MAX_WARNINGS} more {split} images skipped",
+                  ctx.main)
+    return dataset
+
+
 def build_run(args, ctx: distributed.Context) -> Run:
     from fgdkern.train import data
     out = pathlib.Path(args.out)
     root, data_meta = prepare_data(args, ctx, out)
-    train_set = data.CocoDetection(root, "train", train=True, seed=args.seed)
-    val_set = data.CocoDetection(root, "val", train=False, seed=args.seed)
+    train_set = load_split(root, "train", args, ctx)
+    val_set = load_split(root, "val", args, ctx)
     train_loader = data.build_loader(
         train_set, batch_size=args.batch_size, workers=args.workers, train=True, seed=args.seed,
         aspect_ratio_group_factor=args.aspect_ratio_group_factor, distributed=ctx.distributed)
