@@ -7,7 +7,8 @@ optimizer, scheduler, AMP scaler, the RNG states (torch, CUDA, numpy, python),
 the data position (epoch and batches already consumed in it), the step, and the
 configs the role was built from. ``finished`` marks the end of the role's
 training: a finished teacher is reused, a finished role is not retrained on
-``--resume``.
+``--resume``. The checkpoint it replaces is kept as ``checkpoint.prev.pth``, and
+``latest`` falls back to it when the newest file is damaged.
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from fgdkern.train.errors import UsageError, brief
+
 FORMAT = 1
 NAME = "checkpoint.pth"
+PREVIOUS = "checkpoint.prev.pth"
 
 
 @dataclass
@@ -35,12 +39,12 @@ def path_of(role_dir) -> pathlib.Path:
     return pathlib.Path(role_dir) / NAME
 
 
-def save_atomic(obj, path) -> None:
-    """torch.save ``obj`` to ``path`` via a temp file in the same directory, fsync, os.replace.
+def previous_path_of(role_dir) -> pathlib.Path:
+    return pathlib.Path(role_dir) / PREVIOUS
 
-    A reader (or a killed run) sees the old file or the new one, never half of one.
-    """
-    path = pathlib.Path(path)
+
+def _write_temp(obj, path: pathlib.Path) -> str:
+    """torch.save ``obj`` into a new temp file beside ``path``, on disk (fsync); its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -48,16 +52,46 @@ def save_atomic(obj, path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    """The renames in ``directory`` reach the disk."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write(state, role_dir, previous: str) -> None:
+    """Write ``<role_dir>/checkpoint.pth`` atomically: torch.save into a temp file in the
+    same directory, fsync, os.replace, so a reader (or a killed run) sees the old file or
+    the new one, never half of one. ``previous`` says what becomes of the files already
+    there, each step a rename or an unlink, so every moment leaves complete files:
+
+    "rotate": the current checkpoint becomes checkpoint.prev.pth (the usual case);
+    "keep": checkpoint.prev.pth stays (the file replaced is the damaged newest one);
+    "drop": checkpoint.prev.pth is removed (both belong to a training started over).
+    """
+    path, prev = path_of(role_dir), previous_path_of(role_dir)
+    for stale in path.parent.glob(f".{NAME}.*.tmp"):
+        stale.unlink()  # left by a run killed while writing (kill -9): a checkpoint's size each
+    tmp = _write_temp(state, path)
+    try:
+        if previous == "rotate" and path.exists():
+            os.replace(path, prev)
+        elif previous == "drop" and prev.exists():
+            os.unlink(prev)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself reaches the disk
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
 
 
 def load(path) -> dict:
@@ -66,6 +100,54 @@ def load(path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a checkpoint of fgdkern.train (format {FORMAT})")
     return state
+
+
+class NoUsableCheckpoint(ValueError):
+    """No checkpoint file of a role loads; the message names each file and why."""
+
+
+@dataclass
+class Found:
+    """The newest usable checkpoint of a role: its state, its file, and why each newer file
+    was passed over ("<path> is damaged (<why>)", "there is no <path>")."""
+    state: dict
+    path: pathlib.Path
+    passed_over: list
+
+    @property
+    def is_newest(self) -> bool:
+        return not self.passed_over
+
+
+def latest(role_dir):
+    """The newest checkpoint of ``role_dir`` that loads: checkpoint.pth, else (damaged or
+    missing) checkpoint.prev.pth. None when neither file exists; NoUsableCheckpoint naming
+    both when none loads."""
+    paths = (path_of(role_dir), previous_path_of(role_dir))
+    if not any(p.is_file() for p in paths):
+        return None
+    passed_over = []
+    for path in paths:
+        if not path.is_file():
+            passed_over.append(f"there is no {path}")
+            continue
+        try:
+            return Found(load(path), path, passed_over)
+        except Exception as exc:  # whatever torch.load makes of a damaged file
+            passed_over.append(f"{path} is damaged ({brief(exc)})")
+    raise NoUsableCheckpoint("no usable checkpoint: " + "; ".join(passed_over))
+
+
+def load_given(path, option: str):
+    """torch.load of a file an option names (--teacher, --weights): UsageError when it is
+    missing or cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{option}: no such file {str(path)!r}") from None
+    except Exception as exc:  # whatever torch.load makes of a damaged or foreign file
+        raise UsageError(f"{option} {str(path)!r} cannot be read ({brief(exc)})") \
+            from None
 
 
 def rng_state() -> dict:

@@ -3,7 +3,7 @@
 TrainStep.forward runs the detector once: transform -> backbone -> head losses;
 for the distilled role the frozen teacher's backbone (and, for PFI and RM, its
 classification head) reads the same transformed batch under no_grad and the
-chosen losses (fgdkern.train.distill) compare the two. ``train``
+chosen losses (fgdkern.train.distill) compare the two. ``Trainer``
 drives SGD with linear warm-up and step decay, gradient clipping, AMP,
 checkpoints, the JSONL log and the progress bar, and stops with
 NonFiniteLossError when a loss is NaN or infinite.
@@ -190,6 +190,9 @@ class Trainer:
                  ctx: distributed.Context, meta: dict):
         self.role, self.module, self.loader, self.s = role, step_module, loader, sched
         self.role_dir, self.ctx, self.meta = role_dir, ctx, meta
+        # What the first save does with the files there (ckpt.write); later saves rotate.
+        # Training from scratch: they belong to a training started over.
+        self.previous = "drop"
         self.params = [p for p in step_module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.params, lr=sched.lr, momentum=sched.momentum,
                                          weight_decay=sched.weight_decay)
@@ -200,16 +203,21 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_scaler)
         self.pos = ckpt.Position()
 
-    def resume(self, state: dict) -> None:
-        """Continue from a checkpoint dict (its compatibility checked by the caller)."""
-        self.pos = ckpt.restore(state, self.module, self.optimizer, self.scheduler, self.scaler)
+    def resume(self, found: ckpt.Found) -> None:
+        """Continue from a checkpoint (its compatibility checked by the caller)."""
+        self.pos = ckpt.restore(found.state, self.module, self.optimizer, self.scheduler,
+                                self.scaler)
+        # Resumed from checkpoint.prev.pth, the newest file is damaged: it must not become
+        # the previous one.
+        self.previous = "rotate" if found.is_newest else "keep"
 
     def save(self, finished: bool) -> None:
         if self.ctx.main:
             state = ckpt.training_state(self.module, self.optimizer, self.scheduler, self.scaler,
                                         self.pos, role=self.role, finished=finished,
                                         meta=self.meta)
-            ckpt.save_atomic(state, ckpt.path_of(self.role_dir))
+            ckpt.write(state, self.role_dir, self.previous)
+        self.previous = "rotate"
         distributed.barrier(self.ctx)
 
     def step(self, net, images, targets) -> dict:

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from fgdkern.train import require
+from fgdkern.train.checkpoint import load_given
+from fgdkern.train.errors import UsageError, brief
 
 ARCHS = ("retinanet", "fasterrcnn")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -81,14 +83,11 @@ def _norm_layer(norm: str):
 
 def load_state(path: str, what: str) -> dict:
     """A state dict from a local file (a bare state dict, or a checkpoint's "model" entry)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what}: no such file {path!r}") from None
+    state = load_given(path, what)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise ValueError(f"{what}: {path!r} does not hold a state dict")
+        raise UsageError(f"{what}: {path!r} does not hold a state dict")
     return state
 
 
@@ -105,7 +104,7 @@ def _resnet(cfg: DetectorConfig, weights_backbone):
         missing, unexpected = body.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
-            raise ValueError(f"--weights-backbone {weights_backbone!r} does not fit "
+            raise UsageError(f"--weights-backbone {weights_backbone!r} does not fit "
                              f"{cfg.backbone}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][:cfg.trainable_layers]
     if cfg.trainable_layers == 5:
@@ -166,8 +165,18 @@ def build_detector(cfg: DetectorConfig, weights=None, weights_backbone=None) -> 
     backbone = build_backbone(cfg, None if weights else weights_backbone)
     model = (_retinanet if cfg.arch == "retinanet" else _fasterrcnn)(cfg, backbone)
     if weights:
-        model.load_state_dict(load_state(weights, "--weights"))
+        load_weights(model, load_state(weights, "--weights"), cfg, f"--weights {weights!r}")
     return model
+
+
+def load_weights(model: nn.Module, state: dict, cfg: DetectorConfig, given: str) -> None:
+    """``model.load_state_dict(state)``; UsageError naming ``given`` (the option and its file)
+    when the weights do not fit ``cfg``."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:  # names or shapes that do not fit
+        raise UsageError(f"{given} does not fit a {cfg.arch} {cfg.backbone} with "
+                         f"{cfg.fpn_channels} FPN channels: {brief(exc, 300)}") from None
 
 
 def task_losses(model: nn.Module, images, features: "OrderedDict[str, torch.Tensor]",

@@ -157,25 +157,32 @@ def build_fgd(cfg: dict) -> torch.nn.Module:
 
 def load_teacher(path: str, cfg: models.DetectorConfig):
     """--teacher PATH: a checkpoint of this script (its own config) or a bare state dict."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"--teacher: no such file {path!r}") from None
+    state = ckpt.load_given(path, "--teacher")
     if isinstance(state, dict) and state.get("format") == ckpt.FORMAT:
         cfg = models.DetectorConfig.from_dict(state["model_config"])
         state = state["model"]
     model = models.build_detector(cfg)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"--teacher {path!r} does not fit a {cfg.arch} {cfg.backbone} with "
-                         f"{cfg.fpn_channels} FPN channels: {str(exc)[:300]}") from None
+    models.load_weights(model, state, cfg, f"--teacher {path!r}")
     return model, cfg
 
 
-def _existing(role_dir: pathlib.Path):
-    path = ckpt.path_of(role_dir)
-    return ckpt.load(path) if path.is_file() else None
+def _existing(run: Run, role: str):
+    """The role's newest usable checkpoint (ckpt.Found), or None; a warning names each newer
+    file passed over. Read only where it may be used: --resume, --test-only, the teacher."""
+    args = run.args
+    if not (args.resume or args.test_only or role == "teacher"):
+        return None
+    try:
+        found = ckpt.latest(run.out / role)
+    except ckpt.NoUsableCheckpoint as exc:
+        if args.resume or args.test_only:
+            raise UsageError(f"{role}: {exc}") from None
+        logs.warn(f"{role}: {exc}; training it from scratch", run.ctx.main)
+        return None
+    if found is not None and not found.is_newest:
+        logs.warn(f"{role}: {'; '.join(found.passed_over)}; using {found.path} "
+                  f"(step {found.state['step']})", run.ctx.main)
+    return found
 
 
 def _same_training(state: dict, meta: dict) -> bool:
@@ -203,22 +210,22 @@ def decide(run: Run, role: str, state, meta: dict) -> str:
 def train_or_reuse(run: Run, role: str, step_module, meta: dict) -> str:
     """Trains ``step_module`` as the role's checkpoint says; returns how it was obtained."""
     role_dir = run.out / role
-    state = _existing(role_dir)
+    found = _existing(run, role)
+    state = found.state if found is not None else None
     how = decide(run, role, state, meta)
     trainer = engine.Trainer(role, step_module, run.train_loader, run.schedules[role], role_dir,
                              run.ctx, meta)
     if how != "train":
         try:
-            ckpt.check_compatible(state, meta, ckpt.path_of(role_dir))
+            ckpt.check_compatible(state, meta, found.path)
         except ValueError as exc:  # a checkpoint of another configuration
             raise UsageError(str(exc)) from None
     if how == "done":
         ckpt.load_modules(state, step_module)
-        logs.say(f"{role}: reusing {ckpt.path_of(role_dir)} (step {state['step']})",
-                 run.ctx.main)
+        logs.say(f"{role}: reusing {found.path} (step {state['step']})", run.ctx.main)
         return "cached" if role == "teacher" and not run.args.resume else "checkpoint"
     if how == "resume":
-        trainer.resume(state)
+        trainer.resume(found)
         logs.say(f"{role}: resuming from step {trainer.pos.step}", run.ctx.main)
     else:
         ckpt.seed_everything(run.args.seed)

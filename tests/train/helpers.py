@@ -29,3 +29,11 @@ def losses_of(records: list[dict]) -> list[dict]:
 
 def load_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two state dicts equal to the last bit."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+

@@ -1,6 +1,8 @@
-"""Bad data: a skip with a warning, else one line and exit code 2, never a traceback.
+"""Damaged checkpoints and bad data: a fallback or a skip with a warning, else one line and
+exit code 2, never a traceback.
 
-The tests damage a copy of the built-in dataset.
+The smoke run's student holds checkpoint.pth (step 3, finished) and checkpoint.prev.pth
+(step 2, the periodic one); the data tests damage a copy of the built-in dataset.
 """
 import json
 import shutil
@@ -14,7 +16,58 @@ pytest.importorskip("pycocotools")
 pytest.importorskip("matplotlib")
 
 from fgdkern.train import cli  # noqa: E402
-from tests.train.helpers import run_cli, smoke_args  # noqa: E402
+from tests.train.helpers import (  # noqa: E402
+    assert_same_state, load_checkpoint, losses_of, read_log, run_cli, smoke_args)
+
+ZIP_DAMAGED = "PytorchStreamReader failed reading zip archive: failed finding central directory"
+
+
+def truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.fixture
+def student_copy(smoke_run, tmp_path):
+    """--out of a copy of the smoke run's student."""
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run / "student", out / "student")
+    return out
+
+
+def test_damaged_checkpoint_resumes_from_the_previous(smoke_run, data_cache, student_copy,
+                                                      capsys):
+    role_dir = student_copy / "student"
+    truncate(role_dir / "checkpoint.pth")
+    argv = smoke_args(student_copy, data_cache, "--role", "student", "--resume")
+    assert run_cli(argv) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"fgdkern.train: warning: student: {role_dir / 'checkpoint.pth'} is damaged "
+        f"({ZIP_DAMAGED}); using {role_dir / 'checkpoint.prev.pth'} (step 2)"]
+    reference = smoke_run / "student"
+    assert_same_state(load_checkpoint(role_dir / "checkpoint.pth")["model"],
+                      load_checkpoint(reference / "checkpoint.pth")["model"])
+    assert losses_of(read_log(role_dir / "log.jsonl")) == \
+        losses_of(read_log(reference / "log.jsonl"))
+    # The damaged file was replaced; the good previous one stays the previous one.
+    assert load_checkpoint(role_dir / "checkpoint.prev.pth")["step"] == 2
+
+
+def test_no_usable_checkpoint_is_one_line(data_cache, student_copy, capsys):
+    role_dir = student_copy / "student"
+    newest, previous = role_dir / "checkpoint.pth", role_dir / "checkpoint.prev.pth"
+    truncate(newest)
+    truncate(previous)
+    argv = smoke_args(student_copy, data_cache, "--role", "student", "--resume")
+    assert run_cli(argv) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"fgdkern.train: error: student: no usable checkpoint: {newest} is damaged "
+        f"({ZIP_DAMAGED}); {previous} is damaged ({ZIP_DAMAGED})\n")
+    previous.unlink()
+    assert run_cli(argv) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"fgdkern.train: error: student: no usable checkpoint: {newest} is damaged "
+        f"({ZIP_DAMAGED}); there is no {previous}\n")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ identical to the last bit.
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
@@ -17,17 +16,11 @@ pytest.importorskip("matplotlib")
 
 from fgdkern.train import engine  # noqa: E402
 from tests.train.helpers import (  # noqa: E402
-    load_checkpoint, losses_of, read_log, run_cli, smoke_args)
+    assert_same_state, load_checkpoint, losses_of, read_log, run_cli, smoke_args)
 
 
 class Killed(BaseException):
     """Stands for the process being killed (not an Exception, so nothing catches it)."""
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def test_resume_repeats_the_uninterrupted_run(smoke_run, data_cache, tmp_path, monkeypatch):
