@@ -2,17 +2,18 @@
 
 parse_args: flags -> one namespace (flag, else preset value, else BASE),
 validated with argparse errors (exit code 2). main: runs the roles
-(fgdkern.train.roles) and turns what the user can fix into one line on stderr
-and an exit code: 2 for options, files and data (errors.UsageError, and an
-OSError naming a file), 3 for a non-finite loss. Anything else is a bug and
-keeps its traceback.
+(fgdkern.train.roles) with the SIGTERM/SIGINT handlers of fgdkern.train.preempt
+installed, and turns what the user can fix into one line on stderr and an exit
+code: 2 for options, files and data (errors.UsageError, and an OSError naming a
+file), 3 for a non-finite loss, 128 + the signal number when a signal stopped
+the run. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fgdkern.train import distill, errors, presets
+from fgdkern.train import distill, errors, preempt, presets
 
 EXIT_USAGE = 2  # as argparse
 EXIT_NON_FINITE = 3
@@ -217,17 +218,22 @@ def _error(message: str, code: int = EXIT_USAGE) -> int:
 def main(argv=None) -> int:
     """Parse, run every requested role, write the report; the process exit code."""
     args = parse_args(argv)
-    try:
-        return _run(args)
-    except errors.UsageError as exc:
-        return _error(errors.one_line(exc))
-    except OSError as exc:
-        if exc.filename is None:
-            raise  # not about a file: a bug until shown otherwise
-        return _error(str(exc))  # e.g. "[Errno 13] Permission denied: 'out/report.json'"
+    with preempt.Signals() as signals:
+        try:
+            return _run(args, signals)
+        except errors.UsageError as exc:
+            return _error(errors.one_line(exc))
+        except OSError as exc:
+            if exc.filename is None:
+                raise  # not about a file: a bug until shown otherwise
+            return _error(str(exc))  # e.g. "[Errno 13] Permission denied: 'out/report.json'"
+        except preempt.Stopped as exc:
+            if exc.show:
+                print(f"fgdkern.train: {exc.line}", file=sys.stderr, flush=True)
+            return exc.exit_code
 
 
-def _run(args) -> int:
+def _run(args, signals: preempt.Signals) -> int:
     from fgdkern.train import require_all
     try:
         require_all()
@@ -236,7 +242,7 @@ def _run(args) -> int:
     from fgdkern.train import roles
     from fgdkern.train.engine import NonFiniteLossError
     try:
-        roles.run(args)
+        roles.run(args, signals)
     except NonFiniteLossError as exc:
         return _error(str(exc), EXIT_NON_FINITE)
     return 0

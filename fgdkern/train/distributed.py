@@ -82,6 +82,15 @@ def mean_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     return values
 
 
+def max_over_ranks(value: int, ctx: Context) -> int:
+    """The largest of every process's ``value`` (every rank gets it)."""
+    if not ctx.distributed:
+        return value
+    box = torch.tensor([value], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
 def broadcast(obj, ctx: Context):
     """Rank 0's ``obj`` on every rank (a picklable python object)."""
     if not ctx.distributed:

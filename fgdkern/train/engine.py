@@ -5,8 +5,9 @@ for the distilled role the frozen teacher's backbone (and, for PFI and RM, its
 classification head) reads the same transformed batch under no_grad and the
 chosen losses (fgdkern.train.distill) compare the two. ``Trainer``
 drives SGD with linear warm-up and step decay, gradient clipping, AMP,
-checkpoints, the JSONL log and the progress bar, and stops with
-NonFiniteLossError when a loss is NaN or infinite.
+checkpoints, the JSONL log and the progress bar; it stops with
+NonFiniteLossError when a loss is NaN or infinite, and on SIGTERM/SIGINT at the
+next step boundary, after a checkpoint of that step (fgdkern.train.preempt).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from torch import nn
 import fgdkern
 from fgdkern import targets as fgd_targets
 from fgdkern.train import checkpoint as ckpt
-from fgdkern.train import distill, distributed, logs, models
+from fgdkern.train import distill, distributed, logs, models, preempt
 
 # Steps at whose start each distillation loss is compared with the task loss
 # (fgdkern.check_loss_scale).
@@ -187,9 +188,11 @@ class Trainer:
     """Trains one role: optimizer, schedule, scaler, position, log; ``run`` is the loop."""
 
     def __init__(self, role: str, step_module: TrainStep, loader, sched: Schedule, role_dir,
-                 ctx: distributed.Context, meta: dict):
+                 ctx: distributed.Context, meta: dict, signals: preempt.Signals | None = None):
         self.role, self.module, self.loader, self.s = role, step_module, loader, sched
         self.role_dir, self.ctx, self.meta = role_dir, ctx, meta
+        self.signals = signals or preempt.Signals()  # one never installed never fires
+        self.stop_signal = 0
         # What the first save does with the files there (ckpt.write); later saves rotate.
         # Training from scratch: they belong to a training started over.
         self.previous = "drop"
@@ -251,19 +254,50 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
 
     def run(self) -> None:
-        """Train from self.pos to the last step; checkpoint every ckpt_every steps and at the end."""
+        """Train from self.pos to the last step; checkpoint every ckpt_every steps and at the
+        end. A signal stops it at a step boundary, after the checkpoint of that step: Stopped.
+        """
+        with self.signals.deferred():
+            self._train()
+            self.save(finished=self.pos.step >= self.s.steps)
+            # one that came during that save, so after the last boundary
+            self.stop_signal = self.stop_signal or self._agreed_signal()
+            if self.stop_signal:
+                raise self._stopped()
+
+    def _train(self) -> None:
         net = self.wrapped()
         net.train()
         log = logs.JsonlLog(self.role_dir / "log.jsonl", self.pos.step, enabled=self.ctx.main)
         bar = logs.Progress(self.role, self.s.steps, self.pos.step, self.s.print_freq,
                             self.ctx.main)
         try:
-            while self.pos.step < self.s.steps:
+            while self.pos.step < self.s.steps and not self.stop_signal:
                 self._epoch(net, log, bar)
         finally:
             bar.close()
             log.close()
-        self.save(finished=True)
+
+    def _agreed_signal(self) -> int:
+        """The signal that stops training here, 0 for none: the same on every rank, so that
+        all stop at the same step (and rank 0 saves that step)."""
+        return distributed.max_over_ranks(self.signals.signum, self.ctx)
+
+    def _stopped(self) -> preempt.Stopped:
+        line = (f"{self.role}: stopped by {preempt.name(self.stop_signal)} after step "
+                f"{self.pos.step} of {self.s.steps}; saved {ckpt.path_of(self.role_dir)}; to "
+                "continue, run the same command with --resume")
+        return preempt.Stopped(self.stop_signal, line, show=self.ctx.main)
+
+    def _at_boundary(self) -> bool:
+        """After a step: True when training stops here (the last step, or a signal); else the
+        periodic checkpoint, when due."""
+        self.stop_signal = self._agreed_signal()
+        if self.stop_signal or self.pos.step >= self.s.steps:
+            return True
+        if self.s.ckpt_every > 0 and self.pos.step % self.s.ckpt_every == 0:
+            self.save(finished=False)
+        return False
 
     def _epoch(self, net, log, bar) -> None:
         """The rest of the current epoch (or up to the last step); advances self.pos."""
@@ -282,10 +316,7 @@ class Trainer:
                        "step_time": step_time, "data_time": data_time})
             shown = ("loss", "loss_task", *distill.LOSSES, "lr")
             bar.update(self.pos.step, {k: values[k] for k in shown if k in values})
-            if self.s.ckpt_every > 0 and self.pos.step % self.s.ckpt_every == 0 \
-                    and self.pos.step < self.s.steps:
-                self.save(finished=False)
-            if self.pos.step >= self.s.steps:
+            if self._at_boundary():
                 return
             tick = time.perf_counter()
         self.pos.epoch += 1

@@ -19,7 +19,7 @@ import torch
 
 import fgdkern
 from fgdkern.train import checkpoint as ckpt
-from fgdkern.train import distill, distributed, engine, logs, models
+from fgdkern.train import distill, distributed, engine, logs, models, preempt
 from fgdkern.train.errors import UsageError
 
 ROLES = ("teacher", "student", "distilled")
@@ -38,6 +38,7 @@ class Run:
     val_loader: object
     schedules: dict  # role -> engine.Schedule
     data_meta: dict
+    signals: preempt.Signals
 
 
 def roles_needed(role: str, distill_choice: str = "fgd") -> list[str]:
@@ -98,7 +99,7 @@ def load_split(root: pathlib.Path, split: str, args, ctx: distributed.Context):
     return dataset
 
 
-def build_run(args, ctx: distributed.Context) -> Run:
+def build_run(args, ctx: distributed.Context, signals: preempt.Signals) -> Run:
     from fgdkern.train import data
     out = pathlib.Path(args.out)
     root, data_meta = prepare_data(args, ctx, out)
@@ -117,7 +118,7 @@ def build_run(args, ctx: distributed.Context) -> Run:
     schedules = {"teacher": make_schedule(args, len(train_loader), args.teacher_schedule),
                  "student": student, "distilled": student}
     return Run(args, ctx, out, train_set, val_set, train_loader, val_loader, schedules,
-               data_meta)
+               data_meta, signals)
 
 
 def model_config(args, role: str, num_classes: int) -> models.DetectorConfig:
@@ -214,7 +215,7 @@ def train_or_reuse(run: Run, role: str, step_module, meta: dict) -> str:
     state = found.state if found is not None else None
     how = decide(run, role, state, meta)
     trainer = engine.Trainer(role, step_module, run.train_loader, run.schedules[role], role_dir,
-                             run.ctx, meta)
+                             run.ctx, meta, run.signals)
     if how != "train":
         try:
             ckpt.check_compatible(state, meta, found.path)
@@ -308,12 +309,15 @@ def run_role(run: Run, role: str, teacher=None, teacher_cfg=None):
     return model, cfg, result
 
 
-def run(args) -> dict:
-    """Every role of ``args.role`` in order, then report.json and report.png (rank 0)."""
+def run(args, signals: preempt.Signals | None = None) -> dict:
+    """Every role of ``args.role`` in order, then report.json and report.png (rank 0).
+
+    ``signals``: the SIGTERM/SIGINT handlers the caller installed (fgdkern.train.preempt).
+    """
     ctx = distributed.init(args.device)
     try:
         wall = time.perf_counter()
-        run_ = build_run(args, ctx)
+        run_ = build_run(args, ctx, signals or preempt.Signals())
         trained, configs, results = {}, {}, {}
         for role in roles_needed(args.role, args.distill):
             teacher = trained.get("teacher")

@@ -1,6 +1,8 @@
 """Helpers of the training-script tests (command lines, logs, state dicts)."""
 import json
 import pathlib
+import socket
+import sys
 
 import torch
 
@@ -37,3 +39,15 @@ def assert_same_state(a: dict, b: dict) -> None:
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(argv, nproc: int, module: str = "fgdkern.train") -> list[str]:
+    """``torchrun --nproc_per_node NPROC -m MODULE ARGV`` on this machine, a free port."""
+    return [sys.executable, "-W", "ignore", "-m", "torch.distributed.run", "--nnodes", "1",
+            "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "-m", module, *[str(a) for a in argv]]

@@ -11,9 +11,7 @@ wrong sharding or loss normalisation (a factor of 2, another batch) fails it.
 """
 import json
 import os
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,23 +20,16 @@ pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
 pytest.importorskip("matplotlib")
 
-from tests.train.helpers import load_checkpoint, read_log, run_cli, smoke_args  # noqa: E402
+from tests.train.helpers import (  # noqa: E402
+    load_checkpoint, read_log, run_cli, smoke_args, torchrun_command)
 
 RTOL, ATOL = 1e-4, 1e-6
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_torchrun(argv, nproc: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-W", "ignore", "-m", "torch.distributed.run", "--nnodes", "1",
-           "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "fgdkern.train", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(torchrun_command(argv, nproc), env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_two_processes_train_what_one_does(smoke_run, data_cache, tmp_path):
