@@ -12,8 +12,10 @@ from Ultralytics' on_train_batch_start callback to its on_train_batch_end: the
 forward passes, the losses, backward, the optimizer step and the EMA update (the
 loader's work is outside it). The configurations run in rounds, one after the other
 in each round, so that a slow phase of the machine spreads over all of them; the
-median and quartiles are over every timed step of every round. Then each fgdkern
-term alone, forward and backward, on the maps of one batch. Prints the table of
+median and quartiles are over every timed step of every round. Then, outside the
+trainer, round-robin: the distillation wrapper's loss forward and backward (teacher,
+student, losses; no optimizer or EMA) for Ultralytics' own and each fgdkern loss, and
+each fgdkern term alone on the maps of one batch. Prints the table of
 docs/integrations.md, "Step time" and writes <DIR>/ultralytics-<device>-<date>.json
 (to bench/results/ only from a clean checkout, unless --allow-dirty).
 """
@@ -39,6 +41,7 @@ import torch  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.cfg import get_cfg  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG  # noqa: E402
 
@@ -85,34 +88,53 @@ def time_run(args, data: Path, project: Path, name: str, trainer, extra: dict) -
     return timer.timed()
 
 
-def term_times(args, teacher: Path, reps: int = 20) -> dict:
-    """Seconds of each distillation term alone, forward and backward, on the maps of one
-    batch: per loss a NeckDistillationModel, round-robin, after the training runs (with
-    the threads Ultralytics' trainer left set)."""
-    student = DetectionModel(args.student, nc=len(yolo.NAMES), verbose=False)
-    student.args = get_cfg(DEFAULT_CFG, {"imgsz": args.imgsz})
+def synthetic_batch(args) -> dict:
+    """A training batch of random images, three boxes each."""
     g = torch.Generator().manual_seed(0)
     n_boxes = 3 * args.batch
-    batch = {"img": torch.rand(args.batch, 3, args.imgsz, args.imgsz, generator=g),
-             "batch_idx": torch.arange(args.batch).repeat_interleave(3).float(),
-             "cls": torch.zeros(n_boxes, 1),
-             "bboxes": torch.cat([torch.rand(n_boxes, 2, generator=g) * 0.6 + 0.2,
-                                  torch.rand(n_boxes, 2, generator=g) * 0.3 + 0.05], 1)}
-    steps = {}
+    return {"img": torch.rand(args.batch, 3, args.imgsz, args.imgsz, generator=g),
+            "batch_idx": torch.arange(args.batch).repeat_interleave(3).float(),
+            "cls": torch.zeros(n_boxes, 1),
+            "bboxes": torch.cat([torch.rand(n_boxes, 2, generator=g) * 0.6 + 0.2,
+                                 torch.rand(n_boxes, 2, generator=g) * 0.3 + 0.05], 1)}
+
+
+def frozen_step(model: NeckDistillationModel, batch: dict):
+    """The maps of one forward, detached (the student's requiring gradient): what the
+    term alone is timed on."""
+    with torch.no_grad():
+        model.teacher_model(batch["img"])
+        model.student_model(batch["img"])
+    step = model.step(batch)
+    return step._replace(feats_S=[s.detach().requires_grad_() for s in step.feats_S],
+                         feats_T=[t.detach() for t in step.feats_T])
+
+
+def model_times(args, teacher: Path, reps: int = 8) -> dict:
+    """Seconds of the wrapper's loss forward and backward (teacher, student, detection and
+    distillation losses; no optimizer, no EMA) for Ultralytics' DistillationModel and for
+    each fgdkern loss, and of each fgdkern term alone; round-robin, after the training runs
+    (with the threads Ultralytics' trainer left set)."""
+    student = DetectionModel(args.student, nc=len(yolo.NAMES), verbose=False)
+    student.args = get_cfg(DEFAULT_CFG, {"imgsz": args.imgsz})
+    batch = synthetic_batch(args)
+    models = {"Ultralytics built-in distillation":
+              DistillationModel(str(teacher), copy.deepcopy(student)).train()}
+    calls = {}
     for name in LOSSES:
         model = NeckDistillationModel(str(teacher), copy.deepcopy(student), loss_config(name))
-        with torch.no_grad():   # the maps once; the loss then runs on copies of them
-            model.teacher_model(batch["img"])
-            model.student_model(batch["img"])
-        step = model.step(batch)
-        steps[name] = (model.distill_loss, step._replace(
-            feats_S=[s.detach().requires_grad_() for s in step.feats_S],
-            feats_T=[t.detach() for t in step.feats_T]))
-    times = {name: [] for name in LOSSES}
+        models[f"fgdkern {name}"] = model.train()
+        step = frozen_step(model, batch)
+        calls[f"fgdkern {name} (term alone)"] = (
+            lambda loss=model.distill_loss, step=step, name=name:
+            sum(LOSSES[name].terms(loss, step).values()).backward())
+    for name, model in models.items():
+        calls[name] = lambda model=model: model.loss(batch)[0].sum().backward()
+    times = {name: [] for name in calls}
     for _ in range(reps):
-        for name, (loss, step) in steps.items():
+        for name, call in calls.items():
             start = time.perf_counter()
-            sum(LOSSES[name].terms(loss, step).values()).backward()
+            call()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -161,16 +183,16 @@ def main(argv=None) -> int:
         for name, (trainer, extra) in runs.items():
             results[name] += time_run(args, data, root / "runs", name, trainer, extra)
     print(table(results))
-    terms = term_times(args, teacher)
-    print("\n".join(f"{name}: the term alone, forward+backward, {statistics.median(t) * 1e3:.1f} "
-                    f"ms (median of {len(t)})" for name, t in terms.items()))
+    models = model_times(args, teacher)
+    print("\n".join(f"{name}: loss forward+backward {statistics.median(t) * 1e3:.1f} ms "
+                    f"(median of {len(t)})" for name, t in models.items()))
     now = datetime.datetime.now()
     record = dict(**meta.machine(torch.device("cpu")), **meta.software(),
                   date=now.isoformat(timespec="seconds"), **meta.code_state(
                       start, meta.git_state(), args.allow_dirty),
                   load_average_start=load_at_start, load_average_end=os.getloadavg(),
                   settings={k: str(v) for k, v in vars(args).items()}, steps_s=results,
-                  term_fwd_bwd_s=terms, torch_threads=torch.get_num_threads())
+                  loss_fwd_bwd_s=models, torch_threads=torch.get_num_threads())
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ultralytics-cpu-{now:%Y-%m-%d-%H%M%S}.json"
     path.write_text(json.dumps(record, indent=1))
