@@ -108,6 +108,26 @@ def noise_floor(scale: float, sum_length: int, dtype=torch.float32) -> float:
     return floor
 
 
+def conditioned_sum_length(S, T, temps) -> int:
+    """noise_floor's sum length for FGD on the maps S, T, widened by the conditioning of
+    its attention softmaxes.
+
+    softmax(x / temp) of a float32 statistic x (gs, gc: means of |F|) shifts by the
+    rounding of x: half an ulp of x is eps/2 * |x| / temp in the logit, so every
+    attention weight, and every output, carries a relative error up to kappa * eps,
+    kappa = max|F| / temp. The float32 reference rounds the same statistics and is as
+    far off, unless a short sum rounds luckily: for features of mean 1e3 (kappa ~ 4e3) a
+    correct fused path was 3x off where the reference was within its floor, and which
+    of the two is luckier depends on the machine (PyTorch's CPU kernels of another ISA
+    turned it around). So the floor gains eps * kappa * scale, counted as that many
+    more roundings: FLOOR_C * eps * sqrt(n') = FLOOR_C * eps * sqrt(n) + eps * kappa.
+    """
+    kappa = max(float(x.abs().max()) / temp for xs in (S, T) for x, temp in zip(xs, temps))
+    n = sum(s.numel() for s in S)
+    widen = 1 + kappa / (FLOOR_C * math.sqrt(n))
+    return math.ceil(n * widen ** 2)
+
+
 def assert_exact(name: str, got, want, truth, sum_length: int, dtype=torch.float32,
                  scale: float | None = None):
     """``got`` (a fused backend) is as exact as ``want`` (the float32 reference):

@@ -15,7 +15,6 @@ set of examples per backend; "thorough" runs hundreds of random ones, e.g.
 ``HYPOTHESIS_PROFILE=thorough pytest tests/losses/test_fgd_fuzz.py``.
 Cases once found failing are kept below as explicit examples.
 """
-import math
 import os
 
 import pytest
@@ -118,23 +117,12 @@ def build_case(case, device):
 
 
 def check(backend, case):
-    """The harness's rule, its floor widened by the attention softmaxes' conditioning.
-
-    softmax(x / temp) of a float32 statistic x (gs, gc: means of |F|) shifts by the
-    rounding of x: half an ulp of x is eps/2 * |x| / temp in the logit, so every
-    attention weight, and every output, carries a relative error up to
-    kappa * eps, kappa = max|F| / temp. The float32 reference rounds the same
-    statistics and is as far off, unless a short sum rounds luckily: for features
-    of mean 1e3 (kappa ~ 4e3) a correct fused path was 3x off where the reference
-    was within its floor. So the floor gains eps * kappa * scale, counted as that
-    many more roundings in sum_length (noise_floor: FLOOR_C * eps * sqrt(n) * scale).
-    """
+    """The harness's rule, its floor widened by the attention softmaxes' conditioning
+    (harness.conditioned_sum_length)."""
     ms, S, T, boxes, shapes = build_case(case, backend_device(backend))
-    kappa = max(float(x.abs().max()) / temp for xs in (S, T) for x, temp in zip(xs, case["temps"]))
-    n = sum(s.numel() for s in S)
-    widen = 1 + kappa / (harness.FLOOR_C * math.sqrt(n))
     harness.assert_matches_reference(runner(ms, S, T, boxes, shapes), backend,
-                                     DTYPES[case["dtype"]], sum_length=math.ceil(n * widen ** 2))
+                                     DTYPES[case["dtype"]],
+                                     sum_length=harness.conditioned_sum_length(S, T, case["temps"]))
 
 
 REGRESSIONS = [
