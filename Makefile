@@ -50,9 +50,10 @@ test-isa: ext
 
 # Each variant with torch's own CPU kernels of the same ISA (ATEN_CPU_CAPABILITY), as on a
 # machine that has no better: the suite's float32 references round differently there too.
-# Inductor's cache does not tell one capability from another: each run gets its own.
+# Inductor's cache tells neither capabilities nor thread counts apart (its C++ from another
+# setting fails to compile or aborts): each run gets its own.
 portability: ext
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 TORCHINDUCTOR_CACHE_DIR=$$(mktemp -d) $(PY) -m pytest -q tests
 	for isa in $(CPU_ISAS); do \
 	  aten=$$(echo $$isa | sed s/baseline/default/); \
 	  echo "== FGDKERN_CPU_ISA=$$isa ATEN_CPU_CAPABILITY=$$aten"; \
