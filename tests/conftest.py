@@ -62,3 +62,19 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+try:  # PIL's own opener, taken before any test module imports ultralytics
+    from PIL import Image as _PIL_IMAGE
+    _PIL_OPEN = _PIL_IMAGE.open
+except ImportError:
+    _PIL_IMAGE = None
+
+
+@pytest.fixture(autouse=True)
+def _pil_open():
+    """Importing ultralytics (tests/integrations, at collection) replaces PIL.Image.open for
+    the whole process with one that meets a file PIL cannot identify by trying to install
+    and load a HEIF plugin; the training script's tests of such files need PIL's own."""
+    if _PIL_IMAGE is not None:
+        _PIL_IMAGE.open = _PIL_OPEN
