@@ -50,6 +50,7 @@ ALL_FUSED = all_fused("fgd")
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 
+
 def backend_device(backend: str) -> str:
     return "cuda" if backend == "triton" and HAS_CUDA else "cpu"
 
@@ -191,23 +192,43 @@ def assert_matches_contract(got, contract, *args, sum_length: int | None = None)
     contract in float32, by ``assert_exact_list`` with ``contract`` on the same inputs in
     float64 as the truth (docs/kernels.md, "How exactness is tested"). ``sum_length``
     defaults to the elements of the largest map in ``args[0]``: no output sums over more
-    (the kernels add per level)."""
+    (the kernels add per level). Returns the float32 contract's outputs."""
     if sum_length is None:
         sum_length = max(x.numel() for x in args[0])
-    assert_exact_list(got, contract(*args), lambda: contract(*to_float64(args)), sum_length)
+    want = contract(*args)
+    assert_exact_list(got, want, lambda: contract(*to_float64(args)), sum_length)
+    return want
+
+
+def assert_matches_a_reading(got, contract, readings, *rest):
+    """``assert_matches_contract`` with the leading arguments of one of ``readings`` (the
+    maps as read with and without subnormals flushed, where that is the hardware's
+    choice); when none matches, the error of each."""
+    errors = []
+    for reading in readings:
+        try:
+            return assert_matches_contract(got, contract, *reading, *rest)
+        except AssertionError as e:
+            errors.append(str(e))
+    raise AssertionError("\n".join(errors))
+
+
+def float64_copy(module):
+    """A copy of ``module`` in float64, every backend it has set to "reference": the truth
+    of a check between two float32 evaluations of the same loss."""
+    m = copy.deepcopy(module).double()
+    for sub in m.modules():
+        if hasattr(sub, "backend"):
+            sub.backend = "reference"
+    return m
 
 
 def float64_run(module, *args):
-    """A thunk: ``module`` (a copy) in float64 on the reference backend, on ``args`` in
-    float64, without gradients. The truth of a check between two float32 evaluations of
-    the same loss (a pyramid and the sum of its levels, fused and reference, ...)."""
+    """A thunk: ``float64_copy(module)`` on ``args`` in float64, without gradients (a
+    pyramid and the sum of its levels, fused and reference, ...)."""
     def run():
-        m = copy.deepcopy(module).double()
-        for sub in m.modules():
-            if hasattr(sub, "backend"):
-                sub.backend = "reference"
         with torch.no_grad():
-            return m(*to_float64(args))
+            return float64_copy(module)(*to_float64(args))
     return run
 
 

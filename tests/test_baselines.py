@@ -3,7 +3,6 @@
 Two independent implementations of docs/fgd.md: equal loss, equal gradients of the
 student features and of every parameter, bit-equal masks.
 """
-import copy
 import functools
 
 import pytest
@@ -14,7 +13,7 @@ if not hasattr(fgdkern, "MultiLevelFGDLoss"):
     pytest.skip("fgdkern.MultiLevelFGDLoss does not exist yet", allow_module_level=True)
 
 from bench.baselines import EagerLoopMultiLevelFGD, paint_masks  # noqa: E402
-from tests.harness import assert_exact, elements, to_float64  # noqa: E402
+from tests.harness import assert_exact, elements, float64_copy, to_float64  # noqa: E402
 from tests.helpers import random_boxes, random_features, randomize  # noqa: E402
 
 SIZES = [(12, 18), (6, 9), (3, 5)]
@@ -67,7 +66,7 @@ def test_eager_loop_matches_reference(Cs, Ct, dtype):
     S, T = random_features(3, Cs, Ct, SIZES, dtype=dtype, seed=1)
     boxes = random_boxes(3, IMG, max_boxes=5, seed=2)
     want, got = _loss_and_grads(ms, S, T, boxes), _loss_and_grads(eager, S, T, boxes)
-    truth = functools.cache(lambda: _loss_and_grads(copy.deepcopy(ms).double(), to_float64(S),
+    truth = functools.cache(lambda: _loss_and_grads(float64_copy(ms), to_float64(S),
                                                     to_float64(T), boxes))
     for name in want:
         assert_exact(name, got[name], want[name], lambda name=name: truth()[name],

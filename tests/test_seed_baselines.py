@@ -1,6 +1,5 @@
 """The benchmark's eager FKD, PFI and RM (bench/seed_baselines.py) against the package
 references: equal loss, equal gradients of the student inputs and of every parameter."""
-import copy
 import functools
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 import fgdkern
 from bench.seed_baselines import EagerLoopFKD, EagerLoopPFI, EagerLoopRM
-from tests.harness import assert_exact_list, elements, to_float64
+from tests.harness import assert_exact_list, elements, float64_copy, to_float64
 from tests.helpers import randomize
 
 SIZES = [(10, 14), (5, 7), (3, 4)]
@@ -26,7 +25,7 @@ def _assert_same(baseline, loss_fn, student: list, rest: list, single: bool = Fa
     parameters' gradients on their common scale as in assert_matches_reference."""
     want = _grads(loss_fn, student, rest, single)
     got = _grads(baseline, student, rest, single)
-    truth = functools.cache(lambda: _grads(copy.deepcopy(loss_fn).double(), to_float64(student),
+    truth = functools.cache(lambda: _grads(float64_copy(loss_fn), to_float64(student),
                                            to_float64(rest), single))
     k, n = 1 + len(student), elements(student, rest)   # the parameters' gradients: one scale
     assert_exact_list(got[:k], want[:k], lambda: truth()[:k], n)

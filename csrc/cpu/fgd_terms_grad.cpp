@@ -82,7 +82,7 @@ FGDKERN_INLINE void context_rows(const TermsLevel& lv, const GradLevel& out,
 
 // pix_coef of image n.
 FGDKERN_INLINE void pixel_rows(const TermsLevel& lv, const GradLevel& out, float g_mask,
-                                   int64_t n) {
+                               int64_t n) {
   const int64_t HW = lv.HW;
   const float hw = static_cast<float>(HW);
   const float *ys = out.y_S + n * 2 * HW, *yt = ys + HW;
@@ -102,7 +102,7 @@ FGDKERN_INLINE void pixel_rows(const TermsLevel& lv, const GradLevel& out, float
 }
 
 FGDKERN_INLINE void channel_level(const TermsLevel& lv, const GradLevel& out,
-                                      const float* g) {
+                                  const float* g) {
   LevelChannels st(lv);
   st.compute(lv);
   std::vector<float> work(lv.N * (lv.C + 2 * lv.mlp[0].H));  // g_shift (N, C), MLP scratch

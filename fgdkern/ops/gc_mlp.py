@@ -34,7 +34,8 @@ def _levels(params: list[Tensor]) -> dict[str, list[Tensor]]:
     tests' truth); the matrices as (out, in) views."""
     out = {}
     for k, name in enumerate(PARAMS):
-        level = [p.to(torch.promote_types(p.dtype, torch.float32)) for p in params[k::len(PARAMS)]]
+        level = [p.to(torch.promote_types(p.dtype, torch.float32))
+                 for p in params[k::len(PARAMS)]]
         out[name] = [p.flatten(1) for p in level] if name in MATRICES else level
     return out
 

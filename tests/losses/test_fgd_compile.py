@@ -1,7 +1,6 @@
 """torch.compile of FGD as users run it: the default module (backend="auto") and a whole
 training step (backbone + loss) under fullgraph=True with the default Inductor backend,
 no graph break, and the eager loss and gradients."""
-import copy
 import functools
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 from torch import nn
 
 from fgdkern import MultiLevelFGDLoss
-from tests.harness import assert_exact, elements
+from tests.harness import assert_exact, elements, float64_copy
 from tests.helpers import random_boxes, randomize
 
 IMG = (32, 48)
@@ -86,9 +85,6 @@ def test_training_step_compiles_to_the_eager_numbers(one_shape):
 
 def float64_step(student, teacher, fgd, images, boxes, shapes):
     """The step's loss and gradients in float64, eager, on the reference backend."""
-    s, t, f = (copy.deepcopy(m).double() for m in (student, teacher, fgd))
-    for m in f.modules():
-        if hasattr(m, "backend"):
-            m.backend = "reference"
+    s, t, f = (float64_copy(m) for m in (student, teacher, fgd))
     loss = training_step(s, t, f)(images.double(), boxes, shapes)
     return loss, grads_of(loss, [s, f])

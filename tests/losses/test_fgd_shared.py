@@ -10,15 +10,14 @@ reference cannot see a mistake in code both run.
 * the masks: the fg / bg each level's pass receives are fgdkern.rasterize_boxes of
   that level's size.
 """
-import copy
-
 import pytest
 import torch
 
 import fgdkern
 from fgdkern import FGDLoss, MultiLevelFGDLoss
 from fgdkern.ops import fgd as fgd_ops
-from tests.harness import ALL_FUSED, assert_exact, backend_device, elements, float64_run
+from tests.harness import (ALL_FUSED, assert_exact, backend_device, elements, float64_copy,
+                           float64_run)
 from tests.helpers import random_boxes, random_features, randomize
 
 BACKENDS = ["reference"] + ALL_FUSED
@@ -105,9 +104,7 @@ def test_align_layer_is_the_align_conv(backend):
     want = same(aligned, T[0], boxes, shapes)
     (dS,), (dA,) = torch.autograd.grad(loss, [S]), torch.autograd.grad(want, [aligned])
     S64 = S.detach().double().requires_grad_()
-    m64 = copy.deepcopy(m).double()
-    m64.backend = "reference"
-    loss64 = m64(S64, T[0].double(), boxes, shapes)
+    loss64 = float64_copy(m)(S64, T[0].double(), boxes, shapes)
     n = elements(S, T)
     assert_exact("loss", loss, want, lambda: loss64, n)
     assert_exact("dS", dS, torch.einsum("oc,nohw->nchw", weight, dA),
