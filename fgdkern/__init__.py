@@ -1,8 +1,9 @@
 """fgdkern: exact fused kernels for detector knowledge-distillation losses.
 
 Public API (docs/README.md): FGDLoss, MultiLevelFGDLoss, FKDLoss,
-MultiLevelFKDLoss, PFILoss, RankMimickingLoss and ScoreWeightedL2Loss (Ultralytics'
-built-in YOLO distillation loss), rasterize_boxes, the target
+MultiLevelFKDLoss, PFILoss, CWDLoss, PKDLoss, MGDLoss, RankMimickingLoss and
+ScoreWeightedL2Loss (Ultralytics' built-in YOLO distillation loss),
+rasterize_boxes, the target
 adapters of fgdkern.targets, PFI's and RM's inputs from a torchvision RetinaNet
 (fgdkern.retinanet, imported on use), load_fgd_checkpoint /
 export_fgd_checkpoint (checkpoints of the widely used FGD code),
@@ -15,6 +16,9 @@ from fgdkern.losses.fkd import FKDLoss, MultiLevelFKDLoss
 from fgdkern.losses.scale import check_loss_scale
 from fgdkern.losses.fgd_checkpoint import export_fgd_checkpoint, load_fgd_checkpoint
 from fgdkern.losses.pfi import PFILoss
+from fgdkern.losses.cwd import CWDLoss
+from fgdkern.losses.pkd import PKDLoss
+from fgdkern.losses.mgd import MGDLoss
 from fgdkern.losses.rm import RankMimickingLoss
 from fgdkern.losses.score_l2 import ScoreWeightedL2Loss
 from fgdkern.ops.rasterize import rasterize_boxes
@@ -24,6 +28,6 @@ from fgdkern import targets
 __version__ = "0.1.0"
 __all__ = ["FGDLoss", "MultiLevelFGDLoss", "FGDTerms", "rasterize_boxes", "preset", "targets",
            "FKDLoss", "MultiLevelFKDLoss",
-           "check_loss_scale", "PFILoss", "RankMimickingLoss", "ScoreWeightedL2Loss",
+           "check_loss_scale", "PFILoss", "CWDLoss", "PKDLoss", "MGDLoss", "RankMimickingLoss", "ScoreWeightedL2Loss",
            "load_fgd_checkpoint", "export_fgd_checkpoint",
            "HAS_EXT", "cpu_isa", "__version__"]

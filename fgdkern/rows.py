@@ -45,3 +45,13 @@ IMIT_PIX = Rows("abs_x", "sum_x", "sq_d")
 IMIT_CHAN = Rows("abs_x", "sum_x")
 IMIT_PIX_COEF = Rows("a", "b", "s")
 IMIT_CHAN_COEF = Rows("w", "b", "s")
+# Channel-softmax passes of CWD (docs/cwd.md, "How it is computed"): per image and
+# channel, the log-sum-exps of S / tau and T / tau over the pixels and the KL divergence
+# of the two softmaxes; the gradient pass's coefficient table.
+CWD_CHAN = Rows("lse_s", "lse_t", "kl")
+CWD_COEF = Rows("lse_s", "lse_t", "k")
+# Channel-moment passes of PKD (docs/pkd.md, "How it is computed"): per channel over the
+# images and pixels, the means and centred second moments of S and T and their centred
+# cross moment; the gradient pass's coefficient table.
+PKD_CHAN = Rows("mean_s", "mean_t", "m2_s", "m2_t", "m_st")
+PKD_COEF = Rows("a", "mean_s", "b", "mean_t")

@@ -22,6 +22,8 @@ fgd        ``cpp`` (float16/32, bf16)  ``triton`` (float16/32, bf16)
 imitation  ``cpp`` (float16/32, bf16)  ``triton`` (float16/32, bf16)
 rasterize  ``cpp``                     ``cuda`` (the extension's kernel)
 rm         ``reference``               ``reference`` (no fused pass)
+cwd        ``cpp`` (float16/32, bf16)  ``triton`` (float16/32, bf16)
+pkd        ``cpp`` (float16/32, bf16)  ``triton`` (float16/32, bf16)
 =========  ==========================  ================================
 
 float64 features (gradcheck) run on the reference under ``"auto"``; a fused
@@ -42,6 +44,8 @@ BACKENDS = {
     "rasterize": ("auto", "reference", "fused", "cpp"),
     "imitation": ("auto", "reference", "fused", "triton", "cpp", "torch"),
     "rm": ("auto", "reference"),
+    "cwd": ("auto", "reference", "fused", "triton", "cpp", "torch"),
+    "pkd": ("auto", "reference", "fused", "triton", "cpp", "torch"),
 }
 # The fused implementation of each op per device type.
 FUSED = {
@@ -49,6 +53,8 @@ FUSED = {
     "rasterize": {"cpu": "cpp", "cuda": "cuda"},
     "imitation": {"cpu": "cpp", "cuda": "triton"},
     "rm": {},
+    "cwd": {"cpu": "cpp", "cuda": "triton"},
+    "pkd": {"cpu": "cpp", "cuda": "triton"},
 }
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -69,6 +75,10 @@ AVAILABLE = {
     ("fgd", "triton"): HAS_TRITON,
     ("imitation", "cpp"): _has_kernel("fgdkern::imitation_stats_cpp", "CPU"),
     ("imitation", "triton"): HAS_TRITON,
+    ("cwd", "cpp"): _has_kernel("fgdkern::cwd_stats_cpp", "CPU"),
+    ("cwd", "triton"): HAS_TRITON,
+    ("pkd", "cpp"): _has_kernel("fgdkern::pkd_stats_cpp", "CPU"),
+    ("pkd", "triton"): HAS_TRITON,
     ("rasterize", "cpp"): _has_kernel("fgdkern::rasterize_boxes", "CPU"),
     ("rasterize", "cuda"): _has_kernel("fgdkern::rasterize_boxes", "CUDA"),
 }
