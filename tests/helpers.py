@@ -137,3 +137,28 @@ def make_coefs(S, seed=1):
         chan.append(torch.randn(N, len(FGD_CHAN_COEF), C, generator=g).to(s.device))
         K.append(torch.randn(N, 2, generator=g).to(s.device))
     return pix, chan, K
+
+
+def channel_backends(op: str, kernels: tuple[str, ...]) -> list:
+    """harness.all_fused(op), with "triton" also skipped while fgdkern.triton does not
+    export ``kernels`` (the passes of ``op``)."""
+    import importlib
+
+    import pytest
+
+    from tests import harness
+
+    def exported() -> bool:
+        try:
+            module = importlib.import_module("fgdkern.triton")
+        except ImportError:
+            return False
+        return all(hasattr(module, k) for k in kernels)
+
+    params = []
+    for p in harness.all_fused(op):
+        if p.values == ("triton",) and not exported():
+            p = pytest.param("triton", marks=[*p.marks, pytest.mark.skip(
+                reason=f"fgdkern.triton has no {', '.join(kernels)}")])
+        params.append(p)
+    return params
