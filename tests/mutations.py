@@ -36,6 +36,7 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".benc
 LOSS = "tests/losses/test_fgd.py"
 ZEROS = ["tests/losses/test_fgd_zeros.py", "tests/ops/test_fgd_passes_zeros.py"]
 TRITON_PASSES = ["tests/triton/test_fgd_grad.py", "tests/triton/test_fgd_stats.py"]
+CWD, PKD, MGD = (f"tests/losses/test_{loss}.py" for loss in ("cwd", "pkd", "mgd"))
 
 
 @dataclass
@@ -122,6 +123,42 @@ MUTATIONS = [
     Mutation("fkd-signed-mean-taken-absolute", "fgdkern/ops/fkd.py",
              "chan_s[k][:, IMIT_CHAN.sum_x] / HW,", "chan_s[k][:, IMIT_CHAN.abs_x] / HW,",
              ["tests/losses/test_fkd.py", "-k", "fused_matches_reference and torch and code"]),
+    Mutation("cwd-k-inv-tau-dropped", "fgdkern/ops/cwd.py",
+             "k=g.to(st.dtype) * inv_tau)", "k=g.to(st.dtype))",
+             [CWD, "-k", "fused_matches_reference and torch"]),
+    Mutation("cwd-fused-tau-squared-dropped", "fgdkern/ops/cwd.py",
+             "tau ** 2 * k.sum() / k.numel()", "k.sum() / k.numel()",
+             [CWD, "-k", "fused_matches_reference and torch"]),
+    Mutation("cwd-grad-pass-p-s-p-t-swapped", "fgdkern/reference/channel_passes.py",
+             '(s - c["lse_s"]).exp() - (t - c["lse_t"]).exp()',
+             '(t - c["lse_t"]).exp() - (s - c["lse_s"]).exp()',
+             [CWD, "-k", "fused_matches_reference and torch"]),
+    Mutation("pkd-fused-std-biased", "fgdkern/ops/pkd.py",
+             "sigma_s = (m2_s / (M - 1)).sqrt() + EPS", "sigma_s = (m2_s / M).sqrt() + EPS",
+             [PKD, "-k", "fused_matches_reference and torch"]),
+    Mutation("pkd-m2-factor-two-dropped", "fgdkern/ops/pkd.py",
+             'a=2 * g[MOMENTS.index("m2_s")]', 'a=g[MOMENTS.index("m2_s")]',
+             [PKD, "-k", "fused_matches_reference and torch"]),
+    Mutation("pkd-grad-pass-teacher-term-dropped", "fgdkern/reference/channel_passes.py",
+             '+ c["b"] * (t - c["mean_t"])', '+ c["b"] * t',
+             [PKD, "-k", "fused_matches_reference and torch"]),
+    Mutation("mgd-fused-batch-mean-dropped", "fgdkern/ops/mgd.py",
+             "p[:, IMIT_PIX.sq_d].sum() / s.shape[0]", "p[:, IMIT_PIX.sq_d].sum()",
+             [MGD, "-k", "fused_matches_reference and torch"]),
+    Mutation("mgd-mask-keeps-lambda", "fgdkern/losses/mgd.py",
+             "<= 1 - lambda_mgd)", "> 1 - lambda_mgd)",
+             [MGD, "-k", "drawn_masks or ones_and_zeros"]),
+    # In the references: only the hand-computed cases and the loops can see them.
+    Mutation("cwd-kl-reversed", "fgdkern/reference/cwd.py",
+             "(log_p_t.exp() * (log_p_t - log_p_s))", "(log_p_s.exp() * (log_p_s - log_p_t))",
+             ["tests/reference/test_cwd.py"]),
+    Mutation("pkd-std-biased", "fgdkern/reference/pkd.py",
+             "std = F.std((0, 2, 3), keepdim=True)",
+             "std = F.std((0, 2, 3), keepdim=True, correction=0)",
+             ["tests/reference/test_pkd.py"]),
+    Mutation("mgd-generation-relu-dropped", "fgdkern/reference/mgd.py",
+             "padding=1).relu()", "padding=1)",
+             ["tests/reference/test_mgd.py"]),
     # In the reference itself: only the hand-computed cases and the loop can see them.
     Mutation("fkd-feat-sqrt-dropped", "fgdkern/reference/fkd.py",
              "feat = safe_sqrt(((t - conv1x1(s, p.adapt_weight, p.adapt_bias)).square() * M)"

@@ -15,8 +15,8 @@ init_method) that the page's own stand-in block creates.
 README.md and docs/fgd.md: their python blocks are fragments that use names
 the surrounding text describes (a detector, a loss, a checkpoint file). They
 run too, each section after the context below (CONTEXTS), which makes exactly
-those names (docs/pfi.md, docs/rm.md and docs/fkd.md need none: their blocks make their own
-inputs); on every page a python block that is not meant to run must be preceded by the
+those names (docs/pfi.md, docs/rm.md, docs/fkd.md, docs/cwd.md, docs/pkd.md and
+docs/mgd.md need none: their blocks make their own inputs); on every page a python block that is not meant to run must be preceded by the
 line ``<!-- doctest: skip: <reason> -->`` and is then reported as skipped with
 that reason, never left out silently.
 """
@@ -36,7 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ("docs/integrations.md", "README.md", "docs/fgd.md", "docs/pfi.md", "docs/rm.md",
-         "docs/fkd.md")
+         "docs/fkd.md", "docs/cwd.md", "docs/pkd.md", "docs/mgd.md")
 SELF_CONTAINED = "docs/integrations.md"   # stand-ins in the page, no CONTEXTS
 SKIP_MARK = re.compile(r"^<!--\s*doctest:\s*skip:\s*(?P<reason>\S.*?)\s*-->$")
 CONTINUES = re.compile(r"^\*Continues from (?P<links>.+)\.\*$")
