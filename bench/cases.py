@@ -52,7 +52,9 @@ class Case:
     boxes_per_image: int
     heavy: bool = False  # seconds per call for the slow implementations on CPU
     seed: int = 0
-    loss: str = "fgd"    # fgd, or fkd / pfi / rm (bench/seed_cases.py)
+    loss: str = "fgd"    # fgd, or fkd / pfi / rm (bench/seed_cases.py), cwd / pkd / mgd
+    widths: tuple[int, ...] = ()          # per level, cwd / pkd / mgd (bench/channel_cases.py)
+    student_widths: tuple[int, ...] = ()  # mgd's student, aligned to ``widths``
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -62,12 +64,12 @@ class Case:
     @property
     def elements(self) -> int:
         """Elements of one feature pyramid (S or T): sum over levels of N*C*H*W."""
-        return sum(self.N * self.channels * H * W for H, W in self.sizes)
+        widths = self.widths or (self.channels,) * len(self.sizes)
+        return sum(self.N * c * H * W for c, (H, W) in zip(widths, self.sizes))
 
     def describe(self) -> str:
         if self.loss != "fgd":
-            import seed_cases
-            return seed_cases.describe(self)
+            return other_cases(self).describe(self)
         maps = ", ".join(f"{H}x{W}" for H, W in self.sizes)
         return f"N={self.N} C={self.channels} maps {maps}, {self.boxes_per_image} boxes/image"
 
@@ -85,6 +87,14 @@ CASES = {
     "pfi retinanet": Case("pfi retinanet", 2, 256, (800, 1216), (8, 16, 32, 64, 128), 0,
                           loss="pfi"),
     "rm 16 images": Case("rm 16 images", 16, 1, (800, 1216), (8,), 7, loss="rm"),
+    # CWD, PKD, MGD (bench/channel_cases.py): RetinaNet's FPN, and a YOLO neck of N=8
+    # 640x640 images whose widths grow with the stride (CWD and PKD at the teacher's).
+    **{f"{loss} {name}": Case(f"{loss} {name}", N, widths[-1], image, strides, 0, loss=loss,
+                              widths=widths, student_widths=student)
+       for loss in ("cwd", "pkd", "mgd")
+       for name, N, image, strides, widths, student in (
+           ("retinanet", 2, (800, 1216), (8, 16, 32, 64, 128), (256,) * 5, (256,) * 5),
+           ("yolo neck", 8, (640, 640), (8, 16, 32), (128, 256, 512), (64, 128, 256)))},
 }
 # A case small enough to find out in a second whether an implementation runs at all.
 PROBE = Case("probe", 2, 8, (64, 96), (8, 16), 3)
@@ -216,10 +226,18 @@ def _param_names(loss: torch.nn.Module) -> list[str]:
     return ["d" + name.removeprefix("_orig_mod.") for name, _ in loss.named_parameters()]
 
 
+def other_cases(case: Case):
+    """The module of the runners of a loss other than FGD."""
+    if case.loss in ("cwd", "pkd", "mgd"):
+        import channel_cases
+        return channel_cases
+    import seed_cases
+    return seed_cases
+
+
 def make_runner(impl: str, case: Case, device: torch.device) -> Runner:
     if case.loss != "fgd":
-        import seed_cases
-        return seed_cases.make_runner(impl, case, device)
+        return other_cases(case).make_runner(impl, case, device)
     loss = build_loss(impl, case, device)
     feats_S, feats_T, gt_bboxes, img_shapes = make_inputs(case, device)
     S_grad = [S.detach().requires_grad_() for S in feats_S]
@@ -295,7 +313,6 @@ def feature_bytes(case: Case, mode: str, dtype=torch.float32) -> int:
     """Minimum bytes moved: fwd reads S and T once; fwd+bwd reads them twice and writes dS
     (the other losses: seed_cases.feature_bytes)."""
     if case.loss != "fgd":
-        import seed_cases
-        return seed_cases.feature_bytes(case, mode)
+        return other_cases(case).feature_bytes(case, mode)
     passes = {"fwd": 2, "fwd+bwd": 5}[mode]
     return passes * case.elements * torch.tensor([], dtype=dtype).element_size()

@@ -2,7 +2,7 @@
 and a plot.
 
     python bench/report.py [--quick] [--out DIR] [--device cpu|cuda] [--impls a,b,...]
-                           [--losses fgd,fkd,pfi,rm] [--threads N] [--allow-dirty]
+                           [--losses fgd,fkd,pfi,rm,cwd,pkd,mgd] [--threads N] [--allow-dirty]
 
 For each case of bench/cases.py and each implementation that runs here: its
 output checked against the reference (bench/checks.py; one that disagrees is
@@ -36,7 +36,7 @@ from timing import (copy_bandwidth_gbs, first_call, interleaved_ms, peak_memory_
                     summary)
 
 RESULTS = meta.REPO / "bench" / "results"
-LOSSES = ("fgd", "fkd", "pfi", "rm")
+LOSSES = ("fgd", "fkd", "pfi", "rm", "cwd", "pkd", "mgd")
 
 
 @dataclass(frozen=True)

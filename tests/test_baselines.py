@@ -13,7 +13,9 @@ if not hasattr(fgdkern, "MultiLevelFGDLoss"):
     pytest.skip("fgdkern.MultiLevelFGDLoss does not exist yet", allow_module_level=True)
 
 from bench.baselines import EagerLoopMultiLevelFGD, paint_masks  # noqa: E402
-from tests.harness import assert_exact, elements, float64_copy, to_float64  # noqa: E402
+from bench.channel_baselines import EagerCWD, EagerMGD, EagerPKD  # noqa: E402
+from tests.harness import (assert_exact, assert_exact_list, elements, float64_copy,  # noqa: E402
+                           to_float64)
 from tests.helpers import random_boxes, random_features, randomize  # noqa: E402
 
 SIZES = [(12, 18), (6, 9), (3, 5)]
@@ -79,3 +81,50 @@ def test_loop_painted_masks_equal_the_rasterizer():
     for (H, W), (fg, bg) in zip(SIZES, want):
         got_fg, got_bg = paint_masks(boxes, [IMG] * 4, 4, H, W, torch.device("cpu"))
         assert torch.equal(got_fg, fg) and torch.equal(got_bg, bg)
+
+
+# ------------------------------------------------- CWD, PKD, MGD (bench/channel_baselines.py)
+def _values(loss_fn, S, rest) -> list:
+    S = [s.detach().requires_grad_() for s in S]
+    value = loss_fn(S, *rest)
+    return [value.detach(), *torch.autograd.grad(value, S + list(loss_fn.parameters()))]
+
+
+def _assert_same_as_reference(baseline, loss_fn, S, rest):
+    """Loss and every gradient of the eager baseline as exact as the reference's
+    (tests/harness.py, assert_exact_list); parameters on their common scale."""
+    want, got = _values(loss_fn, S, rest), _values(baseline, S, rest)
+    truth = functools.cache(lambda: _values(float64_copy(loss_fn), to_float64(S),
+                                            to_float64(rest)))
+    k, n = 1 + len(S), elements(S, rest)
+    assert_exact_list(got[:k], want[:k], lambda: truth()[:k], n)
+    assert_exact_list(got[k:], want[k:], lambda: truth()[k:], n,
+                      scale=max((float(w.abs().max()) for w in want[k:]), default=0.0))
+
+
+def _maps(widths, sizes, seed, N=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(N, c, h, w, generator=g) * 2 for c, (h, w) in zip(widths, sizes)]
+
+
+def test_eager_cwd_is_the_reference():
+    loss = fgdkern.CWDLoss(tau=2.0, loss_weight=3.0, backend="reference")
+    S, T = _maps([4, 6, 3], SIZES, 1), _maps([4, 6, 3], SIZES, 2)
+    _assert_same_as_reference(EagerCWD.like(loss), loss, S, [T])
+
+
+@pytest.mark.parametrize("resize_stu", [True, False])
+def test_eager_pkd_is_the_reference(resize_stu):
+    loss = fgdkern.PKDLoss(loss_weight=6.0, resize_stu=resize_stu, backend="reference")
+    S, T = _maps([4, 6, 3], [(6, 9), (6, 9), (3, 5)], 1), _maps([4, 6, 3], SIZES, 2)
+    _assert_same_as_reference(EagerPKD.like(loss), loss, S, [T])
+
+
+@pytest.mark.parametrize("Cs,Ct", [(6, 6), ([4, 6, 3], [8, 6, 5])])
+def test_eager_mgd_is_the_reference(Cs, Ct):
+    torch.manual_seed(0)
+    loss = randomize(fgdkern.MGDLoss(Cs, Ct, alpha_mgd=0.1, backend="reference"))
+    widths = lambda c: c if isinstance(c, list) else [c] * len(SIZES)  # noqa: E731
+    S, T = _maps(widths(Cs), SIZES, 1), _maps(widths(Ct), SIZES, 2)
+    masks = [(torch.rand(2, 1, h, w) > 0.65).float() for h, w in SIZES]
+    _assert_same_as_reference(EagerMGD.like(loss), loss, S, [T, masks])
