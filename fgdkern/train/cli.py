@@ -88,8 +88,9 @@ def _distill_choice(text: str) -> str:
 def _add_distill(p) -> None:
     g = p.add_argument_group("distillation")
     _flag(g, "--distill", type=_distill_choice, metavar="LOSSES",
-          help="the distilled role's losses: fgd, fkd, pfi, rm, a combination joined with + "
-               "(pfi+rm: the PFI/RM paper's), or none (no distilled role); default fgd")
+          help="the distilled role's losses: fgd, fkd, pfi, rm, cwd, pkd, mgd, a combination "
+               "joined with + (pfi+rm: the PFI/RM paper's), or none (no distilled role); "
+               "default fgd")
     g = p.add_argument_group("FKD (--distill fkd)")
     _flag(g, "--fkd-variant", choices=("code", "paper"))
     _flag(g, "--fkd-temp", type=float)
@@ -103,6 +104,17 @@ def _add_distill(p) -> None:
     _flag(g, "--pfi-backend", choices=("auto", "reference", "fused", "triton", "cpp", "torch"))
     _flag(g, "--rm-weight", type=float, help="RM's loss weight (default 4.0)")
     _flag(g, "--rm-backend", choices=("auto", "reference"))
+    backends = ("auto", "reference", "fused", "triton", "cpp", "torch")
+    g = p.add_argument_group("CWD, PKD and MGD (--distill cwd, pkd, mgd; every FPN level)")
+    _flag(g, "--cwd-tau", type=float, help="CWD's temperature (default 1)")
+    _flag(g, "--cwd-weight", type=float, help="CWD's loss weight (default 10)")
+    _flag(g, "--cwd-backend", choices=backends)
+    _flag(g, "--pkd-weight", type=float,
+          help="PKD's loss weight (default 10 for RetinaNet, 6 for Faster R-CNN)")
+    _flag(g, "--pkd-backend", choices=backends)
+    _flag(g, "--mgd-alpha", type=float, help="MGD's alpha_mgd (default 2e-5)")
+    _flag(g, "--mgd-lambda", type=float, help="MGD's drop rate lambda_mgd (default 0.65)")
+    _flag(g, "--mgd-backend", choices=backends)
 
 
 def _add_fgd(p) -> None:
@@ -186,6 +198,11 @@ def _check_distill(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     for name in ("alpha_fkd", "beta_fkd", "gamma_fkd"):
         if getattr(a, name) is not None and getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    for name in ("cwd_tau", "cwd_weight", "pkd_weight", "mgd_alpha"):
+        if getattr(a, name) is not None and not getattr(a, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    if not 0 <= a.mgd_lambda < 1:
+        p.error(f"--mgd-lambda must lie in [0, 1), got {a.mgd_lambda}")
     if a.fkd_temp is not None and not a.fkd_temp > 0:
         p.error(f"--fkd-temp must be positive, got {a.fkd_temp}")
     if a.fkd_levels is not None and not 1 <= a.fkd_levels <= 5:

@@ -1,8 +1,8 @@
 """The distillation losses of the distilled role: ``--distill`` (docs/training.md, "--distill").
 
-``parse_choice`` reads ``fgd``, ``fkd``, ``pfi``, ``rm``, ``none`` or a
-combination joined with ``+``; ``config`` turns the flags into the settings
-saved in the checkpoint; ``build`` makes the FKD, PFI and RM modules (FGD keeps
+``parse_choice`` reads ``fgd``, ``fkd``, ``pfi``, ``rm``, ``cwd``, ``pkd``, ``mgd``,
+``none`` or a combination joined with ``+``; ``config`` turns the flags into the
+settings saved in the checkpoint; ``build`` makes the other losses' modules (FGD keeps
 its own, fgdkern.train.roles.build_fgd); the ``*_terms`` functions compute each
 loss's logged terms from one student pass and one teacher pass
 (fgdkern.train.engine.TrainStep).
@@ -16,7 +16,7 @@ import fgdkern
 from fgdkern import retinanet
 from fgdkern.losses import fkd as fkd_module
 
-LOSSES = ("fgd", "fkd", "pfi", "rm")   # also the order of a combination's canonical name
+LOSSES = ("fgd", "fkd", "pfi", "rm", "cwd", "pkd", "mgd")   # also a combination's name order
 NONE = "none"
 # PFI and RM read RetinaNet's classification head (papers/002: one-stage detectors).
 HEAD_LOSSES = ("pfi", "rm")
@@ -30,7 +30,14 @@ FLAGS = {
             "fkd_backend"),
     "pfi": ("pfi_weight", "pfi_backend"),
     "rm": ("rm_weight", "rm_backend"),
+    "cwd": ("cwd_tau", "cwd_weight", "cwd_backend"),
+    "pkd": ("pkd_weight", "pkd_backend"),
+    "mgd": ("mgd_alpha", "mgd_lambda", "mgd_backend"),
 }
+# CWD, PKD and MGD distil every FPN level (torchvision's FPNs have 5 outputs).
+FPN_LEVELS = 5
+# PKD's weight in the published FPN configs of each architecture (docs/pkd.md, "Parameters").
+PKD_WEIGHT = {"retinanet": 10.0, "fasterrcnn": 6.0}
 
 
 def parse_choice(text: str) -> tuple[str, ...]:
@@ -86,11 +93,52 @@ def config(args, student_channels: int, teacher_channels: int) -> dict:
                           loss_weight=args.pfi_weight, backend=args.pfi_backend)
     if "rm" in losses:
         cfg["rm"] = dict(loss_weight=args.rm_weight, backend=args.rm_backend)
+    widths = dict(student_channels=student_channels, teacher_channels=teacher_channels)
+    if "cwd" in losses:
+        cfg["cwd"] = dict(widths, tau=args.cwd_tau, loss_weight=args.cwd_weight,
+                          backend=args.cwd_backend)
+    if "pkd" in losses:
+        weight = args.pkd_weight if args.pkd_weight is not None else PKD_WEIGHT[args.arch]
+        cfg["pkd"] = dict(widths, loss_weight=weight, backend=args.pkd_backend)
+    if "mgd" in losses:
+        cfg["mgd"] = dict(widths, alpha_mgd=args.mgd_alpha, lambda_mgd=args.mgd_lambda,
+                          backend=args.mgd_backend)
     return cfg
 
 
+class Connected(nn.Module):
+    """A loss that compares channel c with channel c (CWD, PKD) behind a 1x1 conv per level
+    that maps the student's FPN width to the teacher's where they differ (``connector``,
+    as the published configs connect different widths; docs/training.md, "--distill")."""
+
+    def __init__(self, loss: nn.Module, student_channels: int, teacher_channels: int):
+        super().__init__()
+        self.loss = loss
+        self.connector = None if student_channels == teacher_channels else nn.ModuleList(
+            nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
+            for _ in range(FPN_LEVELS))
+
+    def forward(self, feats_S: list, feats_T: list):
+        if self.connector is not None:
+            feats_S = [c(s) for c, s in zip(self.connector, feats_S)]
+        return self.loss(feats_S, feats_T)
+
+
+def _channel_losses(cfg: dict, out: nn.ModuleDict) -> None:
+    for name, cls in (("cwd", fgdkern.CWDLoss), ("pkd", fgdkern.PKDLoss)):
+        if name in cfg:
+            kw = dict(cfg[name])
+            widths = kw.pop("student_channels"), kw.pop("teacher_channels")
+            out[name] = Connected(cls(**kw), *widths)
+    if "mgd" in cfg:
+        kw = dict(cfg["mgd"])
+        widths = [[kw.pop(k)] * FPN_LEVELS for k in ("student_channels", "teacher_channels")]
+        out["mgd"] = fgdkern.MGDLoss(*widths, **kw)   # one block pair per level
+
+
 def build(cfg: dict) -> nn.ModuleDict:
-    """The FKD, PFI and RM modules of ``config``'s result (ValueError on a bad value)."""
+    """The FKD, PFI, RM, CWD, PKD and MGD modules of ``config``'s result (ValueError on a
+    bad value)."""
     out = nn.ModuleDict()
     if "fkd" in cfg:
         kw = {k: v for k, v in cfg["fkd"].items() if k != "detector"}
@@ -99,6 +147,7 @@ def build(cfg: dict) -> nn.ModuleDict:
         out["pfi"] = fgdkern.PFILoss(**cfg["pfi"])
     if "rm" in cfg:
         out["rm"] = fgdkern.RankMimickingLoss(**cfg["rm"])
+    _channel_losses(cfg, out)
     return out
 
 
@@ -136,3 +185,12 @@ def rm_terms(loss: nn.Module, model, head: dict, targets, logits_T) -> dict:
         model, head["anchors"], targets, head["outputs"]["cls_logits"], logits_T,
         matched_idxs=head["matched_idxs"])
     return {"rm/rank": loss(scores_S, scores_T, ids)}
+
+
+# The logged term of each loss on the FPN levels (docs/cwd.md, pkd.md, mgd.md).
+CHANNEL_TERMS = {"cwd": "cwd/kl", "pkd": "pkd/pearson", "mgd": "mgd/generation"}
+
+
+def channel_terms(name: str, loss: nn.Module, feats_S, feats_T) -> dict:
+    """"<loss>/<term>": the weighted loss summed over every FPN level."""
+    return {CHANNEL_TERMS[name]: loss(list(feats_S.values()), list(feats_T.values()))}

@@ -118,6 +118,9 @@ class TrainStep(nn.Module):
         if "rm" in self.distill:
             out.update(distill.rm_terms(self.distill["rm"], self.model, head, targets,
                                         logits_T))
+        for name in distill.CHANNEL_TERMS:
+            if name in self.distill:
+                out.update(distill.channel_terms(name, self.distill[name], feats_S, feats_T))
         return out
 
     def fgd_losses(self, batch: torch.Tensor, targets, feats_S, feats_T) -> dict:

@@ -5,7 +5,9 @@ command line, the preset's value, BASE. ``None`` for an FGD weight or the
 temperature means "the official value of the detector's FGD preset"
 (fgdkern.preset: retinanet for RetinaNet, two_stage for Faster R-CNN); likewise
 for FKD (fgdkern.losses.fkd.preset: one_stage, two_stage). PFI's and RM's
-weights are the PFI/RM paper's (1.5 and 4.0).
+weights are the PFI/RM paper's (1.5 and 4.0). CWD's, PKD's and MGD's are those of the
+published FPN distillation configs: CWD tau 1, weight 10; PKD weight 10 for RetinaNet
+and 6 for Faster R-CNN (None: the architecture's); MGD alpha 2e-5, lambda 0.65.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ BASE = dict(
     fgd_levels=None, fgd_backend="auto", attention_level=0,
     fkd_variant="code", fkd_temp=None, alpha_fkd=None, beta_fkd=None, gamma_fkd=None,
     fkd_levels=None, fkd_backend="auto", pfi_weight=1.5, pfi_backend="auto", rm_weight=4.0,
-    rm_backend="auto",
+    rm_backend="auto", cwd_tau=1.0, cwd_weight=10.0, cwd_backend="auto", pkd_weight=None,
+    pkd_backend="auto", mgd_alpha=2e-5, mgd_lambda=0.65, mgd_backend="auto",
     batch_size=2, epochs=26, steps=None, teacher_schedule=1.0, lr=0.02, lr_steps=[16.0, 22.0],
     lr_gamma=0.1,
     warmup_steps=1000, warmup_factor=0.001, momentum=0.9, weight_decay=1e-4, clip_grad=35.0,
