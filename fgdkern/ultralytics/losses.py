@@ -20,6 +20,7 @@ from fgdkern.losses import fkd
 from fgdkern.losses.fgd import MultiLevelFGDLoss
 from fgdkern.losses.fkd import MultiLevelFKDLoss
 from fgdkern.losses.score_l2 import ScoreWeightedL2Loss
+from fgdkern.ultralytics.necks import NeckCWD, NeckMGD, NeckPKD
 
 
 class NeckStep(NamedTuple):
@@ -87,6 +88,16 @@ register_loss("fkd", MultiLevelFKDLoss,
               {"one_stage": "the FKD paper's one-stage values; a starting point on YOLO"})
 register_loss("score_l2", ScoreWeightedL2Loss, _score_l2_terms, {"ultralytics": dict(weight=6.0)},
               {"ultralytics": "Ultralytics' default dis=6.0 of its built-in distillation"})
+for _name, _module, _presets, _sources in (
+        ("cwd", NeckCWD, {"rtmdet": dict(tau=1.0, loss_weight=1.0, normalize=True)},
+         {"rtmdet": "mmyolo's RTMDet neck distillation configs"}),
+        ("pkd", NeckPKD, {"retinanet": dict(loss_weight=10.0)},
+         {"retinanet": "mmrazor's RetinaNet FPN config; a starting point on YOLO"}),
+        ("mgd", NeckMGD, {"retinanet": dict(alpha_mgd=2e-5, lambda_mgd=0.65)},
+         {"retinanet": "the MGD authors' RetinaNet config; a starting point on YOLO"})):
+    register_loss(_name, _module,
+                  lambda loss, step, name=_name: {name: loss(step.feats_S, step.feats_T)},
+                  _presets, _sources)
 
 
 @dataclass(frozen=True)

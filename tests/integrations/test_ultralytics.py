@@ -172,7 +172,7 @@ for path in sys.argv[1:]:
 """
 
 
-@pytest.mark.parametrize("loss", ["fkd", "score_l2"])
+@pytest.mark.parametrize("loss", ["fkd", "score_l2", "cwd", "pkd", "mgd"])
 def test_every_loss_trains_in_the_trainer(stand_ins, loss):
     data, teacher, root = stand_ins
     model = YOLO("yolov8n.yaml")
