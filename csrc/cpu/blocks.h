@@ -101,9 +101,9 @@ void dispatch(at::ScalarType dtype, Order order, const Fn& fn) {
   }
 }
 
-// kernel.operator()<scalar_t, order>(level, block, scratch) over every block
+// kernel.operator()<scalar_t, order, V>(level, block, scratch) over every block
 // of every level, in parallel, with denormals flushed, in the active ISA
-// variant (isa.h); each thread gets scratch of scratch_floats.
+// variant (isa.h) with its vectors V (vec.h); each thread gets scratch of scratch_floats.
 template <class LevelT, class Kernel>
 void for_each_block(const std::vector<LevelT>& levels, int64_t scratch_floats,
                     const Kernel& kernel) {
@@ -114,9 +114,10 @@ void for_each_block(const std::vector<LevelT>& levels, int64_t scratch_floats,
     for (int64_t i = begin; i < end; ++i) {
       const LevelT& lv = levels[blocks[i].level];
       dispatch(lv.S.scalar_type(), lv.order, [&](auto tag, auto order) {
-        on_active_isa([&]() FGDKERN_INLINE_LAMBDA {
-          kernel.template operator()<decltype(tag), decltype(order)::value>(lv, blocks[i],
-                                                                            scratch.data());
+        on_active_isa([&](auto isa) FGDKERN_INLINE_LAMBDA {
+          using V = VecOf<kNativeLanes<decltype(isa)::value>>;
+          kernel.template operator()<decltype(tag), decltype(order)::value, V>(lv, blocks[i],
+                                                                               scratch.data());
         });
       });
     }

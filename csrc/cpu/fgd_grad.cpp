@@ -38,7 +38,7 @@ struct GradLevel : Level {
 // partial rows of dw_s, dw_t. Between the sweeps, per pixel:
 // dz_s = p_s (gp_s - K_s), dz_t = p_t (gp_t - K_t).
 struct GradBlock {
-  template <typename scalar_t, Order kOrder>
+  template <typename scalar_t, Order kOrder, class V>
   FGDKERN_INLINE void operator()(const GradLevel& lv, const Block& b, float* scratch) const {
     const int64_t C = lv.C, HW = lv.HW, np = b.np;
     const Tile<scalar_t> x = lv.tile<scalar_t>(b.n, b.p0, np);
@@ -54,7 +54,7 @@ struct GradBlock {
     rows.chan_in = {cc + kGCtxS * C, cc + kGCtxT * C};
     rows.pix_out = {dz_s, dz_t};
     float* sweep_space = scratch + 2 * np;
-    sweep<kOrder>(rows, x, sweep_space);
+    sweep<kOrder, V>(rows, x, sweep_space);
     for (int64_t p = 0; p < np; ++p) {
       dz_s[p] = pc[kPS * HW + p] * (dz_s[p] - K[0]);
       dz_t[p] = pc[kPT * HW + p] * (dz_t[p] - K[1]);
@@ -66,7 +66,7 @@ struct GradBlock {
                     cc + kKBg * C,   cc + kGCtxS * C, cc + kWS * C,       cc + kCtxCoefS * C,
                     cc + kCtxCoefT * C};
     cols.chan_out = {part, part + C};
-    sweep<kOrder>(cols, x, sweep_space);
+    sweep<kOrder, V>(cols, x, sweep_space);
   }
 };
 

@@ -15,12 +15,13 @@ namespace fgdkern::cpu {
 // (they feed softmax(gs / temp)); z_s, z_t are plain sums, which keep
 // tests/losses/test_fgd_precision.py passing (sweeps.h, kCompensated).
 struct StatsRows : Loop<0, 2, 4, 3, false, row_set(0, 1)> {
-  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<0>&, const Vecs<2>& w,
-                                Vecs<4>& pix, Vecs<3>& chan) const {
-    const Vec abs_s = vabs(s), abs_t = vabs(t);
+  template <class V>
+  FGDKERN_INLINE V operator()(const V& s, const V& t, const Vecs<0, V>&, const Vecs<2, V>& w,
+                              Vecs<4, V>& pix, Vecs<3, V>& chan) const {
+    const V abs_s = vabs(s), abs_t = vabs(t);
     pix = {abs_s, abs_t, w[0] * s, w[1] * t};
     chan = {abs_s, abs_t, s - t};
-    return Vec{};
+    return V{};
   }
 };
 
@@ -28,21 +29,23 @@ struct StatsRows : Loop<0, 2, 4, 3, false, row_set(0, 1)> {
 // e_t = exp(z_t - m), a_fg = fg exp(gs_t / temp - m), a_bg likewise, and the
 // block mean of D per channel: per channel ctx_s, ctx_t, m2_d, x_fg, x_bg.
 struct StatsCols : Loop<4, 1, 0, 5> {
-  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<4>& e,
-                                const Vecs<1>& mean_d, Vecs<0>&, Vecs<5>& chan) const {
-    const Vec D = s - t, centred = D - mean_d[0], D2 = D * D;
+  template <class V>
+  FGDKERN_INLINE V operator()(const V& s, const V& t, const Vecs<4, V>& e,
+                              const Vecs<1, V>& mean_d, Vecs<0, V>&, Vecs<5, V>& chan) const {
+    const V D = s - t, centred = D - mean_d[0], D2 = D * D;
     chan = {e[0] * s, e[1] * t, centred * centred, e[2] * D2, e[3] * D2};
-    return Vec{};
+    return V{};
   }
 };
 
 // fgd_grad, first sweep: per pixel gp_s = g_ctx_s . S, gp_t = g_ctx_t . T, plain
 // sums (the precision tests pass without compensation).
 struct GradRows : Loop<0, 2, 2, 0, false, row_set()> {
-  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<0>&, const Vecs<2>& g_ctx,
-                                Vecs<2>& gp, Vecs<0>&) const {
+  template <class V>
+  FGDKERN_INLINE V operator()(const V& s, const V& t, const Vecs<0, V>&, const Vecs<2, V>& g_ctx,
+                              Vecs<2, V>& gp, Vecs<0, V>&) const {
     gp = {g_ctx[0] * s, g_ctx[1] * t};
-    return Vec{};
+    return V{};
   }
 };
 
@@ -51,8 +54,9 @@ struct GradRows : Loop<0, 2, 2, 0, false, row_set()> {
 // Pixel inputs: a_sign, fgA, bgA, p_s, dz_s, dz_t; channel inputs: b_sign,
 // k_d, k_const, k_fg, k_bg, g_ctx_s, w_s, ctx_s, ctx_t.
 struct GradCols : Loop<6, 9, 0, 2, true> {
-  FGDKERN_INLINE Vec operator()(const Vec& s, const Vec& t, const Vecs<6>& px, const Vecs<9>& ch,
-                                Vecs<0>&, Vecs<2>& dw) const {
+  template <class V>
+  FGDKERN_INLINE V operator()(const V& s, const V& t, const Vecs<6, V>& px, const Vecs<9, V>& ch,
+                              Vecs<0, V>&, Vecs<2, V>& dw) const {
     const auto& [a_sign, fgA, bgA, p_s, dz_s, dz_t] = px;
     const auto& [b_sign, k_d, k_const, k_fg, k_bg, g_ctx_s, w_s, ctx_s, ctx_t] = ch;
     dw = {dz_s * (s - ctx_s), dz_t * (t - ctx_t)};

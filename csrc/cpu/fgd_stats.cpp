@@ -63,7 +63,7 @@ void block_weights(const StatsLevel& lv, const Block& b, float* pix, float* e,
 // partial channel rows (gc_s, gc_t, sum_d, then ctx_s, ctx_t, m2_d, x_fg, x_bg
 // with block-local softmax weights and D centred on the block mean).
 struct StatsBlock {
-  template <typename scalar_t, Order kOrder>
+  template <typename scalar_t, Order kOrder, class V>
   FGDKERN_INLINE void operator()(const StatsLevel& lv, const Block& b, float* scratch) const {
     const int64_t C = lv.C, HW = lv.HW, np = b.np;
     const Tile<scalar_t> x = lv.tile<scalar_t>(b.n, b.p0, np);
@@ -79,7 +79,7 @@ struct StatsBlock {
     float* e = scratch;  // e_s, e_t, a_fg, a_bg
     float* mean_d = scratch + 4 * np;
     float* sweep_space = mean_d + C;
-    sweep<kOrder>(rows, x, sweep_space);
+    sweep<kOrder, V>(rows, x, sweep_space);
 
     block_weights(lv, b, pix, e, lv.soft.data() + 3 * b.index);
     for (int64_t c = 0; c < C; ++c) mean_d[c] = part[kSumD * C + c] / static_cast<float>(np);
@@ -89,7 +89,7 @@ struct StatsBlock {
     cols.chan_in = {mean_d};
     cols.chan_out = {part + kCtxS * C, part + kCtxT * C, part + kM2D * C, part + kXFg * C,
                      part + kXBg * C};
-    sweep<kOrder>(cols, x, sweep_space);
+    sweep<kOrder, V>(cols, x, sweep_space);
   }
 };
 

@@ -76,10 +76,10 @@ std::vector<at::Tensor> fgd_terms_cpu(at::TensorList pix, at::TensorList chan,
     pix_mask[l].resize(lv.N);
   }
   each_level(L, [&](int64_t l) {
-    on_active_isa([&]() FGDKERN_INLINE_LAMBDA { channel_terms(levels[l], part[l].data()); });
+    on_active_isa([&](auto) FGDKERN_INLINE_LAMBDA { channel_terms(levels[l], part[l].data()); });
   });
   each_image(levels, [&](int64_t l, int64_t n) {
-    pix_mask[l][n] = on_active_isa([&]() FGDKERN_INLINE_LAMBDA {
+    pix_mask[l][n] = on_active_isa([&](auto) FGDKERN_INLINE_LAMBDA {
       return pixel_terms(levels[l], n, out[1 + l].data_ptr<float>());
     });
   });

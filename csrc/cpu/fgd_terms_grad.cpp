@@ -166,10 +166,11 @@ std::vector<at::Tensor> fgd_terms_grad_cpu(
   }
   each_level(L, [&](int64_t l) {
     on_active_isa(
-        [&]() FGDKERN_INLINE_LAMBDA { channel_level(levels[l], out[l], g.data() + 4 * l); });
+        [&](auto) FGDKERN_INLINE_LAMBDA { channel_level(levels[l], out[l], g.data() + 4 * l); });
   });
   each_image(levels, [&](int64_t l, int64_t n) {
-    on_active_isa([&]() FGDKERN_INLINE_LAMBDA { pixel_rows(levels[l], out[l], g[4 * l + 2], n); });
+    on_active_isa(
+        [&](auto) FGDKERN_INLINE_LAMBDA { pixel_rows(levels[l], out[l], g[4 * l + 2], n); });
   });
   std::vector<at::Tensor> result;
   for (auto* list : {&pix_coef, &chan_coef, &K, &g_mlp[0], &g_mlp[1]}) {

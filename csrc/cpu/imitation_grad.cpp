@@ -36,8 +36,9 @@ using ChanCoef = ImitChanCoef;
 // Per element x = X[c, p], y = Y[c, p] with the pixel's a, b, s and the
 // channel's w, b, s: dX[c, p], in the contract's order of operations.
 struct GradLoop : Loop<PixCoef::kRows, ChanCoef::kRows, 0, 0, true> {
-  FGDKERN_INLINE Vec operator()(const Vec& x, const Vec& y, const Vecs<PixCoef::kRows>& p,
-                                const Vecs<ChanCoef::kRows>& c, Vecs<0>&, Vecs<0>&) const {
+  template <class V>
+  FGDKERN_INLINE V operator()(const V& x, const V& y, const Vecs<PixCoef::kRows, V>& p,
+                              const Vecs<ChanCoef::kRows, V>& c, Vecs<0, V>&, Vecs<0, V>&) const {
     return p[PixCoef::kA] * c[ChanCoef::kW] * (x - y) + p[PixCoef::kB] + c[ChanCoef::kB] +
            vsign(x) * (p[PixCoef::kS] + c[ChanCoef::kS]);
   }
@@ -51,7 +52,7 @@ struct GradLevel : Level {
 
 // Reads the block's tile of X and Y once; writes its tile of dX.
 struct GradBlock {
-  template <typename scalar_t, Order kOrder>
+  template <typename scalar_t, Order kOrder, class V>
   FGDKERN_INLINE void operator()(const GradLevel& lv, const Block& b, float* scratch) const {
     const int64_t C = lv.C, HW = lv.HW;
     const float* pc = lv.pix_coef.const_data_ptr<float>() + b.n * PixCoef::kRows * HW + b.p0;
@@ -59,7 +60,7 @@ struct GradBlock {
     GradLoop f;
     for (int r = 0; r < PixCoef::kRows; ++r) f.pix_in[r] = pc + r * HW;    // each pixel row
     for (int r = 0; r < ChanCoef::kRows; ++r) f.chan_in[r] = cc + r * C;   // each channel row
-    sweep<kOrder>(f, lv.tile<scalar_t>(b.n, b.p0, b.np), scratch);
+    sweep<kOrder, V>(f, lv.tile<scalar_t>(b.n, b.p0, b.np), scratch);
   }
 };
 

@@ -43,15 +43,16 @@ using Chan = ImitChan;
 // pixel |x|, x, w (x - y)^2 and per channel |x|, x, each in its row's place;
 // abs_x per pixel compensated.
 struct StatsLoop : Loop<0, 1, Pix::kRows, Chan::kRows, false, row_set(Pix::kAbsX)> {
-  FGDKERN_INLINE Vec operator()(const Vec& x, const Vec& y, const Vecs<0>&, const Vecs<1>& w,
-                                Vecs<Pix::kRows>& pix, Vecs<Chan::kRows>& chan) const {
-    const Vec abs_x = vabs(x), d = x - y;
+  template <class V>
+  FGDKERN_INLINE V operator()(const V& x, const V& y, const Vecs<0, V>&, const Vecs<1, V>& w,
+                              Vecs<Pix::kRows, V>& pix, Vecs<Chan::kRows, V>& chan) const {
+    const V abs_x = vabs(x), d = x - y;
     pix[Pix::kAbsX] = abs_x;
     pix[Pix::kSumX] = x;
     pix[Pix::kSqD] = (d * d) * w[0];
     chan[Chan::kAbsX] = abs_x;
     chan[Chan::kSumX] = x;
-    return Vec{};
+    return V{};
   }
 };
 
@@ -66,7 +67,7 @@ struct StatsLevel : Level {
 // Reads the block's tile of X and Y once; writes its pixels' columns of pix
 // and its partial chan rows.
 struct StatsBlock {
-  template <typename scalar_t, Order kOrder>
+  template <typename scalar_t, Order kOrder, class V>
   FGDKERN_INLINE void operator()(const StatsLevel& lv, const Block& b, float* scratch) const {
     const int64_t C = lv.C, HW = lv.HW;
     float* pix = lv.pix.data_ptr<float>() + b.n * Pix::kRows * HW + b.p0;
@@ -79,7 +80,7 @@ struct StatsBlock {
     }
     for (int r = 0; r < Chan::kRows; ++r) f.chan_out[r] = part + r * C;  // each partial row
     std::fill_n(part, Chan::kRows * C, 0.0f);
-    sweep<kOrder>(f, lv.tile<scalar_t>(b.n, b.p0, b.np), scratch);
+    sweep<kOrder, V>(f, lv.tile<scalar_t>(b.n, b.p0, b.np), scratch);
   }
 };
 

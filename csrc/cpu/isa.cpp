@@ -15,7 +15,7 @@ bool supported(Isa isa) {
 #if defined(FGDKERN_X86_VARIANTS)
   switch (isa) {
     case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
-    case Isa::kAvx2: return __builtin_cpu_supports("avx2");
+    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     default: return true;
   }
 #else

@@ -13,27 +13,29 @@
 
 namespace fgdkern::cpu {
 
-// exp(x) in 16 lanes (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r,
+// exp(x) in every lane (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r,
 // 2^n from the exponent bits); within 2 ulp of std::exp, 0 below -87.3, NaN
 // stays NaN, clamped at exp(88). The softmaxes here only see x <= 0.
-FGDKERN_INLINE Vec vexp(const Vec& x) {
-  const Vec lo = splat(-87.33654f), hi = splat(88.0f);
-  const Vec xc = x < lo ? lo : (x > hi ? hi : x);  // NaN fails both tests and stays
-  Vec n = xc * 1.44269504088896341f + 0.5f;
-  const Mask ni = __builtin_convertvector(n, Mask);
-  n = __builtin_convertvector(ni, Vec);
+template <class V>
+FGDKERN_INLINE V vexp(const V& x) {
+  using M = MaskOf<V>;
+  const V lo = splat<V>(-87.33654f), hi = splat<V>(88.0f);
+  const V xc = x < lo ? lo : (x > hi ? hi : x);  // NaN fails both tests and stays
+  V n = xc * 1.44269504088896341f + 0.5f;
+  const M ni = __builtin_convertvector(n, M);
+  n = __builtin_convertvector(ni, V);
   n = n > xc * 1.44269504088896341f + 0.5f ? n - 1.0f : n;  // floor
-  const Vec r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  Vec p = splat(1.9875691500e-4f);
+  const V r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  V p = splat<V>(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const Mask bits = (__builtin_convertvector(n, Mask) + 127) << 23;
-  const Vec out = p * reinterpret_cast<const Vec&>(bits);
-  return x < lo ? Vec{} : out;
+  const M bits = (__builtin_convertvector(n, M) + 127) << 23;
+  const V out = p * reinterpret_cast<const V&>(bits);
+  return x < lo ? V{} : out;
 }
 
 // Lanes of x[i .. i + n) * scale; the lanes past n are `fill`.

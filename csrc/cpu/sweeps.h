@@ -2,7 +2,8 @@
 //
 // A Loop says what it reads and adds up. Per element (c, p) of a tile it gets
 // s = S[c, p], t = T[c, p], its per-pixel inputs at p and its per-channel
-// inputs at c (16 lanes at a time); it returns dS[c, p] (written when
+// inputs at c (a vector V of lanes at a time: the variant's native width,
+// vec.h; a loop's operator() is a template on V); it returns dS[c, p] (written when
 // kWrites) and contributions to sums over channels per pixel
 // (pix_out[k][p] +=) and over pixels per channel (chan_out[k][c] +=).
 //
@@ -18,7 +19,7 @@
 // (docs/kernels.md, "Precision"); the others are plain sums, which spares
 // per row and group of lines TwoSum's five extra operations and the load,
 // addition and store of the error row.
-// Pixels-outer, they are register sums of C / kLanes terms and a lane tree,
+// Pixels-outer, they are register sums of C / W terms (W lanes) and a lane tree,
 // and the sums over pixels are merged per block in double.
 #pragma once
 
@@ -55,7 +56,7 @@ struct Loop {
   std::array<float*, kChanOut> chan_out{};
 };
 
-// Lanes are 16 consecutive elements of the inner axis (pixels when kPixInner,
+// Lanes are consecutive elements of the inner axis (pixels when kPixInner,
 // else channels), and the outer axis is taken kGroup lines at a time, so that
 // the inner inputs and sums are loaded and stored once per group. Within a
 // group, contributions add up in line order.
@@ -63,7 +64,7 @@ constexpr int kGroup = 4;
 constexpr int64_t kAheadLines = 4;  // lines prefetched ahead
 
 // Which of a loop's inputs and sums run along the inner and the outer axis.
-template <bool kPixInner, class L>
+template <bool kPixInner, class L, class V>
 struct Axes {
   static constexpr int kInnerIn = kPixInner ? L::kPixIn : L::kChanIn;
   static constexpr int kOuterIn = kPixInner ? L::kChanIn : L::kPixIn;
@@ -71,8 +72,8 @@ struct Axes {
   static constexpr int kOuterOut = kPixInner ? L::kChanOut : L::kPixOut;
   // Inner sum k is compensated (channels-outer sums per pixel that the loop marks).
   static constexpr bool compensated(int k) { return kPixInner && (L::kCompensated >> k & 1u); }
-  using OuterIn = std::array<Vecs<kOuterIn>, kGroup>;
-  using OuterSums = std::array<Vecs<kOuterOut>, kGroup>;
+  using OuterIn = std::array<Vecs<kOuterIn, V>, kGroup>;
+  using OuterSums = std::array<Vecs<kOuterOut, V>, kGroup>;
   using Errors = std::array<float*, kInnerOut>;
 
   static FGDKERN_INLINE const auto& inner_in(const L& f) {
@@ -87,9 +88,9 @@ struct Axes {
   static FGDKERN_INLINE const auto& outer_out(const L& f) {
     if constexpr (kPixInner) return f.chan_out; else return f.pix_out;
   }
-  static FGDKERN_INLINE Vec apply(const L& f, const Vec& s, const Vec& t,
-                                  const Vecs<kInnerIn>& inner, const Vecs<kOuterIn>& outer,
-                                  Vecs<kInnerOut>& inner_add, Vecs<kOuterOut>& outer_add) {
+  static FGDKERN_INLINE V apply(const L& f, const V& s, const V& t, const Vecs<kInnerIn, V>& inner,
+                                const Vecs<kOuterIn, V>& outer, Vecs<kInnerOut, V>& inner_add,
+                                Vecs<kOuterOut, V>& outer_add) {
     if constexpr (kPixInner) return f(s, t, inner, outer, inner_add, outer_add);
     else return f(s, t, outer, inner, outer_add, inner_add);
   }
@@ -107,26 +108,28 @@ struct Lines {
 template <bool kUnit>
 FGDKERN_INLINE int64_t at(int64_t i, int64_t step) { return kUnit ? i : i * step; }
 
-// Elements i .. i + n - 1 of G lines (n == kLanes when kFull).
+// Elements i .. i + n - 1 of G lines (n == the lane count when kFull).
 // err: the error rows of the inner sums.
-template <bool kPixInner, bool kUnit, bool kFull, int G, class L, typename scalar_t>
+template <bool kPixInner, bool kUnit, bool kFull, int G, class V, class L, typename scalar_t>
 FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64_t n,
-                          const typename Axes<kPixInner, L>::OuterIn& outer,
-                          typename Axes<kPixInner, L>::OuterSums& acc,
-                          const typename Axes<kPixInner, L>::Errors& err) {
-  using A = Axes<kPixInner, L>;
-  Vecs<A::kInnerIn> inner;
-  for (int k = 0; k < A::kInnerIn; ++k) inner[k] = load<true, kFull>(A::inner_in(f)[k] + i, 1, n);
-  const Mask live = first_lanes(n);
-  Vecs<A::kInnerOut> inner_sum{};
+                          const typename Axes<kPixInner, L, V>::OuterIn& outer,
+                          typename Axes<kPixInner, L, V>::OuterSums& acc,
+                          const typename Axes<kPixInner, L, V>::Errors& err) {
+  using A = Axes<kPixInner, L, V>;
+  Vecs<A::kInnerIn, V> inner;
+  for (int k = 0; k < A::kInnerIn; ++k) {
+    inner[k] = load<true, kFull, V>(A::inner_in(f)[k] + i, 1, n);
+  }
+  const MaskOf<V> live = first_lanes<V>(n);
+  Vecs<A::kInnerOut, V> inner_sum{};
   for (int g = 0; g < G; ++g) {
     __builtin_prefetch(r.s_next[g] + at<kUnit>(i, r.s_step));
     __builtin_prefetch(r.t_next[g] + at<kUnit>(i, r.t_step));
-    Vecs<A::kInnerOut> inner_add;
-    Vecs<A::kOuterOut> outer_add;
-    const Vec out = A::apply(f, load<kUnit, kFull>(r.s[g] + at<kUnit>(i, r.s_step), r.s_step, n),
-                             load<kUnit, kFull>(r.t[g] + at<kUnit>(i, r.t_step), r.t_step, n),
-                             inner, outer[g], inner_add, outer_add);
+    Vecs<A::kInnerOut, V> inner_add;
+    Vecs<A::kOuterOut, V> outer_add;
+    const V out = A::apply(f, load<kUnit, kFull, V>(r.s[g] + at<kUnit>(i, r.s_step), r.s_step, n),
+                           load<kUnit, kFull, V>(r.t[g] + at<kUnit>(i, r.t_step), r.t_step, n),
+                           inner, outer[g], inner_add, outer_add);
     for (int k = 0; k < A::kInnerOut; ++k) inner_sum[k] += inner_add[k];
     for (int k = 0; k < A::kOuterOut; ++k) {
       acc[g][k] += kFull ? outer_add[k] : keep(live, outer_add[k]);
@@ -138,11 +141,12 @@ FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64
   for (int k = 0; k < A::kInnerOut; ++k) {  // the group's sums into the tile's, k by k
     float* sum = A::inner_out(f)[k] + i;
     if (A::compensated(k)) {
-      Vec rounding;
-      store<true, kFull>(sum, 1, n, two_sum(load<true, kFull>(sum, 1, n), inner_sum[k], rounding));
-      store<true, kFull>(err[k] + i, 1, n, load<true, kFull>(err[k] + i, 1, n) + rounding);
+      V rounding;
+      store<true, kFull>(sum, 1, n,
+                         two_sum(load<true, kFull, V>(sum, 1, n), inner_sum[k], rounding));
+      store<true, kFull>(err[k] + i, 1, n, load<true, kFull, V>(err[k] + i, 1, n) + rounding);
     } else {
-      store<true, kFull>(sum, 1, n, load<true, kFull>(sum, 1, n) + inner_sum[k]);
+      store<true, kFull>(sum, 1, n, load<true, kFull, V>(sum, 1, n) + inner_sum[k]);
     }
   }
 }
@@ -154,10 +158,11 @@ FGDKERN_INLINE scalar_t* line(const Plane<scalar_t>& F, const Tile<T>& x, int64_
 }
 
 // Outer lines o .. o + G - 1, all of the inner axis.
-template <bool kPixInner, bool kUnit, int G, class L, typename scalar_t>
+template <bool kPixInner, bool kUnit, int G, class V, class L, typename scalar_t>
 FGDKERN_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o,
-                          const typename Axes<kPixInner, L>::Errors& err) {
-  using A = Axes<kPixInner, L>;
+                          const typename Axes<kPixInner, L, V>::Errors& err) {
+  using A = Axes<kPixInner, L, V>;
+  constexpr int64_t W = kLanesOf<V>;
   const int64_t n_outer = kPixInner ? x.C : x.np, n_inner = kPixInner ? x.np : x.C;
   Lines<scalar_t> r;
   r.s_step = kPixInner ? 1 : x.S.sc;
@@ -171,14 +176,12 @@ FGDKERN_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o,
     r.s_next[g] = line<kPixInner>(x.S, x, ahead);
     r.t_next[g] = line<kPixInner>(x.T, x, ahead);
     r.ds[g] = L::kWrites ? line<kPixInner>(x.dS, x, o + g) : nullptr;
-    for (int k = 0; k < A::kOuterIn; ++k) outer[g][k] = splat(A::outer_in(f)[k][o + g]);
+    for (int k = 0; k < A::kOuterIn; ++k) outer[g][k] = splat<V>(A::outer_in(f)[k][o + g]);
   }
   typename A::OuterSums acc{};
   int64_t i = 0;
-  for (; i + kLanes <= n_inner; i += kLanes) {
-    lanes<kPixInner, kUnit, true, G>(f, r, i, kLanes, outer, acc, err);
-  }
-  if (i < n_inner) lanes<kPixInner, kUnit, false, G>(f, r, i, n_inner - i, outer, acc, err);
+  for (; i + W <= n_inner; i += W) lanes<kPixInner, kUnit, true, G, V>(f, r, i, W, outer, acc, err);
+  if (i < n_inner) lanes<kPixInner, kUnit, false, G, V>(f, r, i, n_inner - i, outer, acc, err);
   for (int g = 0; g < G; ++g) {
     for (int k = 0; k < A::kOuterOut; ++k) A::outer_out(f)[k][o + g] += lane_sum(acc[g][k]);
   }
@@ -190,12 +193,12 @@ constexpr int64_t sweep_scratch(int64_t, int64_t np) {
   return L::kPixOut * np;
 }
 
-// Runs loop f over every element of tile x; scratch: sweep_scratch<L> floats.
-template <Order kOrder, class L, typename scalar_t>
+// Runs loop f over every element of tile x in vectors V; scratch: sweep_scratch<L> floats.
+template <Order kOrder, class V, class L, typename scalar_t>
 FGDKERN_INLINE void sweep(const L& f, const Tile<scalar_t>& x, float* scratch) {
   constexpr bool kPixInner = kOrder == Order::kChannelsOuter;
   constexpr bool kUnit = kOrder != Order::kPixelsOuterStrided;
-  using A = Axes<kPixInner, L>;
+  using A = Axes<kPixInner, L, V>;
   const int64_t n_outer = kPixInner ? x.C : x.np, n_inner = kPixInner ? x.np : x.C;
   typename A::Errors err{};  // the error rows of the compensated sums, zeroed
   for (int k = 0; k < A::kInnerOut; ++k) {
@@ -204,8 +207,8 @@ FGDKERN_INLINE void sweep(const L& f, const Tile<scalar_t>& x, float* scratch) {
     std::fill_n(err[k], n_inner, 0.0f);
   }
   int64_t o = 0;
-  for (; o + kGroup <= n_outer; o += kGroup) group<kPixInner, kUnit, kGroup>(f, x, o, err);
-  for (; o < n_outer; ++o) group<kPixInner, kUnit, 1>(f, x, o, err);
+  for (; o + kGroup <= n_outer; o += kGroup) group<kPixInner, kUnit, kGroup, V>(f, x, o, err);
+  for (; o < n_outer; ++o) group<kPixInner, kUnit, 1, V>(f, x, o, err);
   for (int k = 0; k < A::kInnerOut; ++k) {  // errors folded in; a sum that met inf or NaN keeps it
     if (!A::compensated(k)) continue;
     float* sum = A::inner_out(f)[k];
