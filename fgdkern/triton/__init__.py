@@ -3,15 +3,23 @@
 fgd_stats.py, fgd_grad.py   the two FGD passes (contract: fgdkern.reference.fgd_passes)
 imitation_stats.py,         the two imitation passes of FKD and PFI
 imitation_grad.py           (contract: fgdkern.reference.imitation_passes)
+cwd_stats.py, cwd_grad.py   the channel-softmax passes of CWD and the channel-moment
+pkd_stats.py, pkd_grad.py   passes of PKD (contract: fgdkern.reference.channel_passes)
 tiles.py                    addressing, loading, storing and reducing tiles of feature maps
 merges.py                   exact merges of partial reductions (online softmax, Chan's moments)
 levels.py                   every pyramid level in one launch: the level table, runs, checks
+sweeps.py                   a run of blocks one channel chunk at a time: folds and maps
 
 Importing this package needs triton; callers import it lazily.
 """
+from fgdkern.triton.cwd_grad import cwd_grad
+from fgdkern.triton.cwd_stats import cwd_stats
 from fgdkern.triton.fgd_grad import fgd_grad
 from fgdkern.triton.fgd_stats import fgd_stats
 from fgdkern.triton.imitation_grad import imitation_grad
 from fgdkern.triton.imitation_stats import imitation_stats
+from fgdkern.triton.pkd_grad import pkd_grad
+from fgdkern.triton.pkd_stats import pkd_stats
 
-__all__ = ["fgd_grad", "fgd_stats", "imitation_grad", "imitation_stats"]
+__all__ = ["cwd_grad", "cwd_stats", "fgd_grad", "fgd_stats", "imitation_grad",
+           "imitation_stats", "pkd_grad", "pkd_stats"]

@@ -158,6 +158,18 @@ def image_channel_block(table, L, NCOL: tl.constexpr, LEVELS: tl.constexpr,
     return lv, n, c, c < C, n * nsplit, nsplit
 
 
+@triton.jit
+def level_channel_block(table, L, NCOL: tl.constexpr, LEVELS: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """A combine program that owns BLOCK_C channels of a whole level (level_channel_blocks):
+    its level row, channels c [BLOCK_C] and their mask, and the count of the level's runs,
+    main-kernel programs 0 .. N * nsplit - 1 of the level, image by image."""
+    pid = tl.program_id(0)
+    lv = find_level(table, pid, L, COL_COMB0, NCOL, LEVELS)
+    c = (pid - tl.load(lv + COL_COMB0)) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return lv, c, c < tl.load(lv + COL_C), tl.load(lv + COL_N) * tl.load(lv + COL_NSPLIT)
+
+
 # ------------------------------------------------------------------ argument checks
 def check_features(S: list[Tensor], T: list[Tensor], names: tuple[str, str] = ("S", "T")) -> None:
     """S and T: one non-empty (N, C, H, W) map each per level, of one supported dtype, shape
@@ -275,6 +287,11 @@ def _target_programs(device: torch.device) -> int:
 def image_channel_blocks(S: list[Tensor]) -> list[int]:
     """Combine programs per level when each takes COMBINE_BLOCK_C channels of one image."""
     return [s.shape[0] * triton.cdiv(s.shape[1], COMBINE_BLOCK_C) for s in S]
+
+
+def level_channel_blocks(S: list[Tensor]) -> list[int]:
+    """Combine programs per level when each takes COMBINE_BLOCK_C channels of every image."""
+    return [triton.cdiv(s.shape[1], COMBINE_BLOCK_C) for s in S]
 
 
 class Launch:

@@ -31,10 +31,58 @@ def block_softmax(logits, p_mask, m_run):
 
 
 @triton.jit
+def softmax_merge(m_a, l_a, m_b, l_b):
+    """Online softmax: two partial sums of exponentials, l_x = sum exp(x - m_x) with m_x the
+    maximum of their logits, as one (m, l); -inf, 0 is the empty set."""
+    m, alpha, beta = rescale(m_a, m_b)
+    return m, l_a * alpha + l_b * beta
+
+
+@triton.jit
+def softmax_merge_weighted(m_a, l_a, w_a, m_b, l_b, w_b):
+    """softmax_merge, with a softmax-weighted sum w_x = sum exp(x - m_x) v of each set that
+    is rescaled with it."""
+    m, alpha, beta = rescale(m_a, m_b)
+    return m, l_a * alpha + l_b * beta, w_a * alpha + w_b * beta
+
+
+@triton.jit
+def tile_softmax(x, inside):
+    """Per channel of a [ROWS, BLOCK_C, SECTOR] tile of logits: their maximum m over the
+    pixels inside ([ROWS, 1, SECTOR]) and the tile's exp(x - m), 0 outside."""
+    m = tl.max(tl.max(tl.where(inside, x, float("-inf")), 0), 1)
+    return m, tl.where(inside, tl.exp(x - m[None, :, None]), 0.0)
+
+
+@triton.jit
+def chan_delta(n_a, sum_a, n_b, sum_b):
+    """mean_b - mean_a of two sets of n_a >= 0 and n_b > 0 values (mean_a = 0 if empty)."""
+    return sum_b / n_b - sum_a / tl.maximum(n_a, 1.0)
+
+
+@triton.jit
 def chan_merge(n_a, sum_a, m2_a, n_b, sum_b, m2_b):
     """Chan et al.: sum and centred second moment of two sets of n_a and n_b > 0 values."""
-    delta = sum_b / n_b - sum_a / tl.maximum(n_a, 1.0)
+    delta = chan_delta(n_a, sum_a, n_b, sum_b)
     return sum_a + sum_b, m2_a + m2_b + delta * delta * (n_a * n_b / (n_a + n_b))
+
+
+@triton.jit
+def chan_merge_pair(n_a, sum_s_a, sum_t_a, m2_s_a, m2_t_a, m_st_a,
+                    n_b, sum_s_b, sum_t_b, m2_s_b, m2_t_b, m_st_b):
+    """chan_merge of two variables s, t observed together, and of their centred cross
+    moment: m_st = m_st_a + m_st_b + delta_s delta_t n_a n_b / (n_a + n_b)."""
+    delta_s = chan_delta(n_a, sum_s_a, n_b, sum_s_b)
+    delta_t = chan_delta(n_a, sum_t_a, n_b, sum_t_b)
+    f = n_a * n_b / (n_a + n_b)
+    return (sum_s_a + sum_s_b, sum_t_a + sum_t_b, m2_s_a + m2_s_b + delta_s * delta_s * f,
+            m2_t_a + m2_t_b + delta_t * delta_t * f, m_st_a + m_st_b + delta_s * delta_t * f)
+
+
+@triton.jit
+def partial_row(run, row, c, c_mask, C):
+    """Row `row` of a run's partial rows (rows of C values at run) at channels c, 0 elsewhere."""
+    return tl.load(run + row * C + c, mask=c_mask, other=0.0)
 
 
 @triton.jit
