@@ -40,6 +40,14 @@ TORCH_LIBRARY(fgdkern, m) {
   m.def("imitation_grad_cpp(Tensor[] X, Tensor[] Y, Tensor[] pix_coef, Tensor[] chan_coef) -> Tensor[]");
   // Their tables' rows as the C++ kernels index them: "IMIT_PIX.abs_x", ...
   m.def("imitation_rows_cpp() -> str[]");
+  // The per-channel passes of CWD and PKD on CPU, all levels in one call; contract
+  // in fgdkern/reference/channel_passes.py. Stats return [chan_0..]; grads [dS_0..].
+  m.def("cwd_stats_cpp(Tensor[] S, Tensor[] T, float[] inv_tau) -> Tensor[]");
+  m.def("cwd_grad_cpp(Tensor[] S, Tensor[] T, Tensor[] coef, float[] inv_tau) -> Tensor[]");
+  m.def("pkd_stats_cpp(Tensor[] S, Tensor[] T) -> Tensor[]");
+  m.def("pkd_grad_cpp(Tensor[] S, Tensor[] T, Tensor[] coef) -> Tensor[]");
+  // Their tables' rows as the C++ kernels index them: "CWD_CHAN.lse_s", ...
+  m.def("channel_rows_cpp() -> str[]");
   // The gradient buffers the CPU passes keep for reuse (csrc/cpu/recycle.h):
   // their bytes, and the release of those nothing else refers to.
   m.def("recycle_kept_bytes_cpp() -> int");

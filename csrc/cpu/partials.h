@@ -5,7 +5,7 @@
 //   * sums of rows: added block by block, each row with its own weight;
 //   * softmax-weighted sums: each block weights by exp(z - its own max), and
 //     the merge rescales the blocks to one softmax (online softmax);
-//   * centred second moments: merged with Chan's formula.
+//   * centred second moments (and cross moments): merged with Chan's formula.
 #pragma once
 
 #include <algorithm>
@@ -71,6 +71,25 @@ struct Moments {
     const double mean_block = sum / n, delta = mean_block - mean, total = count + n;
     mean += delta * (n / total);
     m2 += m2_block + delta * delta * (count * n / total);
+    count = total;
+  }
+};
+
+// Count, means, centred second moments and the centred cross moment of two
+// variables x, y, merged block by block with Chan's formula (the cross moment
+// gains delta_x delta_y count n / total, as each second moment gains delta^2 ...).
+struct CoMoments {
+  double count = 0.0, mean_x = 0.0, mean_y = 0.0, m2_x = 0.0, m2_y = 0.0, m_xy = 0.0;
+
+  FGDKERN_INLINE void merge(double n, double sum_x, double sum_y, double m2_x_block,
+                            double m2_y_block, double m_xy_block) {
+    const double total = count + n, dx = sum_x / n - mean_x, dy = sum_y / n - mean_y;
+    const double f = count * n / total;
+    mean_x += dx * (n / total);
+    mean_y += dy * (n / total);
+    m2_x += m2_x_block + dx * dx * f;
+    m2_y += m2_y_block + dy * dy * f;
+    m_xy += m_xy_block + dx * dy * f;
     count = total;
   }
 };

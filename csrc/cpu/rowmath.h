@@ -1,5 +1,5 @@
 // Math on short float rows for the CPU ops that run FGD's small math
-// (csrc/cpu/fgd_terms.cpp, csrc/cpu/gc_mlp.h): a 16-lane exp, softmax, dot
+// (csrc/cpu/fgd_terms.cpp, csrc/cpu/gc_mlp.h), 16 lanes at a time: softmax, dot
 // products in a fixed order, and y += a x. Sums that feed a result are kept
 // in double or in several float lanes added in a fixed tree, so every result
 // is the same bits whatever the thread count.
@@ -12,31 +12,6 @@
 #include "vec.h"
 
 namespace fgdkern::cpu {
-
-// exp(x) in every lane (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r,
-// 2^n from the exponent bits); within 2 ulp of std::exp, 0 below -87.3, NaN
-// stays NaN, clamped at exp(88). The softmaxes here only see x <= 0.
-template <class V>
-FGDKERN_INLINE V vexp(const V& x) {
-  using M = MaskOf<V>;
-  const V lo = splat<V>(-87.33654f), hi = splat<V>(88.0f);
-  const V xc = x < lo ? lo : (x > hi ? hi : x);  // NaN fails both tests and stays
-  V n = xc * 1.44269504088896341f + 0.5f;
-  const M ni = __builtin_convertvector(n, M);
-  n = __builtin_convertvector(ni, V);
-  n = n > xc * 1.44269504088896341f + 0.5f ? n - 1.0f : n;  // floor
-  const V r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  V p = splat<V>(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const M bits = (__builtin_convertvector(n, M) + 127) << 23;
-  const V out = p * reinterpret_cast<const V&>(bits);
-  return x < lo ? V{} : out;
-}
 
 // Lanes of x[i .. i + n) * scale; the lanes past n are `fill`.
 template <bool kFull>

@@ -21,6 +21,11 @@
 // addition and store of the error row.
 // Pixels-outer, they are register sums of C / W terms (W lanes) and a lane tree,
 // and the sums over pixels are merged per block in double.
+//
+// A loop may reduce some per-channel rows by their maximum instead (kChanMax;
+// e.g. a log-sum-exp's max before its sum): their outputs start at -inf, which
+// the caller stores, and a NaN is dropped by the max (a pass that exponentiates
+// meets it again in its sums).
 #pragma once
 
 #include <algorithm>
@@ -42,13 +47,14 @@ constexpr uint32_t kAllRows = ~0u;
 
 // kCompensated: the per-pixel sums (rows of pix_out, row_set) that are
 // compensated channels-outer; every one unless the loop says otherwise.
+// kChanMax: the per-channel rows (of chan_out) reduced by max.
 template <int kPixIn_, int kChanIn_, int kPixOut_, int kChanOut_, bool kWrites_ = false,
-          uint32_t kCompensated_ = kAllRows>
+          uint32_t kCompensated_ = kAllRows, uint32_t kChanMax_ = 0>
 struct Loop {
   static constexpr int kPixIn = kPixIn_, kChanIn = kChanIn_;
   static constexpr int kPixOut = kPixOut_, kChanOut = kChanOut_;
   static constexpr bool kWrites = kWrites_;
-  static constexpr uint32_t kCompensated = kCompensated_;
+  static constexpr uint32_t kCompensated = kCompensated_, kChanMax = kChanMax_;
   static_assert(kPixOut <= 32, "row_set has 32 rows");
   std::array<const float*, kPixIn> pix_in{};
   std::array<const float*, kChanIn> chan_in{};
@@ -72,6 +78,9 @@ struct Axes {
   static constexpr int kOuterOut = kPixInner ? L::kChanOut : L::kPixOut;
   // Inner sum k is compensated (channels-outer sums per pixel that the loop marks).
   static constexpr bool compensated(int k) { return kPixInner && (L::kCompensated >> k & 1u); }
+  // Inner (outer) reduction k is a max: a per-channel row of kChanMax.
+  static constexpr bool inner_max(int k) { return !kPixInner && (L::kChanMax >> k & 1u); }
+  static constexpr bool outer_max(int k) { return kPixInner && (L::kChanMax >> k & 1u); }
   using OuterIn = std::array<Vecs<kOuterIn, V>, kGroup>;
   using OuterSums = std::array<Vecs<kOuterOut, V>, kGroup>;
   using Errors = std::array<float*, kInnerOut>;
@@ -108,6 +117,18 @@ struct Lines {
 template <bool kUnit>
 FGDKERN_INLINE int64_t at(int64_t i, int64_t step) { return kUnit ? i : i * step; }
 
+// a + b, or max(a, b) for a max row.
+template <class V>
+FGDKERN_INLINE V reduce(bool is_max, const V& a, const V& b) {
+  return is_max ? (b > a ? b : a) : a + b;
+}
+
+// The empty reduction: 0, or -inf for a max row.
+template <class V>
+FGDKERN_INLINE V identity(bool is_max) {
+  return is_max ? splat<V>(-INFINITY) : V{};
+}
+
 // Elements i .. i + n - 1 of G lines (n == the lane count when kFull).
 // err: the error rows of the inner sums.
 template <bool kPixInner, bool kUnit, bool kFull, int G, class V, class L, typename scalar_t>
@@ -121,7 +142,8 @@ FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64
     inner[k] = load<true, kFull, V>(A::inner_in(f)[k] + i, 1, n);
   }
   const MaskOf<V> live = first_lanes<V>(n);
-  Vecs<A::kInnerOut, V> inner_sum{};
+  Vecs<A::kInnerOut, V> inner_sum;
+  for (int k = 0; k < A::kInnerOut; ++k) inner_sum[k] = identity<V>(A::inner_max(k));
   for (int g = 0; g < G; ++g) {
     __builtin_prefetch(r.s_next[g] + at<kUnit>(i, r.s_step));
     __builtin_prefetch(r.t_next[g] + at<kUnit>(i, r.t_step));
@@ -130,9 +152,13 @@ FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64
     const V out = A::apply(f, load<kUnit, kFull, V>(r.s[g] + at<kUnit>(i, r.s_step), r.s_step, n),
                            load<kUnit, kFull, V>(r.t[g] + at<kUnit>(i, r.t_step), r.t_step, n),
                            inner, outer[g], inner_add, outer_add);
-    for (int k = 0; k < A::kInnerOut; ++k) inner_sum[k] += inner_add[k];
-    for (int k = 0; k < A::kOuterOut; ++k) {
-      acc[g][k] += kFull ? outer_add[k] : keep(live, outer_add[k]);
+    for (int k = 0; k < A::kInnerOut; ++k) {
+      inner_sum[k] = reduce(A::inner_max(k), inner_sum[k], inner_add[k]);
+    }
+    for (int k = 0; k < A::kOuterOut; ++k) {  // lanes past n add nothing
+      const V& x = outer_add[k];
+      const V add = kFull ? x : A::outer_max(k) ? (live ? x : identity<V>(true)) : keep(live, x);
+      acc[g][k] = reduce(A::outer_max(k), acc[g][k], add);
     }
     if constexpr (L::kWrites) {
       store<kUnit, kFull>(r.ds[g] + at<kUnit>(i, r.ds_step), r.ds_step, n, out);
@@ -146,7 +172,8 @@ FGDKERN_INLINE void lanes(const L& f, const Lines<scalar_t>& r, int64_t i, int64
                          two_sum(load<true, kFull, V>(sum, 1, n), inner_sum[k], rounding));
       store<true, kFull>(err[k] + i, 1, n, load<true, kFull, V>(err[k] + i, 1, n) + rounding);
     } else {
-      store<true, kFull>(sum, 1, n, load<true, kFull, V>(sum, 1, n) + inner_sum[k]);
+      store<true, kFull>(sum, 1, n,
+                         reduce(A::inner_max(k), load<true, kFull, V>(sum, 1, n), inner_sum[k]));
     }
   }
 }
@@ -178,12 +205,18 @@ FGDKERN_INLINE void group(const L& f, const Tile<scalar_t>& x, int64_t o,
     r.ds[g] = L::kWrites ? line<kPixInner>(x.dS, x, o + g) : nullptr;
     for (int k = 0; k < A::kOuterIn; ++k) outer[g][k] = splat<V>(A::outer_in(f)[k][o + g]);
   }
-  typename A::OuterSums acc{};
+  typename A::OuterSums acc;
+  for (int g = 0; g < G; ++g) {
+    for (int k = 0; k < A::kOuterOut; ++k) acc[g][k] = identity<V>(A::outer_max(k));
+  }
   int64_t i = 0;
   for (; i + W <= n_inner; i += W) lanes<kPixInner, kUnit, true, G, V>(f, r, i, W, outer, acc, err);
   if (i < n_inner) lanes<kPixInner, kUnit, false, G, V>(f, r, i, n_inner - i, outer, acc, err);
   for (int g = 0; g < G; ++g) {
-    for (int k = 0; k < A::kOuterOut; ++k) A::outer_out(f)[k][o + g] += lane_sum(acc[g][k]);
+    for (int k = 0; k < A::kOuterOut; ++k) {
+      float& out = A::outer_out(f)[k][o + g];
+      out = A::outer_max(k) ? std::max(out, lane_max(acc[g][k])) : out + lane_sum(acc[g][k]);
+    }
   }
 }
 
