@@ -28,7 +28,9 @@ in the last bits.
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
 # tl.constexpr annotations of kernel arguments as objects, not strings.
 import functools
+import math
 import os
+import struct
 from typing import Callable, Optional
 
 import torch
@@ -210,13 +212,20 @@ def float32_levels(name: str, xs: list[Tensor], shapes: list[tuple], device,
     return [x.contiguous() for x in xs]
 
 
+def _as_float32(v: float) -> float:
+    """v rounded to float32 on the host (a tensor would cost an op per call)."""
+    try:
+        return struct.unpack("f", struct.pack("f", v))[0]
+    except OverflowError:
+        return math.inf
+
+
 def positive_levels(name: str, values, levels: int) -> list[float]:
     """values as floats, checked to be one positive number per level, finite in float32
     (the precision the kernels read them in)."""
     try:
         floats = [float(v) for v in values]
-        as_read = torch.tensor(floats, dtype=torch.float32)
-        ok = len(floats) == levels and bool((torch.isfinite(as_read) & (as_read > 0)).all())
+        ok = len(floats) == levels and all(0 < _as_float32(v) < math.inf for v in floats)
     except (TypeError, ValueError):
         ok = False
     if not ok:

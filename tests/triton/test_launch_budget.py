@@ -1,0 +1,42 @@
+"""Launches per training step on the GPU code path, counted under the interpreter
+(tests/launches.py): each channel loss runs its two passes as three Triton launches (the
+statistics' main and combine kernels, the gradient pass) for any number of levels, and
+no call waits for the device. What the torch side of each step launches is printed with
+-s; its budget is docs/kernels.md's, "Launches on a GPU"."""
+import pytest
+import torch
+
+import fgdkern
+from tests.harness import INTERPRETED
+from tests.launches import count_launches, fwd_bwd
+from tests.triton.common import needs_kernels
+
+pytestmark = [needs_kernels, pytest.mark.skipif(
+    not INTERPRETED, reason="counts interpreted launches (TRITON_INTERPRET=1)")]
+
+MODULES = {
+    "cwd": (lambda: fgdkern.CWDLoss(tau=2.0, backend="triton"),
+            ["cwd_stats_fwd_kernel", "cwd_stats_combine_kernel", "cwd_grad_bwd_kernel"]),
+    "pkd": (lambda: fgdkern.PKDLoss(backend="triton"),
+            ["pkd_stats_fwd_kernel", "pkd_stats_combine_kernel", "pkd_grad_bwd_kernel"]),
+}
+
+
+def pyramid(levels: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    S = [torch.randn(2, 8, max(6 >> k, 1), max(5 >> k, 1), generator=g).requires_grad_()
+         for k in range(levels)]
+    return S, [torch.randn(s.shape, generator=g) for s in S]
+
+
+@pytest.mark.parametrize("levels", [1, 3, 8])
+@pytest.mark.parametrize("loss", sorted(MODULES))
+def test_channel_losses_launch_their_passes_once(loss, levels):
+    make, kernels = MODULES[loss]
+    S, T = pyramid(levels)
+    step = fwd_bwd(make(), S, T)
+    step()  # one-time uploads (level tables) are not part of a step
+    got = count_launches(step)
+    print(f"{loss}, {levels} levels: {got}")
+    assert got.triton == kernels, got
+    assert got.syncs == [], got
