@@ -20,7 +20,9 @@ from tests.harness import INTERPRETED
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"fgd_stats_fwd_kernel", "fgd_stats_combine_kernel", "fgd_grad_bwd_kernel",
-           "fgd_grad_combine_kernel", "imitation_stats_fwd_kernel"}
+           "fgd_grad_combine_kernel", "imitation_stats_fwd_kernel",
+           "cwd_stats_fwd_kernel", "cwd_stats_combine_kernel", "cwd_grad_bwd_kernel",
+           "pkd_stats_fwd_kernel", "pkd_stats_combine_kernel", "pkd_grad_bwd_kernel"}
 
 
 def _tools_present() -> bool:
@@ -75,9 +77,11 @@ def test_aligned_levels_load_16_byte_vectors(usage):
 
 
 # Global stores per channel chunk of each main kernel's loops: its partial rows, stacked
-# (merges.accumulate_rows), and dS or dX where it writes one.
+# (merges.accumulate_rows), and dS or dX where it writes one. The channel passes' block
+# loops store only dS: their statistics stay in registers over a run (sweeps.fold_rows).
 CHUNK_STORES = {"fgd_stats_fwd_kernel": 1, "fgd_grad_bwd_kernel": 2,
-                "imitation_stats_fwd_kernel": 1, "imitation_grad_bwd_kernel": 1}
+                "imitation_stats_fwd_kernel": 1, "imitation_grad_bwd_kernel": 1,
+                "cwd_grad_bwd_kernel": 1, "pkd_grad_bwd_kernel": 1}
 
 
 def test_one_read_modify_write_of_the_rows_per_chunk(usage):
