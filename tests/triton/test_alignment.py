@@ -11,6 +11,8 @@ import torch
 
 from tests.helpers import make_inputs
 from tests.triton.common import DEVICE, check_both_passes, needs_kernels
+from tests.triton.channel_common import check_cwd, check_pkd
+from tests.triton.channel_common import make_maps as channel_maps
 from tests.triton.imitation_common import check_grad, check_stats, make_maps
 
 pytestmark = needs_kernels
@@ -53,6 +55,15 @@ def test_mixed_pyramid_matches_the_contracts(dtype, layout, C, want):
     check_grad(X, Y)
 
 
+@pytest.mark.parametrize("dtype,layout,C,want", CASES)
+def test_mixed_pyramid_matches_the_channel_contracts(dtype, layout, C, want):
+    """The CWD and PKD passes (sweeps.py) on the same pyramids: their aligned levels too."""
+    S, T = channel_maps(2, C, SIZES, dtype, layout)
+    assert flags(S, T) == want
+    check_cwd(S, T, [1.0, 0.5, 2.0, 1.0])
+    check_pkd(S, T)
+
+
 @pytest.mark.parametrize("programs", [1, 10_000])  # one run per image .. one block per run
 def test_runs_of_several_blocks(programs):
     """Levels of many blocks, aligned (H * W = 160) or not (153), in runs of any length."""
@@ -68,6 +79,8 @@ def test_level_one_element_off_runs_unaligned():
     S = [S[0], buf[1:].view_as(S[1]).copy_(S[1])]
     assert flags(S, T) == [1, 0]
     check_both_passes((S, T, *rest))
+    check_cwd(S, T, [1.0, 1.0])
+    check_pkd(S, T)
 
 
 @pytest.mark.parametrize("shape,strides,layout,want", [
