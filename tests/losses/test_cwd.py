@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from fgdkern import CWDLoss
-from fgdkern.ops import dispatch
 from tests import harness
-from tests.harness import assert_exact, backend_device, elements, float64_run
-from tests.helpers import channel_backends
+from tests.harness import backend_device
+from tests.losses import channel_cases
+from tests.losses.channel_cases import build_cwd as build, loss_and_grads, runner
 
-FUSED = channel_backends("cwd", ("cwd_stats", "cwd_grad"))
+FUSED = channel_cases.FUSED["cwd"]
 # (N, widths per level, level sizes, tau)
 CASES = [
     (1, [4], [(1, 1)], 1.0),
@@ -22,33 +22,6 @@ CASES = [
     (3, [5, 7, 3], [(8, 12), (4, 6), (2, 3)], 0.5),   # widths differ between levels
     (2, [34, 66], [(16, 24), (8, 12)], 4.0),          # C larger than one channel block
 ]
-
-
-def build(N, widths, sizes, tau=1.0, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    S = [torch.randn(N, c, h, w, generator=g) * 2 for c, (h, w) in zip(widths, sizes)]
-    T = [torch.randn(N, c, h, w, generator=g) * 3 + 0.5 for c, (h, w) in zip(widths, sizes)]
-    return CWDLoss(tau=tau, loss_weight=3.0), [s.to(device, dtype) for s in S], \
-        [t.to(device, dtype) for t in T]
-
-
-def loss_and_grads(module, S, T, backend):
-    module.backend = backend
-    S = [s.detach().clone().requires_grad_() for s in S]
-    terms = module.terms(S, T)
-    loss = module.loss_weight * terms.cwd_loss
-    grads = torch.autograd.grad(loss, S)
-    names = [f"S[{k}]" for k in range(len(S))]
-    return list(terms.level_losses[:, None].unbind(0)), loss, dict(zip(names, grads))
-
-
-def runner(module, S, T):
-    def run(backend, float64):
-        if float64:
-            return loss_and_grads(module, [s.double() for s in S], [t.double() for t in T],
-                                  backend)
-        return loss_and_grads(module, S, T, backend)
-    return run
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -76,69 +49,6 @@ def test_fused_memory_formats(backend, layout):
         assert grads["S[0]"].is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("backend", FUSED)
-def test_mixed_dtypes_are_upcast(backend):
-    module, S, T = build(2, [6, 3], [(6, 9), (3, 5)], device=backend_device(backend))
-    harness.assert_matches_reference(runner(module, [s.half() for s in S], T), backend,
-                                     torch.float16)
-
-
-@pytest.mark.parametrize("backend", FUSED)
-def test_grad_output_is_honoured(backend):
-    module, S, T = build(2, [6, 3], [(6, 8), (3, 4)], device=backend_device(backend))
-    _, _, g1 = loss_and_grads(module, S, T, backend)
-    S2 = [s.detach().clone().requires_grad_() for s in S]
-    g2 = torch.autograd.grad(1024.0 * module(S2, T), S2)
-    for a, b in zip(g1.values(), g2):
-        torch.testing.assert_close(1024.0 * a, b, rtol=1e-6, atol=1e-12)
-
-
-@pytest.mark.parametrize("backend", FUSED)
-def test_deterministic(backend):
-    case = build(2, [10, 5], [(8, 12), (4, 6)], device=backend_device(backend))
-    harness.assert_deterministic(runner(*case), backend)
-
-
-@pytest.mark.parametrize("backend", FUSED + ["auto", "reference"])
-def test_compile_fullgraph(backend):
-    module, S, T = build(2, [4, 6], [(4, 6), (2, 3)], device=backend_device(backend))
-    module.backend = backend
-    S = [s.detach().clone().requires_grad_() for s in S]
-    harness.assert_compiles_fullgraph(module, (S, T), S)
-
-
-@pytest.mark.parametrize("backend", FUSED)
-def test_autocast_gives_the_float32_values(backend):
-    module, S, T = build(2, [6, 3], [(6, 8), (3, 4)], device=backend_device(backend))
-    plain = runner(module, S, T)
-
-    def run(b, float64):
-        with torch.autocast(backend_device(backend), dtype=torch.bfloat16,
-                            enabled=b != "reference"):
-            return plain(b, float64)
-    harness.assert_matches_reference(run, backend)
-
-
-def test_no_grad_forward():
-    module, S, T = build(1, [4], [(4, 4)])
-    module.backend = "torch"
-    with torch.no_grad():
-        got = module(S, T)
-    module.backend = "reference"
-    assert_exact("loss", got, module(S, T).detach(), float64_run(module, S, T), elements(S, T))
-
-
-# ------------------------------------------------------------------- the API
-def test_one_level_lists_tuples_and_weight():
-    module, S, T = build(2, [6, 3, 5], [(8, 12), (4, 6), (2, 3)])
-    total = module(S, T)
-    torch.testing.assert_close(module(tuple(S), tuple(T)), total, rtol=0, atol=0)
-    terms = module.terms(S, T)
-    assert terms.level_losses.shape == (3,)
-    torch.testing.assert_close(total, 3.0 * terms.level_losses.sum(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(module(S[1], T[1]), 3.0 * terms.level_losses[1], rtol=1e-6, atol=0)
-
-
 def test_defaults_and_no_parameters():
     m = CWDLoss()
     assert (m.tau, m.loss_weight, m.backend, m.check_finite) == (1.0, 1.0, "auto", False)
@@ -151,14 +61,3 @@ def test_identical_maps_give_zero_and_gradient_only_to_the_student():
     S, T = ([x.requires_grad_() for x in xs] for xs in (S, T))
     grads = torch.autograd.grad(module(S, T), S + T, allow_unused=True)
     assert grads[0] is not None and grads[1] is None
-
-
-def test_float64_runs_on_the_reference():
-    module, S, T = build(1, [4], [(3, 4)], dtype=torch.float64)
-    assert module(S, T).dtype == torch.float64
-    module.backend = "torch"
-    assert module(S, T).dtype == torch.float64
-    if dispatch.available("cwd", "cpp"):
-        module.backend = "cpp"
-        with pytest.raises(TypeError, match="float64"):
-            module(S, T)
