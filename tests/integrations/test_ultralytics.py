@@ -259,7 +259,7 @@ def test_a_registered_loss_is_selectable(stand_ins, monkeypatch):
 
 
 @pytest.mark.parametrize("loss,options,error,match", [
-    ("cwd", {}, ValueError, "loss must be one of"),
+    ("no_such_loss", {}, ValueError, "loss must be one of"),
     ("fgd", {"preset": "retinanet"}, ValueError, "preset of 'fgd' must be one of"),
     ("fgd", {"alpha": 1.0}, TypeError, "'alpha' is not an option of 'fgd'"),
     ("fkd", {"temp": object()}, TypeError, "option temp="),
