@@ -28,6 +28,19 @@ def check_feature(name: str, F, channels: int) -> None:
         raise ValueError(f"{name} has an empty feature map, shape {tuple(F.shape)}")
 
 
+def check_map(name: str, x) -> None:
+    """x: a non-empty (N, C, H, W) float tensor of any width (losses that read maps whose
+    channels are not fixed when they are built)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if 0 in x.shape:
+        raise ValueError(f"{name} is empty, shape {tuple(x.shape)}")
+
+
 def check_pair(S, T, student_channels: int, teacher_channels: int, level: str = "") -> None:
     """preds_S / preds_T of one level: types, shapes, devices."""
     s, t = f"preds_S{level}", f"preds_T{level}"

@@ -29,24 +29,13 @@ def as_levels(preds_S, preds_T) -> tuple[list, list, list[str]]:
     return list(preds_S), list(preds_T), [f"[{k}]" for k in range(len(preds_S))]
 
 
-def check_map(name: str, x) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _checks.FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if 0 in x.shape:
-        raise ValueError(f"{name} is empty, shape {tuple(x.shape)}")
-
-
 def check_levels(S: list, T: list, sfx: list[str], same_channels: bool = True,
                  same_size: bool = True) -> None:
     """Every level: tensors, one batch size and one device for all, student and teacher
     of one spatial size (same_size) and width (same_channels)."""
     for k, (s, t, x) in enumerate(zip(S, T, sfx)):
-        check_map(f"preds_S{x}", s)
-        check_map(f"preds_T{x}", t)
+        _checks.check_map(f"preds_S{x}", s)
+        _checks.check_map(f"preds_T{x}", t)
         for name, m in ((f"preds_S{x}", s), (f"preds_T{x}", t)):
             if m.shape[0] != S[0].shape[0]:
                 raise ValueError(f"{name} has batch size {m.shape[0]} but preds_S{sfx[0]} has "

@@ -44,17 +44,6 @@ def level_lists(*pyramids) -> list[list]:
     return [list(v) for v in lists]
 
 
-def _check_map(name: str, x) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _checks.FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if 0 in x.shape:
-        raise ValueError(f"{name} is empty, shape {tuple(x.shape)}")
-
-
 def _check_channels(k: int, F_s: Tensor, F_t: Tensor, P_s: Tensor, P_t: Tensor,
                     student_channels, teacher_channels) -> None:
     for name, x, want in ((f"feats_S[{k}]", F_s, student_channels),
@@ -75,7 +64,7 @@ def check_level(k: int, maps: list[Tensor], first: Tensor, student_channels,
     """Level k's four maps: tensors, one batch, one spatial size, one device, channels."""
     names = [f"{a}[{k}]" for a in ARGS]
     for name, x in zip(names, maps):
-        _check_map(name, x)
+        _checks.check_map(name, x)
     F_s = maps[0]
     for name, x in zip(names, maps):
         if x.shape[0] != first.shape[0]:
