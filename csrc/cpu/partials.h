@@ -75,22 +75,19 @@ struct Moments {
   }
 };
 
-// Count, means, centred second moments and the centred cross moment of two
-// variables x, y, merged block by block with Chan's formula (the cross moment
-// gains delta_x delta_y count n / total, as each second moment gains delta^2 ...).
+// Two variables x, y merged block by block: each one's Moments, and their centred
+// cross moment, which gains delta_x delta_y count n / total as each second moment
+// gains delta^2 count n / total (Chan's formula).
 struct CoMoments {
-  double count = 0.0, mean_x = 0.0, mean_y = 0.0, m2_x = 0.0, m2_y = 0.0, m_xy = 0.0;
+  Moments x, y;
+  double m_xy = 0.0;
 
   FGDKERN_INLINE void merge(double n, double sum_x, double sum_y, double m2_x_block,
                             double m2_y_block, double m_xy_block) {
-    const double total = count + n, dx = sum_x / n - mean_x, dy = sum_y / n - mean_y;
-    const double f = count * n / total;
-    mean_x += dx * (n / total);
-    mean_y += dy * (n / total);
-    m2_x += m2_x_block + dx * dx * f;
-    m2_y += m2_y_block + dy * dy * f;
-    m_xy += m_xy_block + dx * dy * f;
-    count = total;
+    const double dx = sum_x / n - x.mean, dy = sum_y / n - y.mean;
+    m_xy += m_xy_block + dx * dy * (x.count * n / (x.count + n));
+    x.merge(n, sum_x, m2_x_block);
+    y.merge(n, sum_y, m2_y_block);
   }
 };
 

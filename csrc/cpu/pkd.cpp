@@ -101,7 +101,7 @@ void merge_stats(const PkdLevel& lv) {
   }
   float* out = lv.chan.data_ptr<float>();
   for (int64_t c = 0; c < C; ++c) {
-    const double row[PkdChan::kRows] = {m[c].mean_x, m[c].mean_y, m[c].m2_x, m[c].m2_y,
+    const double row[PkdChan::kRows] = {m[c].x.mean, m[c].y.mean, m[c].x.m2, m[c].y.m2,
                                         m[c].m_xy};
     for (int r = 0; r < PkdChan::kRows; ++r) out[r * C + c] = static_cast<float>(row[r]);
   }
