@@ -26,6 +26,7 @@ NO_WORK = {
     "aten::stride", "aten::numel", "aten::dim", "aten::is_pinned", "aten::pin_memory",
     "aten::_pin_memory", "aten::record_stream", "aten::_has_compatible_shallow_copy_type",
     "aten::is_nonzero", "aten::movedim", "aten::numpy_T", "aten::matrix_H", "aten::mT",
+    "aten::promote_types",
 }
 SYNCS = {"aten::_local_scalar_dense", "aten::item"}
 

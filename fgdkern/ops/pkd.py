@@ -1,26 +1,26 @@
-"""The PKD op: one moments pass over every level, O(C) torch, one gradient pass.
+"""The PKD op: one moments pass over every level, its small math, one gradient pass.
 
 ``pkd_loss`` is what PKDLoss calls; it takes tensors only. For a fused
-implementation (docs/pkd.md, "How it is computed"):
+implementation (docs/pkd.md, "How it is computed"; the order: ops/channel.py):
 forward:  pkd_stats gives per channel the means and the centred moments m2_s,
           m2_t, m_st over (N, H, W); with sigma = sqrt(m2 / (M - 1)) + 1e-6,
-          M = N*H*W, each level's loss is
+          M = N*H*W, pkd_levels each level's loss
           sum_c [m2_s / sigma_s^2 + m2_t / sigma_t^2 - 2 m_st / (sigma_s sigma_t)] / (2 N C H W);
-backward: autograd of that O(C) math gives the gradients of m2_s and m_st, and
-          pkd_grad writes dS = 2 g_m2_s (S - mean_s) + g_m_st (T - mean_t) in one sweep.
+backward: pkd_coef gives the derivatives of that in m2_s and m_st times the level's
+          gradient, and pkd_grad writes dS = 2 g_m2_s (S - mean_s) + g_m_st (T - mean_t)
+          in one sweep.
 The contract of the passes is fgdkern/reference/channel_passes.py.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from fgdkern.ops import dispatch
+from fgdkern.ops.channel import PASSES, Passes, level_losses
 from fgdkern.reference import channel_passes
 from fgdkern.reference.pfi import accumulation_dtype
-from fgdkern.reference.pkd import EPS, PKDTerms, pkd_reference
+from fgdkern.reference.pkd import PKDTerms, pkd_reference
 from fgdkern.rows import PKD_CHAN, PKD_COEF
 
 
@@ -50,76 +50,48 @@ def _pkd_grad_triton(S: list[Tensor], T: list[Tensor], coef: list[Tensor]) -> li
     return pkd_grad(S, T, coef)
 
 
+@torch.library.custom_op("fgdkern::pkd_levels_triton", mutates_args=())
+def _pkd_levels_triton(chan: list[Tensor], pixels: list[int]) -> Tensor:
+    from fgdkern.triton import pkd_levels
+    return pkd_levels(chan, pixels)
+
+
+@torch.library.custom_op("fgdkern::pkd_coef_triton", mutates_args=())
+def _pkd_coef_triton(chan: list[Tensor], dlevels: Tensor, pixels: list[int]) -> list[Tensor]:
+    from fgdkern.triton import pkd_coef
+    return pkd_coef(chan, dlevels, pixels)
+
+
 _pkd_stats_triton.register_fake(_stats_fake)
 _pkd_grad_triton.register_fake(_grad_fake)
+_pkd_levels_triton.register_fake(lambda chan, pixels: chan[0].new_empty(len(chan)))
+_pkd_coef_triton.register_fake(
+    lambda chan, dlevels, pixels: [c.new_empty((len(PKD_COEF), c.shape[1])) for c in chan])
 
 
-def passes(impl: str) -> tuple[Callable, Callable]:
-    """(pkd_stats, pkd_grad) of a fused implementation: 'cpp', 'triton' or 'torch'."""
+def passes(impl: str) -> Passes:
+    """The passes of a fused implementation: 'cpp', 'triton' or 'torch'. The C++ passes
+    take their small math from the contract: on a CPU its few ops cost no launches."""
+    cp, ops = channel_passes, torch.ops.fgdkern
     if impl == "cpp":
-        return torch.ops.fgdkern.pkd_stats_cpp, torch.ops.fgdkern.pkd_grad_cpp
-    if impl == "triton":
-        return torch.ops.fgdkern.pkd_stats_triton, torch.ops.fgdkern.pkd_grad_triton
-    if impl == "torch":
-        return channel_passes.pkd_stats, channel_passes.pkd_grad
-    raise ValueError(f"unknown fused implementation {impl!r}")
+        stats, levels, coef, grad = ops.pkd_stats_cpp, cp.pkd_levels, cp.pkd_coef, ops.pkd_grad_cpp
+    elif impl == "triton":
+        stats, levels, coef, grad = (ops.pkd_stats_triton, ops.pkd_levels_triton,
+                                     ops.pkd_coef_triton, ops.pkd_grad_triton)
+    elif impl == "torch":
+        stats, levels, coef, grad = cp.pkd_stats, cp.pkd_levels, cp.pkd_coef, cp.pkd_grad
+    else:
+        raise ValueError(f"unknown fused implementation {impl!r}")
+    return Passes(lambda S, T, pixels: stats(S, T), levels, coef,
+                  lambda S, T, coef, pixels: grad(S, T, coef))
 
 
-# ------------------------------------------------------------------ autograd
-MOMENTS = ("m2_s", "m2_t", "m_st")
-
-
-class _PKDMoments(torch.autograd.Function):
-    """Per level the (3, C) table of m2_s, m2_t, m_st. Inputs: S*L, T*L (T gets no gradient).
-
-    The means are saved for the gradient pass, not returned: no loss term reads them
-    (m2 and m_st are centred, so their gradients already hold the means' share)."""
-
-    @staticmethod
-    def forward(ctx, impl: str, L: int, *tensors):
-        S, T = list(tensors[:L]), list(tensors[L:])
-        stats = passes(impl)[0](S, T)
-        ctx.impl, ctx.L = impl, L
-        ctx.save_for_backward(*S, *T, *stats)
-        return tuple(st[[getattr(PKD_CHAN, r) for r in MOMENTS]] for st in stats)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        L, saved = ctx.L, ctx.saved_tensors
-        S, T, stats = list(saved[:L]), list(saved[L:2 * L]), list(saved[2 * L:])
-        dS = [None] * L
-        if any(ctx.needs_input_grad[2:2 + L]):
-            coef = []
-            for st, g in zip(stats, grads):
-                g = g.to(st.dtype)
-                rows = dict(a=2 * g[MOMENTS.index("m2_s")], mean_s=st[PKD_CHAN.mean_s],
-                            b=g[MOMENTS.index("m_st")], mean_t=st[PKD_CHAN.mean_t])
-                coef.append(torch.stack([rows[r] for r in PKD_COEF], 0))
-            dS = passes(ctx.impl)[1](S, T, coef)
-        return (None, None, *dS, *([None] * L))
-
-
-def level_from_moments(moments: Tensor, shape) -> Tensor:
-    """One level's loss from its (3, C) moments: the squared distance of the standardised
-    maps summed per channel, over 2 N C H W (docs/pkd.md, "How it is computed")."""
-    m2_s, m2_t, m_st = moments.unbind(0)
-    N, C, H, W = shape
-    M = N * H * W
-    sigma_s = (m2_s / (M - 1)).sqrt() + EPS
-    sigma_t = (m2_t / (M - 1)).sqrt() + EPS
-    per_channel = m2_s / sigma_s ** 2 + m2_t / sigma_t ** 2 - 2 * m_st / (sigma_s * sigma_t)
-    return per_channel.sum() / (2 * N * C * H * W)
+PASSES["pkd"] = passes
 
 
 def pkd_fused(impl: str, S: list[Tensor], T: list[Tensor]) -> PKDTerms:
     """PKD from the channel-moment passes of ``impl`` ('cpp', 'triton' or 'torch')."""
-    pairs = [(s, t.detach()) if s.dtype == t.dtype else
-             (s.to(accumulation_dtype(s, t)), t.detach().to(accumulation_dtype(s, t)))
-             for s, t in zip(S, T)]
-    S, T = [s for s, _ in pairs], [t for _, t in pairs]
-    with torch.autocast(S[0].device.type, enabled=False):
-        moments = _PKDMoments.apply(impl, len(S), *S, *T)
-        levels = torch.stack([level_from_moments(m, s.shape) for m, s in zip(moments, S)])
+    levels = level_losses("pkd", impl, S, T, [s.shape[0] * s.shape[2] * s.shape[3] for s in S])
     return PKDTerms(levels.sum(), levels)
 
 

@@ -35,6 +35,18 @@ pkd_grad(S, T, coef) -> [dS_0..dS_{L-1}]
         dS[n, c, ij] = a * (S - mean_s) + b * (T - mean_t)
     (d m2_s / dS = 2 (S - mean_s), d m_st / dS = T - mean_t: the caller folds the 2.)
 
+The small math between the passes, O(N*C) per level (dlevels: the (L,) gradient of the
+per-level losses, any strides):
+cwd_levels(chan, inv_tau) -> (L,): tau^2 * sum_{n,c} kl / (N * C) per level
+cwd_coef(chan, dlevels, inv_tau) -> [coef_l]: lse_s, lse_t of chan and
+    k = dlevels[l] * tau / (N * C)   (d level / d kl times d kl / dS's inv_tau)
+pkd_levels(chan, pixels) -> (L,): per level, with M = pixels[l] = N*H*W and
+    sigma = sqrt(m2 / (M - 1)) + EPS per channel,
+    sum_c f / (2 M C),  f = m2_s / sigma_s^2 + m2_t / sigma_t^2 - 2 m_st / (sigma_s sigma_t)
+pkd_coef(chan, dlevels, pixels) -> [coef_l]:
+    a = 2 dlevels[l] / (2 M C) * df/dm2_s, b = dlevels[l] / (2 M C) * df/dm_st, the means
+    of chan (the derivatives written out in pkd_coef_level).
+
 dS: shape and dtype of S, its memory format where S is dense (torch.empty_like).
 Reductions run in a fixed order: results are deterministic. No kernel may
 allocate an (N, C, H, W) buffer other than dS.
@@ -44,6 +56,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fgdkern.reference.pkd import EPS
 from fgdkern.rows import CWD_CHAN, CWD_COEF, PKD_CHAN, PKD_COEF
 
 
@@ -113,3 +126,54 @@ def pkd_stats(S: list[Tensor], T: list[Tensor]) -> list[Tensor]:
 
 def pkd_grad(S: list[Tensor], T: list[Tensor], coef: list[Tensor]) -> list[Tensor]:
     return [pkd_grad_level(*args) for args in zip(S, T, coef)]
+
+
+# ---------------------------------------------------------------- the small math
+def cwd_levels(chan: list[Tensor], inv_tau: list[float]) -> Tensor:
+    return torch.stack([ch[:, CWD_CHAN.kl].sum() / (it * it * ch.shape[0] * ch.shape[2])
+                        for ch, it in zip(chan, inv_tau)])
+
+
+def cwd_coef(chan: list[Tensor], dlevels: Tensor, inv_tau: list[float]) -> list[Tensor]:
+    coef = []
+    for ch, g, it in zip(chan, dlevels.unbind(0), inv_tau):
+        rows = dict(lse_s=ch[:, CWD_CHAN.lse_s], lse_t=ch[:, CWD_CHAN.lse_t],
+                    k=(g.to(ch.dtype) / (it * ch.shape[0] * ch.shape[2])).expand_as(ch[:, 0]))
+        coef.append(torch.stack([rows[r] for r in CWD_COEF], 1))
+    return coef
+
+
+def _sigmas(ch: Tensor, M: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """r = sqrt(m2 / (M - 1)) and sigma = r + EPS of S and of T, per channel."""
+    r_s = (ch[PKD_CHAN.m2_s] / (M - 1)).sqrt()
+    r_t = (ch[PKD_CHAN.m2_t] / (M - 1)).sqrt()
+    return r_s, r_s + EPS, r_t, r_t + EPS
+
+
+def pkd_levels(chan: list[Tensor], pixels: list[int]) -> Tensor:
+    levels = []
+    for ch, M in zip(chan, pixels):
+        _, sig_s, _, sig_t = _sigmas(ch, M)
+        f = (ch[PKD_CHAN.m2_s] / sig_s ** 2 + ch[PKD_CHAN.m2_t] / sig_t ** 2
+             - 2 * ch[PKD_CHAN.m_st] / (sig_s * sig_t))
+        levels.append(f.sum() / (2 * M * ch.shape[1]))
+    return torch.stack(levels)
+
+
+def pkd_coef_level(ch: Tensor, g: Tensor, M: int) -> Tensor:
+    """One level's coef: f's derivatives in m2_s (through sigma_s too) and m_st, times
+    g / (2 M C); sigma's derivative in m2 is 1 / (2 (M - 1) r), infinite where r is 0,
+    as autograd's."""
+    r_s, sig_s, _, sig_t = _sigmas(ch, M)
+    m2_s, m_st = ch[PKD_CHAN.m2_s], ch[PKD_CHAN.m_st]
+    df_dsig_s = 2 * (m_st / (sig_s * sig_t) - m2_s / sig_s ** 2) / sig_s
+    df_dm2_s = 1 / sig_s ** 2 + df_dsig_s * 0.5 / ((M - 1) * r_s)
+    df_dm_st = -2 / (sig_s * sig_t)
+    scale = g.to(ch.dtype) / (2 * M * ch.shape[1])
+    rows = dict(a=2 * scale * df_dm2_s, mean_s=ch[PKD_CHAN.mean_s], b=scale * df_dm_st,
+                mean_t=ch[PKD_CHAN.mean_t])
+    return torch.stack([rows[r] for r in PKD_COEF], 0)
+
+
+def pkd_coef(chan: list[Tensor], dlevels: Tensor, pixels: list[int]) -> list[Tensor]:
+    return [pkd_coef_level(ch, g, M) for ch, g, M in zip(chan, dlevels.unbind(0), pixels)]

@@ -9,17 +9,18 @@ tiles.py                    addressing, loading, storing and reducing tiles of f
 merges.py                   exact merges of partial reductions (online softmax, Chan's moments)
 levels.py                   every pyramid level in one launch: the level table, runs, checks
 sweeps.py                   a run of blocks one channel chunk at a time: folds and maps
+level_math.py               the small math between two passes, every level in one launch
 
 Importing this package needs triton; callers import it lazily.
 """
-from fgdkern.triton.cwd_grad import cwd_grad
-from fgdkern.triton.cwd_stats import cwd_stats
+from fgdkern.triton.cwd_grad import cwd_coef, cwd_grad
+from fgdkern.triton.cwd_stats import cwd_levels, cwd_stats
 from fgdkern.triton.fgd_grad import fgd_grad
 from fgdkern.triton.fgd_stats import fgd_stats
 from fgdkern.triton.imitation_grad import imitation_grad
 from fgdkern.triton.imitation_stats import imitation_stats
-from fgdkern.triton.pkd_grad import pkd_grad
-from fgdkern.triton.pkd_stats import pkd_stats
+from fgdkern.triton.pkd_grad import pkd_coef, pkd_grad
+from fgdkern.triton.pkd_stats import pkd_levels, pkd_stats
 
-__all__ = ["cwd_grad", "cwd_stats", "fgd_grad", "fgd_stats", "imitation_grad",
-           "imitation_stats", "pkd_grad", "pkd_stats"]
+__all__ = ["cwd_coef", "cwd_grad", "cwd_levels", "cwd_stats", "fgd_grad", "fgd_stats", "imitation_grad",
+           "imitation_stats", "pkd_coef", "pkd_grad", "pkd_levels", "pkd_stats"]

@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fgdkern.rows import CWD_COEF
+from fgdkern.rows import CWD_CHAN, CWD_COEF
+from fgdkern.triton.level_math import map_items
 from fgdkern.triton.levels import (
     RUNTIME_INTS, VIEW_COLS, Launch, check_features, device_values, extra_columns,
     float32_levels, host_copy_if_interpreted, level_shape, offset, per_dtype, positive_levels,
@@ -30,6 +31,7 @@ from fgdkern.triton.sweeps import map_blocks
 from fgdkern.triton.tiles import channel_row
 
 LSE_S, LSE_T, K, COEF_ROWS = row_indices(CWD_COEF, "lse_s", "lse_t", "k")
+CHAN_LSE_S, CHAN_LSE_T, CHAN_ROWS = row_indices(CWD_CHAN, "lse_s", "lse_t")
 
 # Columns of the level table after the common ones: element offsets of coef and 1 / tau
 # from the float32 base, then the view of dS from level 0's dS.
@@ -93,3 +95,21 @@ def cwd_grad(S: list[Tensor], T: list[Tensor], coef: list[Tensor], inv_tau: list
                           S[0].device)
     inv_tau = positive_levels("inv_tau", inv_tau, len(S))
     return per_dtype(_launch, S, [S, T, coef, inv_tau], programs)
+
+
+@triton.jit
+def cwd_coef_body(row0, out0, C, mask, g, p0, p1):
+    """Items' coef: their lse_s and lse_t, and k = g tau / (N C) (p1 = tau / (N C))."""
+    lse_s = tl.load(row0 + CHAN_LSE_S * C, mask=mask)
+    tl.store(out0 + LSE_S * C, lse_s, mask=mask)
+    tl.store(out0 + LSE_T * C, tl.load(row0 + CHAN_LSE_T * C, mask=mask), mask=mask)
+    tl.store(out0 + K * C, tl.zeros_like(lse_s) + g * p1, mask=mask)
+
+
+@host_copy_if_interpreted
+def cwd_coef(chan: list[Tensor], dlevels: Tensor, inv_tau: list[float]) -> list[Tensor]:
+    """[coef_l] of channel_passes.cwd_coef: one launch (level_math.map_items)."""
+    inv_tau = positive_levels("inv_tau", inv_tau, len(chan))
+    return map_items(cwd_coef_body, CHAN_ROWS.value, COEF_ROWS.value, chan, dlevels,
+                     [(0.0, 1.0 / (it * ch.shape[0] * ch.shape[2]))
+                      for ch, it in zip(chan, inv_tau)])

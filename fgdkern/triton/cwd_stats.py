@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fgdkern.rows import CWD_CHAN
+from fgdkern.triton.level_math import level_sums
 from fgdkern.triton.levels import (
     RUNTIME_INTS, COL_PART, Launch, check_features, device_values, extra_columns,
     host_copy_if_interpreted, image_channel_block, image_channel_blocks, level_shape, offset,
@@ -140,3 +141,18 @@ def cwd_stats(S: list[Tensor], T: list[Tensor], inv_tau: list[float], *,
     check_features(S, T)
     inv_tau = positive_levels("inv_tau", inv_tau, len(S))
     return per_dtype(_launch, S, [S, T, inv_tau], programs)
+
+
+@triton.jit
+def cwd_level_body(row0, C, mask, p0, p1):
+    """Items' kl: their sum times p1 = tau^2 / (N C) is the level's loss."""
+    return tl.load(row0 + KL * C, mask=mask, other=0.0)
+
+
+@host_copy_if_interpreted
+def cwd_levels(chan: list[Tensor], inv_tau: list[float]) -> Tensor:
+    """(L,) of channel_passes.cwd_levels: one launch (level_math.level_sums)."""
+    inv_tau = positive_levels("inv_tau", inv_tau, len(chan))
+    return level_sums(cwd_level_body, CHAN_ROWS.value, chan,
+                      [(0.0, 1.0 / (it * it * ch.shape[0] * ch.shape[2]))
+                       for ch, it in zip(chan, inv_tau)])

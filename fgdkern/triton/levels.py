@@ -394,6 +394,7 @@ def host_copy_if_interpreted(fn):
         if os.environ.get("TRITON_INTERPRET") != "1" or device.type == "cpu":
             return fn(*args, **kwargs)
         host = [[x.cpu() if isinstance(x, Tensor) else x for x in a] if isinstance(a, list)
-                else a for a in args]
-        return [out.to(device) for out in fn(*host, **kwargs)]
+                else a.cpu() if isinstance(a, Tensor) else a for a in args]
+        out = fn(*host, **kwargs)
+        return out.to(device) if isinstance(out, Tensor) else [x.to(device) for x in out]
     return wrapper

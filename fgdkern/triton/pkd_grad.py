@@ -24,6 +24,9 @@ import triton.language as tl
 from torch import Tensor
 
 from fgdkern.rows import PKD_COEF
+from fgdkern.triton.level_math import map_items
+from fgdkern.triton.pkd_stats import CHAN_ROWS, pkd_sigmas
+from fgdkern.triton.pkd_stats import MEAN_S as CHAN_MEAN_S, MEAN_T as CHAN_MEAN_T
 from fgdkern.triton.levels import (
     RUNTIME_INTS, VIEW_COLS, Launch, check_features, extra_columns, float32_levels,
     host_copy_if_interpreted, offset, per_dtype, program_run, row_indices, run_blocks, view)
@@ -90,3 +93,25 @@ def pkd_grad(S: list[Tensor], T: list[Tensor], coef: list[Tensor], *,
     check_features(S, T)
     coef = float32_levels("coef", coef, [(len(PKD_COEF), s.shape[1]) for s in S], S[0].device)
     return per_dtype(_launch, S, [S, T, coef], programs)
+
+
+@triton.jit
+def pkd_coef_body(row0, out0, C, mask, g, p0, p1):
+    """Items' coef: a = 2 g / (2 M C) df/dm2_s (sigma_s's share through
+    dr_s / dm2_s = 1 / (2 (M - 1) r_s)), b = g / (2 M C) df/dm_st and the means
+    (p0 = M - 1, p1 = 1 / (2 M C))."""
+    m2_s, _, m_st, r_s, sig_s, sig_t = pkd_sigmas(row0, C, mask, p0)
+    df_dsig_s = 2 * (m_st / (sig_s * sig_t) - m2_s / (sig_s * sig_s)) / sig_s
+    df_dm2_s = 1 / (sig_s * sig_s) + df_dsig_s * 0.5 / (p0 * r_s)
+    scale = g * p1
+    tl.store(out0 + A * C, 2 * scale * df_dm2_s, mask=mask)
+    tl.store(out0 + B * C, scale * (-2 / (sig_s * sig_t)), mask=mask)
+    tl.store(out0 + MEAN_S * C, tl.load(row0 + CHAN_MEAN_S * C, mask=mask), mask=mask)
+    tl.store(out0 + MEAN_T * C, tl.load(row0 + CHAN_MEAN_T * C, mask=mask), mask=mask)
+
+
+@host_copy_if_interpreted
+def pkd_coef(chan: list[Tensor], dlevels: Tensor, pixels: list[int]) -> list[Tensor]:
+    """[coef_l] of channel_passes.pkd_coef: one launch (level_math.map_items)."""
+    return map_items(pkd_coef_body, CHAN_ROWS.value, COEF_ROWS.value, chan, dlevels,
+                     [(M - 1.0, 1.0 / (2 * M * ch.shape[1])) for ch, M in zip(chan, pixels)])

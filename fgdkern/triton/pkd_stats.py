@@ -28,6 +28,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fgdkern.rows import PKD_CHAN
+from fgdkern.reference.pkd import EPS
+from fgdkern.triton.level_math import level_sums
 from fgdkern.triton.levels import (
     RUNTIME_INTS, COL_PART, COL_PROG0, Launch, check_features, extra_columns,
     host_copy_if_interpreted, level_channel_block, level_channel_blocks, level_shape, offset,
@@ -36,6 +38,7 @@ from fgdkern.triton.merges import chan_merge_pair, partial_row
 from fgdkern.triton.sweeps import fold_rows
 from fgdkern.triton.tiles import per_channel, sum_pixels
 
+EPS = tl.constexpr(EPS)
 MEAN_S, MEAN_T, M2_S, M2_T, M_ST, CHAN_ROWS = row_indices(
     PKD_CHAN, "mean_s", "mean_t", "m2_s", "m2_t", "m_st")
 # A run's partial rows, in the order pkd_block folds them: chan's, with sums for means.
@@ -139,3 +142,29 @@ def pkd_stats(S: list[Tensor], T: list[Tensor], *, programs: Optional[int] = Non
     """
     check_features(S, T)
     return per_dtype(_launch, S, [S, T], programs)
+
+
+@triton.jit
+def pkd_sigmas(row0, C, mask, p0):
+    """Items' m2_s, m2_t, m_st, r_s = sqrt(m2_s / (M - 1)) and sigma = r + EPS of S and T
+    (p0 = M - 1; lanes past the items read m2 = 1, not a 0 to divide by)."""
+    m2_s = tl.load(row0 + M2_S * C, mask=mask, other=1.0)
+    m2_t = tl.load(row0 + M2_T * C, mask=mask, other=1.0)
+    r_s = tl.sqrt(m2_s / p0)
+    sig_t = tl.sqrt(m2_t / p0) + EPS
+    return m2_s, m2_t, tl.load(row0 + M_ST * C, mask=mask, other=0.0), r_s, r_s + EPS, sig_t
+
+
+@triton.jit
+def pkd_level_body(row0, C, mask, p0, p1):
+    """Items' f = m2_s / sigma_s^2 + m2_t / sigma_t^2 - 2 m_st / (sigma_s sigma_t): their sum
+    times p1 = 1 / (2 M C) is the level's loss."""
+    m2_s, m2_t, m_st, _, sig_s, sig_t = pkd_sigmas(row0, C, mask, p0)
+    return m2_s / (sig_s * sig_s) + m2_t / (sig_t * sig_t) - 2 * m_st / (sig_s * sig_t)
+
+
+@host_copy_if_interpreted
+def pkd_levels(chan: list[Tensor], pixels: list[int]) -> Tensor:
+    """(L,) of channel_passes.pkd_levels: one launch (level_math.level_sums)."""
+    return level_sums(pkd_level_body, CHAN_ROWS.value, chan,
+                      [(M - 1.0, 1.0 / (2 * M * ch.shape[1])) for ch, M in zip(chan, pixels)])

@@ -78,3 +78,44 @@ def test_float32_tables_for_low_precision_maps():
     assert cp.pkd_stats([S], [T])[0].dtype == torch.float32
     coef = torch.zeros(len(PKD_COEF), 3)
     assert cp.pkd_grad([S], [T], [coef])[0].dtype == torch.float16
+
+
+# ---------------------------------------------------------------- the small math
+def pyramid(seed=5):
+    """Two levels of one batch, different sizes and widths, float64."""
+    (S0, T0), (S1, T1) = maps(N=2, C=3, H=4, W=5, seed=seed), maps(N=2, C=4, H=2, W=3, seed=seed)
+    return [S0, S1], [T0, T1]
+
+
+@pytest.mark.parametrize("expanded", [False, True])  # dlevels as autograd gives a sum's
+def test_cwd_small_math_is_the_loss_and_its_gradient(expanded):
+    from fgdkern.reference.cwd import cwd_reference
+
+    S, T = pyramid()
+    inv_tau = [0.5, 0.5]
+    S_ = [s.detach().requires_grad_() for s in S]
+    levels = cp.cwd_levels(cp.cwd_stats(S_, T, inv_tau), inv_tau)
+    torch.testing.assert_close(levels, cwd_reference(S, T, 2.0).level_losses)
+    dlevels = torch.full((), 0.7, dtype=D).expand(2) if expanded else torch.tensor([0.7, -1.3], dtype=D)
+    want = torch.autograd.grad((levels * dlevels).sum(), S_)
+    chan = cp.cwd_stats(S, T, inv_tau)
+    got = cp.cwd_grad(S, T, cp.cwd_coef(chan, dlevels, inv_tau), inv_tau)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("expanded", [False, True])
+def test_pkd_small_math_is_the_loss_and_its_gradient(expanded):
+    from fgdkern.reference.pkd import pkd_reference
+
+    S, T = pyramid(seed=6)
+    pixels = [s.shape[0] * s.shape[2] * s.shape[3] for s in S]
+    S_ = [s.detach().requires_grad_() for s in S]
+    levels = cp.pkd_levels(cp.pkd_stats(S_, T), pixels)
+    torch.testing.assert_close(levels, pkd_reference(S, T).level_losses)
+    dlevels = torch.full((), 0.7, dtype=D).expand(2) if expanded else torch.tensor([0.7, -1.3], dtype=D)
+    want = torch.autograd.grad((levels * dlevels).sum(), S_)
+    chan = cp.pkd_stats(S, T)
+    got = cp.pkd_grad(S, T, cp.pkd_coef(chan, dlevels, pixels))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

@@ -1,0 +1,76 @@
+"""What the channel losses' ops (CWD, PKD) share: a fused implementation as two passes and
+the small math between them, and the autograd wrapper that runs them.
+
+forward:  chan = stats(S, T)           one read of S and T (every level in one call)
+          levels = levels(chan)        the (L,) level losses, O(N*C)
+backward: coef = coef(chan, dlevels)   the gradient's coefficients, O(N*C)
+          dS = grad(S, T, coef)        one elementwise sweep
+Each piece takes the loss's per-level parameters (CWD: 1 / tau, PKD: N*H*W) last. On a
+GPU each piece is one custom op of a few launches, whatever the number of levels
+(docs/kernels.md, "Launches on a GPU"); the contract of all four is
+fgdkern/reference/channel_passes.py.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fgdkern.reference.pfi import accumulation_dtype
+
+
+class Passes(NamedTuple):
+    """stats(S, T, p) -> chan, levels(chan, p) -> (L,), coef(chan, dlevels, p) -> coef,
+    grad(S, T, coef, p) -> dS; p: one parameter per level."""
+    stats: Callable
+    levels: Callable
+    coef: Callable
+    grad: Callable
+
+
+# Each loss's passes of an implementation ('cpp', 'triton' or 'torch'): PASSES[loss](impl).
+PASSES: dict[str, Callable[[str], Passes]] = {}
+
+
+class _ChannelLoss(torch.autograd.Function):
+    """The (L,) level losses. Inputs: S*L, T*L (T gets no gradient).
+
+    The statistics are saved for the gradient pass, so the backward is exactly the
+    gradient of what the forward computed from them."""
+
+    @staticmethod
+    def forward(ctx, loss: str, impl: str, params: list, L: int, *tensors):
+        S, T = list(tensors[:L]), list(tensors[L:])
+        p = PASSES[loss](impl)
+        chan = p.stats(S, T, params)
+        ctx.loss, ctx.impl, ctx.params, ctx.L = loss, impl, params, L
+        ctx.save_for_backward(*S, *T, *chan)
+        return p.levels(chan, params)
+
+    @staticmethod
+    def backward(ctx, dlevels):
+        L, saved, p = ctx.L, ctx.saved_tensors, PASSES[ctx.loss](ctx.impl)
+        S, T, chan = list(saved[:L]), list(saved[L:2 * L]), list(saved[2 * L:])
+        dS = [None] * L
+        if any(ctx.needs_input_grad[4:4 + L]):
+            dS = p.grad(S, T, p.coef(chan, dlevels, ctx.params), ctx.params)
+        return (None, None, None, None, *dS, *([None] * L))
+
+
+def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
+    """S and T in one dtype (a pass reads one per level): both upcast where they differ."""
+    if S.dtype == T.dtype:
+        return S, T
+    dtype = accumulation_dtype(S, T)
+    return S.to(dtype), T.to(dtype)
+
+
+def level_losses(loss: str, impl: str, S: list[Tensor], T: list[Tensor],
+                 params: list) -> Tensor:
+    """The (L,) level losses of the maps by PASSES[loss](impl), float32 (float64 for
+    float64) whatever autocast says; the gradient flows into S only."""
+    pairs = [_same_dtype(s, t.detach()) for s, t in zip(S, T)]
+    S, T = [s for s, _ in pairs], [t for _, t in pairs]
+    with torch.autocast(S[0].device.type, enabled=False):
+        return _ChannelLoss.apply(loss, impl, params, len(S), *S, *T)
