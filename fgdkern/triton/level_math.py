@@ -14,6 +14,8 @@ so the loss's own file holds only its formulas.
 """
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
 # tl.constexpr annotations of kernel arguments as objects, not strings.
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -67,6 +69,25 @@ def map_items_kernel(table, base, params, dlevels, g_stride, L, BODY: tl.constex
          tl.load(params + 2 * l), tl.load(params + 2 * l + 1))
 
 
+def check_tables(chan: list[Tensor], rows: int, dlevels: Optional[Tensor] = None) -> None:
+    """chan: one contiguous float32 (..., rows, C) table per level on one device; dlevels:
+    L float32 values there."""
+    if len(chan) == 0:
+        raise ValueError("chan must hold one statistic table per level, got none")
+    for k, ch in enumerate(chan):
+        if ch.dtype != torch.float32:
+            raise TypeError(f"chan[{k}] must be float32, got {ch.dtype}")
+        if ch.dim() not in (2, 3) or ch.shape[-2] != rows or not ch.is_contiguous():
+            raise ValueError(f"chan[{k}] must be a contiguous (..., {rows}, C) table, got shape "
+                             f"{tuple(ch.shape)} and strides {ch.stride()}")
+        if ch.device != chan[0].device:
+            raise ValueError(f"chan[{k}] is on {ch.device}, chan[0] on {chan[0].device}")
+    if dlevels is not None and (dlevels.shape != (len(chan),) or dlevels.dtype != torch.float32
+                                or dlevels.device != chan[0].device):
+        raise ValueError(f"dlevels must be {len(chan)} float32 values on {chan[0].device}, got "
+                         f"{dlevels.dtype} of shape {tuple(dlevels.shape)} on {dlevels.device}")
+
+
 def _table(chan: list[Tensor], outs: list[Tensor]) -> tuple[Tensor, int]:
     """The level table (outputs addressed from chan[0] too) and the map_items programs."""
     rows, prog0 = [], 0
@@ -80,6 +101,7 @@ def _table(chan: list[Tensor], outs: list[Tensor]) -> tuple[Tensor, int]:
 def level_sums(body, rows: int, chan: list[Tensor], params: list[tuple[float, float]]) -> Tensor:
     """(L,) float32: per level p1 * sum of body over its items (chan[l]: (G, rows, C), or
     (rows, C) for G = 1; params: (p0, p1) per level)."""
+    check_tables(chan, rows)
     out = torch.empty(len(chan), dtype=torch.float32, device=chan[0].device)
     table, _ = _table(chan, chan)
     with on_device(chan[0].device):
@@ -92,6 +114,7 @@ def map_items(body, rows_in: int, rows_out: int, chan: list[Tensor], dlevels: Te
               params: list[tuple[float, float]]) -> list[Tensor]:
     """Per level a float32 table of rows_out rows written by body from chan[l]'s items and
     dlevels[l] (any stride); the table has chan[l]'s shape with rows_out rows."""
+    check_tables(chan, rows_in, dlevels)
     shapes = [(*ch.shape[:-2], rows_out, ch.shape[-1]) for ch in chan]
     outs = [ch.new_empty(shape) for ch, shape in zip(chan, shapes)]
     table, programs = _table(chan, outs)

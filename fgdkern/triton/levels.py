@@ -259,11 +259,7 @@ def view(x: Tensor, base: Tensor) -> list[int]:
 
 
 def _starts(counts: list[int]) -> list[int]:
-    out, total = [], 0
-    for k in counts:
-        out.append(total)
-        total += k
-    return out
+    return [sum(counts[:k]) for k in range(len(counts))]
 
 
 @functools.lru_cache(maxsize=None)
@@ -395,6 +391,6 @@ def host_copy_if_interpreted(fn):
             return fn(*args, **kwargs)
         host = [[x.cpu() if isinstance(x, Tensor) else x for x in a] if isinstance(a, list)
                 else a.cpu() if isinstance(a, Tensor) else a for a in args]
-        out = fn(*host, **kwargs)
+        out = fn(*host, **kwargs)  # a list of outputs, or one
         return out.to(device) if isinstance(out, Tensor) else [x.to(device) for x in out]
     return wrapper

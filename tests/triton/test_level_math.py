@@ -62,3 +62,47 @@ def test_pkd_coef(expanded):
     S, T = make_maps(2, 300, SIZES[:2], seed=2)
     chan, pixels, g = contract.pkd_stats(S, T), [2 * H * W for H, W in SIZES[:2]], dlevels(expanded, 2)
     assert_matches_contract(pkd_coef(chan, g, pixels), contract.pkd_coef, chan, g, pixels)
+
+
+def test_opcheck():
+    import importlib
+
+    importlib.import_module("fgdkern.ops.cwd")  # registers the ops
+    importlib.import_module("fgdkern.ops.pkd")
+    S, T = make_maps(2, 3, [(2, 3), (1, 1)])
+    ops, utils = torch.ops.fgdkern, ("test_schema", "test_faketensor")
+    cwd, pkd, g, pixels = contract.cwd_stats(S, T, [1.0, 0.5]), contract.pkd_stats(S, T), dlevels(False, 2), [12, 2]
+    for op, args in [(ops.cwd_levels_triton, (cwd, [1.0, 0.5])),
+                     (ops.cwd_coef_triton, (cwd, g, [1.0, 0.5])),
+                     (ops.pkd_levels_triton, (pkd, pixels)),
+                     (ops.pkd_coef_triton, (pkd, g, pixels))]:
+        torch.library.opcheck(op.default, args, test_utils=utils)
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("no levels", ValueError, "chan must hold"),
+    ("dtype", TypeError, r"chan\[1\] must be float32"),
+    ("rows", ValueError, r"chan\[0\] must be a contiguous \(\.\.\., 3, C\)"),
+    ("strided", ValueError, r"chan\[0\] must be a contiguous"),
+    ("dlevels length", ValueError, "dlevels must be 2 float32"),
+    ("dlevels dtype", ValueError, "dlevels must be 2 float32"),
+])
+def test_bad_tables(case, error, match):
+    from fgdkern.triton import cwd_coef
+
+    S, T = make_maps(2, 3, [(2, 3), (1, 1)])
+    chan, g = contract.cwd_stats(S, T, [1.0, 1.0]), dlevels(False, 2)
+    if case == "no levels":
+        chan = []
+    elif case == "dtype":
+        chan[1] = chan[1].double()
+    elif case == "rows":
+        chan[0] = chan[0][:, :2].contiguous()
+    elif case == "strided":
+        chan[0] = chan[0].transpose(0, 2).contiguous().transpose(0, 2)
+    elif case == "dlevels length":
+        g = g[:1]
+    else:
+        g = g.double()
+    with pytest.raises(error, match=match):
+        cwd_coef(chan, g, [1.0] * len(chan))
