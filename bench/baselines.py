@@ -139,12 +139,17 @@ def compiled_reference(ms: nn.Module) -> nn.Module:
     (``compile_works`` tells whether it can work here at all)."""
     if ms.backend != "reference":
         raise ValueError(f"compiled_reference wants backend='reference', got {ms.backend!r}")
+    return compiled(ms)
+
+
+def compiled(module: nn.Module) -> nn.Module:
+    """torch.compile of module for static shapes, compiled in this process."""
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     # Compile in this process: no pool of compile workers competing for the cores
     # while other implementations are timed.
     torch._inductor.config.compile_threads = 1
-    return torch.compile(ms, dynamic=False)
+    return torch.compile(module, dynamic=False)
 
 
 def compile_works() -> str | None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 import fgdkern
-from baselines import compiled_reference
+from baselines import compiled
 from cases import CHECK_FINITE, COMPILE_MODE, Case, Runner, Unavailable, check_timed_here
 from channel_baselines import EagerCWD, EagerMGD, EagerPKD
 from fgdkern.ops import dispatch
@@ -55,11 +55,11 @@ def _inputs(case: Case, device: torch.device) -> tuple[list, list]:
 
 
 def build(impl: str, case: Case, device: torch.device) -> torch.nn.Module:
-    if impl == "eager_loop":
+    """The module a column times; compile: torch.compile of the eager baseline."""
+    if impl in ("eager_loop", "compile"):
         base = {"cwd": EagerCWD, "pkd": EagerPKD, "mgd": EagerMGD}[case.loss]
-        return base.like(_module(case, "reference", device))
-    if impl == "compile":
-        return compiled_reference(_module(case, "reference", device))
+        eager = base.like(_module(case, "reference", device))
+        return compiled(eager) if impl == "compile" else eager
     if impl in ("cpp", "triton") and not dispatch.available(OP[case.loss], impl):
         raise Unavailable(f"{case.loss} has no {impl} implementation here")
     check_timed_here(impl, device)
@@ -68,12 +68,12 @@ def build(impl: str, case: Case, device: torch.device) -> torch.nn.Module:
 
 def implementation(impl: str, loss: torch.nn.Module, case: Case, device: torch.device) -> dict:
     """What a column runs: the op implementation dispatch picks, compiled or not."""
-    if impl == "eager_loop":
-        return dict(op=f"eager_loop (bench/channel_baselines.py, {case.loss})", compiled=None,
-                    check_finite=False)
+    if impl in ("eager_loop", "compile"):
+        return dict(op=f"eager_loop (bench/channel_baselines.py, {case.loss})",
+                    compiled=COMPILE_MODE if impl == "compile" else None, check_finite=False)
     module = getattr(loss, "_orig_mod", loss)
     return dict(op=dispatch.resolve(OP[case.loss], module.backend, device, torch.float32),
-                compiled=COMPILE_MODE if impl == "compile" else None, check_finite=False)
+                compiled=None, check_finite=False)
 
 
 def make_runner(impl: str, case: Case, device: torch.device) -> Runner:
