@@ -1,4 +1,5 @@
-"""Small host values on a GPU without a host sync, and launches on the tensors' GPU.
+"""Small host values on a GPU without a host sync, constant tables made once, and launches
+on the tensors' GPU.
 
 Level tables, temperatures, box counts and image sizes are built on the host
 and copied to the GPU from pinned memory without blocking the host
@@ -58,4 +59,28 @@ def device_values(rows, dtype: torch.dtype, device: torch.device) -> Tensor:
         if len(_VALUES) > TABLE_CACHE:
             _VALUES.popitem(last=False)
     _VALUES.move_to_end(key)
+    return out
+
+
+_ROWS: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
+
+
+def _rows(lead: tuple, values: tuple, width: int, device: torch.device) -> Tensor:
+    rows = torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+    return rows.expand(*lead, len(values), width).contiguous()
+
+
+def constant_rows(lead: tuple, values: tuple, width: int, device: torch.device) -> Tensor:
+    """A float32 (*lead, len(values), width) tensor whose row r holds values[r]: made once
+    per shape and device and reused, read-only (a fill per call would be a launch per
+    call). Made afresh under capture or compilation, where a kept tensor would be wrong."""
+    if capturing() or torch.compiler.is_compiling():
+        return _rows(lead, values, width, device)
+    key = (device.type, device.index, lead, values, width)
+    out = _ROWS.get(key)
+    if out is None:
+        out = _ROWS[key] = _rows(lead, values, width, device)
+        if len(_ROWS) > TABLE_CACHE:
+            _ROWS.popitem(last=False)
+    _ROWS.move_to_end(key)
     return out

@@ -1,7 +1,7 @@
 """The CWD op: one statistics pass over every level, its small math, one gradient pass.
 
 ``cwd_loss`` is what CWDLoss calls; it takes tensors only. For a fused
-implementation (docs/cwd.md, "How it is computed"; the order: ops/channel.py):
+implementation (docs/cwd.md, "How it is computed"; the order: ops/two_pass.py):
 forward:  cwd_stats gives per (n, c) the log-sum-exps of S / tau and T / tau and
           KL(p_t || p_s); cwd_levels each level's loss tau^2 * sum kl / (N * C);
 backward: cwd_coef gives k = dlevel * tau / (N * C) per (n, c) (d level / d kl times
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from fgdkern.ops import dispatch
-from fgdkern.ops.channel import PASSES, Passes, level_losses
+from fgdkern.ops.two_pass import PASSES, Passes, level_losses
 from fgdkern.reference import channel_passes
 from fgdkern.reference.cwd import CWDTerms, cwd_reference
 from fgdkern.reference.pfi import accumulation_dtype

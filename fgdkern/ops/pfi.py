@@ -1,50 +1,79 @@
-"""The PFI op: the imitation statistics pass over a whole pyramid, then small torch ops.
+"""The PFI op: one imitation statistics pass over a whole pyramid, its small math, one
+gradient pass.
 
 ``pfi_loss`` is what PFILoss calls; it takes tensors only. For a fused
-implementation (docs/pfi.md, "How it is computed"):
-forward:  imitation_stats over every level of (X = F_s, Y = F_t) gives
-          sq_d = sum_q (F_s - F_t)^2 per pixel, so F_dif = sq_d / C (eq. (8));
-          a second call over (X = P_s, Y = P_t), both detached, gives
-          P_dif = sq_d / K (eq. (7)); eq. (9) is then O(N*HW) torch work.
-backward: autograd reaches the sq_d rows of the first call, and the imitation
-          op's gradient pass writes dF_s (fgdkern/ops/imitation.py).
-The contract of the passes is fgdkern/reference/imitation_passes.py.
+implementation (docs/pfi.md, "How it is computed"; the order: ops/two_pass.py):
+forward:  imitation_stats over every level of (X = F_s, Y = F_t) and of (X = P_s,
+          Y = P_t), in one call, gives sq_d = sum_q (X - Y)^2 per pixel, so
+          F_dif = sq_d / C (eq. (8)) and P_dif = sq_d / K (eq. (7)); pfi_levels
+          gives eq. (9) per level;
+backward: pfi_coef turns each level's gradient into dF_s's coefficients, and the
+          imitation gradient pass writes dF_s.
+The contract of the passes and the small math is fgdkern/reference/imitation_passes.py.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from fgdkern.ops import dispatch
-from fgdkern.ops.imitation import imitation_stats
+from fgdkern._device import constant_rows
+from fgdkern.ops import dispatch, imitation
+from fgdkern.ops.two_pass import PASSES, Passes, level_losses
+from fgdkern.reference import imitation_passes
 from fgdkern.reference.pfi import PFITerms, accumulation_dtype, pfi_reference
-from fgdkern.rows import IMIT_PIX
 
 
-def _same_dtype(X: list[Tensor], Y: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """Per level, X and Y in one dtype (the pass reads one dtype per level): upcast where
-    they differ, exactly, and only then."""
-    pairs = [(x, y) if x.dtype == y.dtype else (x.to(accumulation_dtype(x, y)),
-                                                 y.to(accumulation_dtype(x, y)))
-             for x, y in zip(X, Y)]
-    return [x for x, _ in pairs], [y for _, y in pairs]
+# ---------------------------------------------------------------- op registry
+@torch.library.custom_op("fgdkern::pfi_levels_triton", mutates_args=())
+def _pfi_levels_triton(pix: list[Tensor], widths: list[int]) -> Tensor:
+    from fgdkern.triton import pfi_levels
+    return pfi_levels(pix, widths)
 
 
-def _mean_sq_diff(impl: str, X: list[Tensor], Y: list[Tensor]) -> list[Tensor]:
-    """Per level (N, HW): mean over channels of (X - Y)^2, eqs. (7) and (8)."""
-    pix, _ = imitation_stats(impl, *_same_dtype(X, Y))
-    return [p[:, IMIT_PIX.sq_d] / x.shape[1] for p, x in zip(pix, X)]
+@torch.library.custom_op("fgdkern::pfi_coef_triton", mutates_args=())
+def _pfi_coef_triton(pix: list[Tensor], dlevels: Tensor, widths: list[int]) -> list[Tensor]:
+    from fgdkern.triton import pfi_coef
+    return pfi_coef(pix, dlevels, widths)
+
+
+_pfi_levels_triton.register_fake(lambda pix, widths: pix[0].new_empty(len(widths)))
+_pfi_coef_triton.register_fake(
+    lambda pix, dlevels, widths: [torch.empty_like(p) for p in pix[:len(widths)]])
+
+
+def _ones(X: list[Tensor], rows: dict) -> list[Tensor]:
+    """Per level (N, len(rows), C) float32 coefficient rows of constant values (made once)."""
+    return [constant_rows((x.shape[0],), tuple(rows.values()), x.shape[1], x.device) for x in X]
+
+
+def passes(impl: str) -> Passes:
+    """PFI on the imitation passes of ``impl`` ('cpp', 'triton' or 'torch'): one statistics
+    call over the features' and the probabilities' pairs (S, T: [F..., P...]), the small
+    math of PFI on their pixel tables, the gradient pass over the features only."""
+    stats, grad = imitation.passes(impl)
+    small = ((torch.ops.fgdkern.pfi_levels_triton, torch.ops.fgdkern.pfi_coef_triton)
+             if impl == "triton" else (imitation_passes.pfi_levels, imitation_passes.pfi_coef))
+
+    def pix(S, T, widths):
+        w = [o[:, 0] for o in _ones(S, dict(w=1.0))]  # the difference unweighted
+        return stats(S, T, w)[:len(S)]
+
+    def grad_features(S, T, coef, widths):
+        L = len(widths)
+        return grad(S[:L], T[:L], coef, _ones(S[:L], imitation_passes.PFI_CHAN_COEF))
+
+    return Passes(pix, *small, grad_features)
+
+
+PASSES["pfi"] = passes
 
 
 def pfi_fused(impl: str, feats_S: list[Tensor], feats_T: list[Tensor], probs_S: list[Tensor],
               probs_T: list[Tensor]) -> PFITerms:
-    """PFI from the imitation statistics of ``impl`` ('cpp', 'triton' or 'torch')."""
-    with torch.autocast(feats_S[0].device.type, enabled=False):
-        F_dif = _mean_sq_diff(impl, feats_S, [t.detach() for t in feats_T])
-        P_dif = _mean_sq_diff(impl, [p.detach() for p in probs_S], [p.detach() for p in probs_T])
-        # eq. (9) per level, averaged over the images: sum over n, ij / (N * H_l * W_l)
-        levels = torch.stack([(p.to(f.dtype) * f).square().sum() / f.numel()
-                              for p, f in zip(P_dif, F_dif)])
+    """PFI from the imitation passes of ``impl`` ('cpp', 'triton' or 'torch')."""
+    widths = [f.shape[1] * p.shape[1] for f, p in zip(feats_S, probs_S)]
+    levels = level_losses("pfi", impl, [*feats_S, *(p.detach() for p in probs_S)],
+                          [*feats_T, *probs_T], widths)
     return PFITerms(levels.mean(), levels)
 
 

@@ -1,7 +1,7 @@
 """The PKD op: one moments pass over every level, its small math, one gradient pass.
 
 ``pkd_loss`` is what PKDLoss calls; it takes tensors only. For a fused
-implementation (docs/pkd.md, "How it is computed"; the order: ops/channel.py):
+implementation (docs/pkd.md, "How it is computed"; the order: ops/two_pass.py):
 forward:  pkd_stats gives per channel the means and the centred moments m2_s,
           m2_t, m_st over (N, H, W); with sigma = sqrt(m2 / (M - 1)) + 1e-6,
           M = N*H*W, pkd_levels each level's loss
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fgdkern.ops import dispatch
-from fgdkern.ops.channel import PASSES, Passes, level_losses
+from fgdkern.ops.two_pass import PASSES, Passes, level_losses
 from fgdkern.reference import channel_passes
 from fgdkern.reference.pfi import accumulation_dtype
 from fgdkern.reference.pkd import PKDTerms, pkd_reference

@@ -32,6 +32,16 @@ imitation_grad(X, Y, pix_coef, chan_coef) -> [dX_0..dX_{L-1}]
     signed sums, s rows for the absolute sums, a * w for sq_d up to its
     factor 2, which the caller folds into a.)
 
+PFI's small math (docs/pfi.md, eqs. (7)-(9)), over every level at once: pix holds
+the pixel tables of the features' pairs then of the probabilities' (2L), widths
+C * K per level (feature channels times classes), dlevels the (L,) gradient of
+the level losses (any strides):
+pfi_levels(pix, widths) -> (L,): sum_{n,ij} (sq_d_F * sq_d_P / (C K))^2 / (N HW)
+pfi_coef(pix, dlevels, widths) -> [pix_coef_l] for the features' dX, rows
+    a = 4 dlevels[l] / (N HW) * v * sq_d_P / (C K), v = sq_d_F * sq_d_P / (C K)
+    (twice d level / d sq_d_F: the factor 2 of d sq_d / dX), b = s = 0; the
+    channel coefficients are w = 1, b = s = 0 (PFI_CHAN_COEF).
+
 Sums over channels and over pixels are reduced in a fixed order: results are
 deterministic. No kernel may allocate an (N, C, H, W) buffer other than dX.
 """
@@ -76,3 +86,28 @@ def imitation_stats(X: list[Tensor], Y: list[Tensor], w: list[Tensor]) -> list[T
 def imitation_grad(X: list[Tensor], Y: list[Tensor], pix_coef: list[Tensor],
                    chan_coef: list[Tensor]) -> list[Tensor]:
     return [imitation_grad_level(*args) for args in zip(X, Y, pix_coef, chan_coef)]
+
+
+# ---------------------------------------------------------------- PFI's small math
+PFI_CHAN_COEF = dict(w=1.0, b=0.0, s=0.0)  # dX's channel coefficients: the weights w = 1
+
+
+def pfi_levels(pix: list[Tensor], widths: list[int]) -> Tensor:
+    L = len(widths)
+    levels = []
+    for f, p, ck in zip(pix[:L], pix[L:], widths):
+        v = f[:, IMIT_PIX.sq_d] * p[:, IMIT_PIX.sq_d] / ck
+        levels.append(v.square().sum() / (f.shape[0] * f.shape[2]))
+    return torch.stack(levels)
+
+
+def pfi_coef(pix: list[Tensor], dlevels: Tensor, widths: list[int]) -> list[Tensor]:
+    L = len(widths)
+    coef = []
+    for f, p, ck, g in zip(pix[:L], pix[L:], widths, dlevels.unbind(0)):
+        sq_p = p[:, IMIT_PIX.sq_d]
+        v = f[:, IMIT_PIX.sq_d] * sq_p / ck
+        a = 4 * g.to(f.dtype) / (f.shape[0] * f.shape[2]) * v * sq_p / ck
+        rows = dict(a=a, b=torch.zeros_like(a), s=torch.zeros_like(a))
+        coef.append(torch.stack([rows[r] for r in IMIT_PIX_COEF], 1))
+    return coef

@@ -3,6 +3,7 @@
 fgd_stats.py, fgd_grad.py   the two FGD passes (contract: fgdkern.reference.fgd_passes)
 imitation_stats.py,         the two imitation passes of FKD and PFI
 imitation_grad.py           (contract: fgdkern.reference.imitation_passes)
+pfi_math.py                 PFI's small math between the imitation passes
 cwd_stats.py, cwd_grad.py   the channel-softmax passes of CWD and the channel-moment
 pkd_stats.py, pkd_grad.py   passes of PKD (contract: fgdkern.reference.channel_passes)
 tiles.py                    addressing, loading, storing and reducing tiles of feature maps
@@ -19,8 +20,9 @@ from fgdkern.triton.fgd_grad import fgd_grad
 from fgdkern.triton.fgd_stats import fgd_stats
 from fgdkern.triton.imitation_grad import imitation_grad
 from fgdkern.triton.imitation_stats import imitation_stats
+from fgdkern.triton.pfi_math import pfi_coef, pfi_levels
 from fgdkern.triton.pkd_grad import pkd_coef, pkd_grad
 from fgdkern.triton.pkd_stats import pkd_levels, pkd_stats
 
 __all__ = ["cwd_coef", "cwd_grad", "cwd_levels", "cwd_stats", "fgd_grad", "fgd_stats", "imitation_grad",
-           "imitation_stats", "pkd_coef", "pkd_grad", "pkd_levels", "pkd_stats"]
+           "imitation_stats", "pfi_coef", "pfi_levels", "pkd_coef", "pkd_grad", "pkd_levels", "pkd_stats"]

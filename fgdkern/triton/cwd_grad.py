@@ -98,7 +98,7 @@ def cwd_grad(S: list[Tensor], T: list[Tensor], coef: list[Tensor], inv_tau: list
 
 
 @triton.jit
-def cwd_coef_body(row0, out0, C, mask, g, p0, p1):
+def cwd_coef_body(row0, aux0, out0, C, mask, g, p0, p1):
     """Items' coef: their lse_s and lse_t, and k = g tau / (N C) (p1 = tau / (N C))."""
     lse_s = tl.load(row0 + CHAN_LSE_S * C, mask=mask)
     tl.store(out0 + LSE_S * C, lse_s, mask=mask)

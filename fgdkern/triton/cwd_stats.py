@@ -144,7 +144,7 @@ def cwd_stats(S: list[Tensor], T: list[Tensor], inv_tau: list[float], *,
 
 
 @triton.jit
-def cwd_level_body(row0, C, mask, p0, p1):
+def cwd_level_body(row0, aux0, C, mask, p0, p1):
     """Items' kl: their sum times p1 = tau^2 / (N C) is the level's loss."""
     return tl.load(row0 + KL * C, mask=mask, other=0.0)
 

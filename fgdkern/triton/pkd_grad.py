@@ -96,7 +96,7 @@ def pkd_grad(S: list[Tensor], T: list[Tensor], coef: list[Tensor], *,
 
 
 @triton.jit
-def pkd_coef_body(row0, out0, C, mask, g, p0, p1):
+def pkd_coef_body(row0, aux0, out0, C, mask, g, p0, p1):
     """Items' coef: a = 2 g / (2 M C) df/dm2_s (sigma_s's share through
     dr_s / dm2_s = 1 / (2 (M - 1) r_s)), b = g / (2 M C) df/dm_st and the means
     (p0 = M - 1, p1 = 1 / (2 M C))."""

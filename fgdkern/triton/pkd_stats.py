@@ -156,7 +156,7 @@ def pkd_sigmas(row0, C, mask, p0):
 
 
 @triton.jit
-def pkd_level_body(row0, C, mask, p0, p1):
+def pkd_level_body(row0, aux0, C, mask, p0, p1):
     """Items' f = m2_s / sigma_s^2 + m2_t / sigma_t^2 - 2 m_st / (sigma_s sigma_t): their sum
     times p1 = 1 / (2 M C) is the level's loss."""
     m2_s, m2_t, m_st, _, sig_s, sig_t = pkd_sigmas(row0, C, mask, p0)

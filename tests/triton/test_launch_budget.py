@@ -1,6 +1,6 @@
 """Launches per training step on the GPU code path, counted under the interpreter
-(tests/launches.py): each channel loss runs its two passes and the small math between
-them (fgdkern/ops/channel.py) as five Triton launches for any number of levels, a step
+(tests/launches.py): CWD, PKD and PFI run their two passes and the small math between
+them (fgdkern/ops/two_pass.py) as five Triton launches for any number of levels, a step
 launches at most BUDGET kernels in all (docs/kernels.md, "Launches on a GPU"), and no
 call waits for the device. What a step launches is printed with -s."""
 import pytest
@@ -23,22 +23,31 @@ MODULES = {
     "pkd": (lambda: fgdkern.PKDLoss(loss_weight=3.0, backend="triton"),
             ["pkd_stats_fwd_kernel", "pkd_stats_combine_kernel", *SMALL_MATH,
              "pkd_grad_bwd_kernel"]),
+    "pfi": (lambda: fgdkern.PFILoss(loss_weight=3.0, backend="triton"),
+            ["imitation_stats_fwd_kernel", "imitation_stats_combine_kernel", *SMALL_MATH,
+             "imitation_grad_bwd_kernel"]),
 }
 
 
-def pyramid(levels: int, seed: int = 0):
+def pyramid(levels: int, seed: int = 0, classes: int = 0):
+    """Student maps (gradient wanted) and the other inputs; with classes, PFI's: the
+    teacher's features and both probability maps."""
     g = torch.Generator().manual_seed(seed)
     S = [torch.randn(2, 8, max(6 >> k, 1), max(5 >> k, 1), generator=g).requires_grad_()
          for k in range(levels)]
-    return S, [torch.randn(s.shape, generator=g) for s in S]
+    T = [torch.randn(s.shape, generator=g) for s in S]
+    if not classes:
+        return S, [T]
+    probs = [[torch.rand(2, classes, *s.shape[2:], generator=g) for s in S] for _ in range(2)]
+    return S, [T, *probs]
 
 
 @pytest.mark.parametrize("levels", [1, 3, 8])
 @pytest.mark.parametrize("loss", sorted(MODULES))
-def test_channel_losses_launch_within_the_budget(loss, levels):
+def test_two_pass_losses_launch_within_the_budget(loss, levels):
     make, kernels = MODULES[loss]
-    S, T = pyramid(levels)
-    step = fwd_bwd(make(), S, T)
+    S, rest = pyramid(levels, classes=3 if loss == "pfi" else 0)
+    step = fwd_bwd(make(), S, *rest)
     step()  # one-time uploads (level tables) are not part of a step
     got = count_launches(step)
     print(f"{loss}, {levels} levels: {got}")

@@ -1,6 +1,7 @@
-"""The small math between the channel passes on the GPU (fgdkern/triton/level_math.py with
-the bodies of cwd_stats.py, cwd_grad.py, pkd_stats.py, pkd_grad.py) against the PyTorch
-contract, fgdkern.reference.channel_passes (cwd_levels, cwd_coef, pkd_levels, pkd_coef):
+"""The small math between two passes on the GPU (fgdkern/triton/level_math.py with the
+bodies of cwd_stats.py, cwd_grad.py, pkd_stats.py, pkd_grad.py, pfi_math.py) against the
+PyTorch contracts, fgdkern.reference.channel_passes (cwd_levels, cwd_coef, pkd_levels,
+pkd_coef) and imitation_passes (pfi_levels, pfi_coef, on a second table, aux):
 levels of different sizes in one launch, more items than one program takes, the level
 gradient as given or expanded from a scalar (what autograd passes for a sum)."""
 import pytest
@@ -69,13 +70,16 @@ def test_opcheck():
 
     importlib.import_module("fgdkern.ops.cwd")  # registers the ops
     importlib.import_module("fgdkern.ops.pkd")
+    importlib.import_module("fgdkern.ops.pfi")
     S, T = make_maps(2, 3, [(2, 3), (1, 1)])
     ops, utils = torch.ops.fgdkern, ("test_schema", "test_faketensor")
     cwd, pkd, g, pixels = contract.cwd_stats(S, T, [1.0, 0.5]), contract.pkd_stats(S, T), dlevels(False, 2), [12, 2]
     for op, args in [(ops.cwd_levels_triton, (cwd, [1.0, 0.5])),
                      (ops.cwd_coef_triton, (cwd, g, [1.0, 0.5])),
                      (ops.pkd_levels_triton, (pkd, pixels)),
-                     (ops.pkd_coef_triton, (pkd, g, pixels))]:
+                     (ops.pkd_coef_triton, (pkd, g, pixels)),
+                     (ops.pfi_levels_triton, (cwd[:1] * 2, [6])),
+                     (ops.pfi_coef_triton, (cwd[:1] * 2, g[:1], [6]))]:
         torch.library.opcheck(op.default, args, test_utils=utils)
 
 
@@ -106,3 +110,19 @@ def test_bad_tables(case, error, match):
         g = g.double()
     with pytest.raises(error, match=match):
         cwd_coef(chan, g, [1.0] * len(chan))
+
+
+@pytest.mark.parametrize("expanded", [False, True])
+def test_pfi_levels_and_coef(expanded):
+    """Pixel tables of the features' pairs and the probabilities' (aux), 130 pixels a level."""
+    from fgdkern.reference import imitation_passes as imitation
+    from fgdkern.triton import pfi_coef, pfi_levels
+
+    sizes = [(13, 10), (2, 3)]
+    F_s, F_t = make_maps(2, 6, sizes, seed=3)
+    P_s, P_t = make_maps(2, 4, sizes, seed=4)
+    ones = [torch.ones(2, c, device=DEVICE) for c in (6, 6, 4, 4)]
+    stats = imitation.imitation_stats(F_s + P_s, F_t + P_t, ones)
+    pix, widths, g = stats[:4], [24, 24], dlevels(expanded, 2)
+    assert_matches_contract([pfi_levels(pix, widths)], as_list(imitation.pfi_levels), pix, widths)
+    assert_matches_contract(pfi_coef(pix, g, widths), imitation.pfi_coef, pix, g, widths)

@@ -1,14 +1,17 @@
-"""What the channel losses' ops (CWD, PKD) share: a fused implementation as two passes and
-the small math between them, and the autograd wrapper that runs them.
+"""What the ops of losses of two passes share (CWD, PKD, PFI): a fused implementation as
+a statistics pass, a gradient pass and the small math between them, and the autograd
+wrapper that runs them.
 
 forward:  chan = stats(S, T)           one read of S and T (every level in one call)
-          levels = levels(chan)        the (L,) level losses, O(N*C)
-backward: coef = coef(chan, dlevels)   the gradient's coefficients, O(N*C)
+          levels = levels(chan)        the (L,) level losses, O(N*C) or O(N*HW)
+backward: coef = coef(chan, dlevels)   the gradient's coefficients, as small
           dS = grad(S, T, coef)        one elementwise sweep
-Each piece takes the loss's per-level parameters (CWD: 1 / tau, PKD: N*H*W) last. On a
-GPU each piece is one custom op of a few launches, whatever the number of levels
-(docs/kernels.md, "Launches on a GPU"); the contract of all four is
-fgdkern/reference/channel_passes.py.
+Each piece takes the loss's per-level parameters (CWD: 1 / tau, PKD: N*H*W) last. grad
+may return fewer maps than S has: the leading ones, the others get no gradient (PFI's
+probabilities, read by the same statistics pass as its features). On a GPU each piece
+is one custom op of a few launches, whatever the number of levels (docs/kernels.md,
+"Launches on a GPU"); the contracts are in fgdkern/reference/ (channel_passes.py,
+imitation_passes.py).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ class Passes(NamedTuple):
 PASSES: dict[str, Callable[[str], Passes]] = {}
 
 
-class _ChannelLoss(torch.autograd.Function):
+class _TwoPassLoss(torch.autograd.Function):
     """The (L,) level losses. Inputs: S*L, T*L (T gets no gradient).
 
     The statistics are saved for the gradient pass, so the backward is exactly the
@@ -41,7 +44,7 @@ class _ChannelLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, loss: str, impl: str, params: list, L: int, *tensors):
-        S, T = list(tensors[:L]), list(tensors[L:])
+        S, T = list(tensors[:L]), list(tensors[L:2 * L])
         p = PASSES[loss](impl)
         chan = p.stats(S, T, params)
         ctx.loss, ctx.impl, ctx.params, ctx.L = loss, impl, params, L
@@ -52,10 +55,10 @@ class _ChannelLoss(torch.autograd.Function):
     def backward(ctx, dlevels):
         L, saved, p = ctx.L, ctx.saved_tensors, PASSES[ctx.loss](ctx.impl)
         S, T, chan = list(saved[:L]), list(saved[L:2 * L]), list(saved[2 * L:])
-        dS = [None] * L
+        dS = []
         if any(ctx.needs_input_grad[4:4 + L]):
             dS = p.grad(S, T, p.coef(chan, dlevels, ctx.params), ctx.params)
-        return (None, None, None, None, *dS, *([None] * L))
+        return (None, None, None, None, *dS, *([None] * (2 * L - len(dS))))
 
 
 def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,4 +76,4 @@ def level_losses(loss: str, impl: str, S: list[Tensor], T: list[Tensor],
     pairs = [_same_dtype(s, t.detach()) for s, t in zip(S, T)]
     S, T = [s for s, _ in pairs], [t for _, t in pairs]
     with torch.autocast(S[0].device.type, enabled=False):
-        return _ChannelLoss.apply(loss, impl, params, len(S), *S, *T)
+        return _TwoPassLoss.apply(loss, impl, params, len(S), *S, *T)
