@@ -154,7 +154,7 @@ MUTATIONS = [
              "df_dm2_s = 1 / (sig_s * sig_s)",
              ["tests/triton/test_level_math.py"]),
     Mutation("triton-level-math-items-group-stride", "fgdkern/triton/level_math.py",
-             "+ group * ROWS * C + i % C", "+ group * C + i % C",
+             "item = (i // C) * ROWS * C + i % C", "item = (i // C) * C + i % C",
              ["tests/triton/test_level_math.py"]),
     Mutation("triton-level-sums-scale-dropped", "fgdkern/triton/level_math.py",
              "tl.store(out + l, tl.sum(acc, 0) * p1)", "tl.store(out + l, tl.sum(acc, 0))",
