@@ -43,7 +43,7 @@ def _items(lv, base, i, ROWS: tl.constexpr):
             base + tl.load(lv + COL_AUX) + item)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])
 def level_sums_kernel(table, base, params, out, L, BODY: tl.constexpr, ROWS: tl.constexpr,
                       BLOCK: tl.constexpr):
     """Reads every level's chan (and aux); writes out[l] = p1 * sum over its items of

@@ -37,7 +37,7 @@ ARCHS = (90, 80)
 # Scalar arguments of the kernels (launch-time ints, which no kernel may specialise on:
 # fgdkern.triton.levels.RUNTIME_INTS); all other non-constexpr arguments are pointers:
 # the level table, the float32 workspace, or feature maps.
-SCALARS = {"L": "i32", "BLOCKS_PER_PROG": "i32"}
+SCALARS = {"L": "i32", "BLOCKS_PER_PROG": "i32", "g_stride": "i32"}
 POINTERS = {"table": "*i64", "f32": "*fp32"}
 SPILL = re.compile(r"STACK:(\d+).*?LOCAL:(\d+)")
 # Global loads of feature data in the PTX: asynchronous copies to shared memory (their size
@@ -71,6 +71,10 @@ def variants(module: str, name: str) -> list[dict]:
     fn = getattr(importlib.import_module(module), name)
     args = fn.arg_names
     out = []
+    if "BODY" in args:  # level_math: one variant per loss body
+        from fgdkern.triton.level_math import BLOCK
+        return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK=BLOCK, BODY=body, **rows))
+                for body, rows in _level_math_bodies()[name]]
     if "LAYOUT" not in args:  # a combine kernel: float32 workspace only
         return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK_C=COMBINE_BLOCK_C),
                      num_warps=COMBINE_WARPS)]
@@ -84,6 +88,28 @@ def variants(module: str, name: str) -> list[dict]:
     return out
 
 
+def _level_math_bodies() -> dict:
+    """The bodies ("module:function") each level_math kernel runs, with their row counts."""
+    from fgdkern.rows import CWD_CHAN, CWD_COEF, IMIT_PIX, IMIT_PIX_COEF, PKD_CHAN, PKD_COEF
+    t = "fgdkern.triton."
+    return {"level_sums_kernel": [(t + "cwd_stats:cwd_level_body", dict(ROWS=len(CWD_CHAN))),
+                                  (t + "pkd_stats:pkd_level_body", dict(ROWS=len(PKD_CHAN))),
+                                  (t + "pfi_math:pfi_level_body", dict(ROWS=len(IMIT_PIX)))],
+            "map_items_kernel": [
+                (t + "cwd_grad:cwd_coef_body", dict(ROWS_IN=len(CWD_CHAN), ROWS_OUT=len(CWD_COEF))),
+                (t + "pkd_grad:pkd_coef_body", dict(ROWS_IN=len(PKD_CHAN), ROWS_OUT=len(PKD_COEF))),
+                (t + "pfi_math:pfi_coef_body", dict(ROWS_IN=len(IMIT_PIX),
+                                                    ROWS_OUT=len(IMIT_PIX_COEF)))]}
+
+
+def _constexpr(value):
+    """A variant's constexpr as the kernel takes it: a "module:function" body resolved."""
+    if isinstance(value, str) and ":" in value:
+        module, fn = value.split(":")
+        return getattr(importlib.import_module(module), fn)
+    return value
+
+
 def compile_variant(module: str, name: str, variant: dict, arch: int):
     """The compiled kernel of one variant for sm_<arch>, as a launch compiles it when every
     tensor argument is 16-byte aligned (what PyTorch's allocators return): Triton then
@@ -94,7 +120,7 @@ def compile_variant(module: str, name: str, variant: dict, arch: int):
     from triton.compiler import ASTSource
     from fgdkern.triton.levels import MAX_REGISTERS, NUM_WARPS
     fn = getattr(importlib.import_module(module), name)
-    consts = {k: v for k, v in variant["constexprs"].items() if k in fn.arg_names}
+    consts = {k: _constexpr(v) for k, v in variant["constexprs"].items() if k in fn.arg_names}
     signature = {}
     for arg in fn.arg_names:
         if arg in consts:
@@ -119,7 +145,7 @@ def compile_one(module: str, name: str, variant: dict, arch: int) -> dict:
     fn = getattr(importlib.import_module(module), name)
     consts = variant["constexprs"]
     specialised = [p.name for p in fn.params if p.name in SCALARS and not p.do_not_specialize]
-    return dict(kernel=name, arch=arch, dtype=variant["dtype"],
+    return dict(kernel=name, arch=arch, dtype=variant["dtype"], body=consts.get("BODY"),
                 layout=consts.get("LAYOUT"), specialised=specialised, **usage)
 
 
