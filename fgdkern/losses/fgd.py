@@ -18,6 +18,7 @@ from fgdkern.ops import dispatch, fgd_levels
 from fgdkern.ops.fgd import fgd_terms
 from fgdkern.ops.rasterize import check_border
 from fgdkern.reference.fgd import FGDTerms, GcBlockParams
+from fgdkern.reference.pfi import same_dtype
 
 # docs/fgd.md, "Presets": (temp, alpha, beta, gamma, lambda, number of levels distilled)
 PRESETS = {
@@ -67,14 +68,6 @@ def gc_params(conv_mask: nn.Conv2d, channel_add_conv: nn.Sequential) -> GcBlockP
                          norm.weight, norm.bias, norm.eps, conv2.weight, conv2.bias)
 
 
-def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
-    """S and T in one dtype: both upcast (exactly) when they differ, a copy only then."""
-    if S.dtype == T.dtype:
-        return S, T
-    dtype = torch.promote_types(torch.promote_types(S.dtype, T.dtype), torch.float32)
-    return S.to(dtype), T.to(dtype)
-
-
 def fgd_pyramid_terms(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: str,
                       check_finite: bool = False, border: str = "clip") -> list[FGDTerms]:
     """Unweighted FGD terms of every level; ``levels`` are FGDLoss modules (parameters)."""
@@ -95,7 +88,7 @@ def fgd_pyramid_table(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: 
         for S, sfx in zip(feats_S, _checks.level_suffixes(len(levels))):
             _checks.check_batch(f"preds_S{sfx}", S.shape[0], gt_bboxes)
     S_list = [S if m.align is None else m.align(S) for m, S in zip(levels, feats_S)]
-    pairs = [_same_dtype(S, T.detach()) for S, T in zip(S_list, feats_T)]
+    pairs = [same_dtype(S, T.detach()) for S, T in zip(S_list, feats_T)]
     return fgd_terms(backend, [p[0] for p in pairs], [p[1] for p in pairs], gt_bboxes,
                      img_shapes, [m.gc_block("s") for m in levels],
                      [m.gc_block("t") for m in levels], [m.temp for m in levels], check_finite,

@@ -11,7 +11,6 @@ The contract of the passes is fgdkern/reference/channel_passes.py.
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 

@@ -41,7 +41,7 @@ _pfi_coef_triton.register_fake(
     lambda pix, dlevels, widths: [torch.empty_like(p) for p in pix[:len(widths)]])
 
 
-def _ones(X: list[Tensor], rows: dict) -> list[Tensor]:
+def _constant(X: list[Tensor], rows: dict) -> list[Tensor]:
     """Per level (N, len(rows), C) float32 coefficient rows of constant values (made once)."""
     return [constant_rows((x.shape[0],), tuple(rows.values()), x.shape[1], x.device) for x in X]
 
@@ -55,12 +55,12 @@ def passes(impl: str) -> Passes:
              if impl == "triton" else (imitation_passes.pfi_levels, imitation_passes.pfi_coef))
 
     def pix(S, T, widths):
-        w = [o[:, 0] for o in _ones(S, dict(w=1.0))]  # the difference unweighted
+        w = [o[:, 0] for o in _constant(S, dict(w=1.0))]  # the difference unweighted
         return stats(S, T, w)[:len(S)]
 
     def grad_features(S, T, coef, widths):
         L = len(widths)
-        return grad(S[:L], T[:L], coef, _ones(S[:L], imitation_passes.PFI_CHAN_COEF))
+        return grad(S[:L], T[:L], coef, _constant(S[:L], imitation_passes.PFI_CHAN_COEF))
 
     return Passes(pix, *small, grad_features)
 

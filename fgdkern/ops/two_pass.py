@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from fgdkern.reference.pfi import accumulation_dtype
+from fgdkern.reference.pfi import same_dtype
 
 
 class Passes(NamedTuple):
@@ -61,19 +61,11 @@ class _TwoPassLoss(torch.autograd.Function):
         return (None, None, None, None, *dS, *([None] * (2 * L - len(dS))))
 
 
-def _same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
-    """S and T in one dtype (a pass reads one per level): both upcast where they differ."""
-    if S.dtype == T.dtype:
-        return S, T
-    dtype = accumulation_dtype(S, T)
-    return S.to(dtype), T.to(dtype)
-
-
 def level_losses(loss: str, impl: str, S: list[Tensor], T: list[Tensor],
                  params: list) -> Tensor:
     """The (L,) level losses of the maps by PASSES[loss](impl), float32 (float64 for
     float64) whatever autocast says; the gradient flows into S only."""
-    pairs = [_same_dtype(s, t.detach()) for s, t in zip(S, T)]
+    pairs = [same_dtype(s, t.detach()) for s, t in zip(S, T)]
     S, T = [s for s, _ in pairs], [t for _, t in pairs]
     with torch.autocast(S[0].device.type, enabled=False):
         return _TwoPassLoss.apply(loss, impl, params, len(S), *S, *T)

@@ -27,6 +27,15 @@ def accumulation_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+def same_dtype(S: Tensor, T: Tensor) -> tuple[Tensor, Tensor]:
+    """S and T in one dtype (a pass reads one per level): both upcast, exactly, to their
+    accumulation dtype where they differ, a copy only then."""
+    if S.dtype == T.dtype:
+        return S, T
+    dtype = accumulation_dtype(S, T)
+    return S.to(dtype), T.to(dtype)
+
+
 def pfi_level(F_s: Tensor, F_t: Tensor, P_s: Tensor, P_t: Tensor) -> Tensor:
     """One level's loss, averaged over the images: a scalar. Gradient into F_s only."""
     dtype = accumulation_dtype(F_s, F_t, P_s, P_t)
