@@ -37,6 +37,7 @@ LOSS = "tests/losses/test_fgd.py"
 ZEROS = ["tests/losses/test_fgd_zeros.py", "tests/ops/test_fgd_passes_zeros.py"]
 TRITON_PASSES = ["tests/triton/test_fgd_grad.py", "tests/triton/test_fgd_stats.py"]
 CWD, PKD, MGD = (f"tests/losses/test_{loss}.py" for loss in ("cwd", "pkd", "mgd"))
+FGD_TERMS = "tests/triton/test_fgd_terms.py"
 
 
 @dataclass
@@ -159,6 +160,19 @@ MUTATIONS = [
     Mutation("triton-level-sums-scale-dropped", "fgdkern/triton/level_math.py",
              "tl.store(out + l, tl.sum(acc, 0) * p1)", "tl.store(out + l, tl.sum(acc, 0))",
              ["tests/triton/test_level_math.py"]),
+    Mutation("triton-fgd-terms-rela-hw-dropped", "fgdkern/triton/fgd_terms.py",
+             "other=0.0) + HW * u * u, 0)", "other=0.0) + u * u, 0)",
+             [FGD_TERMS, "-k", "matches"]),
+    Mutation("triton-fgd-terms-grad-images-not-added", "fgdkern/triton/fgd_terms_grad.py",
+             "mask=mask & (n > 0), other=0.0)", "mask=mask & (n > 1), other=0.0)",
+             [FGD_TERMS, "-k", "matches"]),
+    Mutation("triton-fgd-terms-grad-layernorm-hn-term-dropped", "fgdkern/triton/fgd_terms_grad.py",
+             "g_h = (g_hn - tl.sum(g_hn, 0) / H - hn * (tl.sum(g_hn * hn, 0) / H)) * rstd",
+             "g_h = (g_hn - tl.sum(g_hn, 0) / H) * rstd", [FGD_TERMS, "-k", "matches"]),
+    Mutation("triton-fgd-terms-grad-softmax-dot-dropped", "fgdkern/triton/fgd_terms_grad.py",
+             "tl.store(pixc + A_SIGN * HW + p, y * (g_y - dot) * inv_temp / C, mask=pn)",
+             "tl.store(pixc + A_SIGN * HW + p, y * g_y * inv_temp / C, mask=pn)",
+             [FGD_TERMS, "-k", "matches"]),
     Mutation("mgd-fused-batch-mean-dropped", "fgdkern/ops/mgd.py",
              "p[:, IMIT_PIX.sq_d].sum() / s.shape[0]", "p[:, IMIT_PIX.sq_d].sum()",
              [MGD, "-k", "fused_matches_reference and torch"]),

@@ -10,8 +10,9 @@ backward: terms_grad (the small math's backward, written out) -> fgd_grad's
           coefficient tables and the MLP parameters' gradients; fgd_grad (one
           pass over S and T writing dS, dw_s, dw_t).
 Which code runs each of the four steps is ``kernels(impl)``: on CPU all four are
-compiled ops; the Triton and pure-PyTorch passes take the small math from
-``fgd_levels`` (PyTorch, one op over all levels where it can). The math of the
+compiled ops, on a GPU Triton kernels (fgdkern/triton/fgd_terms*.py for the small
+math), each one launch over every level; the pure-PyTorch path takes the small
+math from ``fgd_levels``, its contract. The math of the
 passes is fixed in ``fgdkern.reference.fgd_passes``; the rows of their tables are
 named in ``fgdkern.rows`` (docs/kernels.md).
 """
@@ -78,8 +79,29 @@ def _fgd_grad_triton(S: list[Tensor], T: list[Tensor], pix_coef: list[Tensor],
     return fgd_grad(S, T, pix_coef, chan_coef, K)
 
 
+@torch.library.custom_op("fgdkern::fgd_terms_triton", mutates_args=())
+def _fgd_terms_triton(pix: list[Tensor], chan: list[Tensor], mlp_s: list[Tensor],
+                      mlp_t: list[Tensor], eps_s: list[float], eps_t: list[float],
+                      temps: list[float]) -> list[Tensor]:
+    from fgdkern.triton import fgd_terms
+    return fgd_terms(pix, chan, mlp_s, mlp_t, eps_s, eps_t, temps)
+
+
+@torch.library.custom_op("fgdkern::fgd_terms_grad_triton", mutates_args=())
+def _fgd_terms_grad_triton(G: Tensor, pix: list[Tensor], chan: list[Tensor],
+                           saved: list[Tensor], fg: list[Tensor], bg: list[Tensor],
+                           w_s: list[Tensor], w_t: list[Tensor], mlp_s: list[Tensor],
+                           mlp_t: list[Tensor], eps_s: list[float], eps_t: list[float],
+                           temps: list[float]) -> list[Tensor]:
+    from fgdkern.triton import fgd_terms_grad
+    return fgd_terms_grad(G, pix, chan, saved, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t,
+                          temps)
+
+
 _fgd_stats_triton.register_fake(_stats_fake)
 _fgd_grad_triton.register_fake(_grad_fake)
+_fgd_terms_triton.register_fake(lambda pix, *_: [pix[0].new_empty((len(pix), 4))])
+_fgd_terms_grad_triton.register_fake(_terms_grad_fake)
 
 
 class Kernels(NamedTuple):
@@ -99,7 +121,7 @@ def kernels(impl: str) -> Kernels:
         return Kernels(ops.fgd_stats_cpp, ops.fgd_terms_cpp, ops.fgd_terms_grad_cpp,
                        ops.fgd_grad_cpp)
     if impl == "triton":
-        return Kernels(ops.fgd_stats_triton, fgd_levels.terms, fgd_levels.terms_grad,
+        return Kernels(ops.fgd_stats_triton, ops.fgd_terms_triton, ops.fgd_terms_grad_triton,
                        ops.fgd_grad_triton)
     if impl == "torch":
         return Kernels(fgd_passes.fgd_stats, fgd_levels.terms, fgd_levels.terms_grad,
@@ -153,8 +175,16 @@ class _FGD(torch.autograd.Function):
                                  mlp_s, mlp_t, ctx.eps[0], ctx.eps[1], ctx.temps)
             out = k.grad(S, T, coefs[:L], coefs[L:2 * L], coefs[2 * L:3 * L])
         dS, dw_s, dw_t = out[:L], out[L:2 * L], out[2 * L:]
-        zero_b = [torch.zeros(shape, dtype=dtype, device=dev) for shape, dtype, dev in ctx.bias_like]
-        return (None,) * 5 + (*dS, *[None] * 3 * L, *dw_s, *dw_t, *zero_b, *coefs[3 * L:])
+        return (None,) * 5 + (*dS, *[None] * 3 * L, *dw_s, *dw_t, *_zeros(ctx.bias_like),
+                              *coefs[3 * L:])
+
+
+def _zeros(like: list[tuple]) -> list[Tensor]:
+    """Zero tensors of the (shape, dtype, device) in like: views of one fill where all match."""
+    if all(x == like[0] for x in like):
+        shape, dtype, device = like[0]
+        return list(torch.zeros((len(like), *shape), dtype=dtype, device=device).unbind(0))
+    return [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in like]
 
 
 def fgd_table(impl: str, S, T, fg, bg, gc_s, gc_t, temps, check=None) -> Tensor:

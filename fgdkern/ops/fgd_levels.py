@@ -13,7 +13,8 @@ times the bytes it saves in calls. The terms' backward is written out by hand
 (docs/kernels.md, "The terms' backward"), so that the autograd graph of a
 whole FGD loss is one node (fgdkern.ops.fgd), and no softmax or product is
 done twice. On CPU the same contracts run as compiled ops
-(csrc/cpu/fgd_terms.cpp); this module is the GPU's and the pure-PyTorch path's.
+(csrc/cpu/fgd_terms.cpp), on a GPU as Triton kernels (fgdkern/triton/fgd_terms.py,
+fgd_terms_grad.py); this module is their contract and the pure-PyTorch path's.
 Notation: fgdkern/reference/fgd_passes.py.
 """
 from __future__ import annotations

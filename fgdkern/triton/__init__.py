@@ -1,6 +1,8 @@
 """Triton kernels of the fused passes; each pass is one module named after what it computes.
 
 fgd_stats.py, fgd_grad.py   the two FGD passes (contract: fgdkern.reference.fgd_passes)
+fgd_terms.py,               FGD's small math between them, and its backward
+fgd_terms_grad.py           (contract: fgdkern.ops.fgd_levels)
 imitation_stats.py,         the two imitation passes of FKD and PFI
 imitation_grad.py           (contract: fgdkern.reference.imitation_passes)
 pfi_math.py                 PFI's small math between the imitation passes
@@ -18,11 +20,14 @@ from fgdkern.triton.cwd_grad import cwd_coef, cwd_grad
 from fgdkern.triton.cwd_stats import cwd_levels, cwd_stats
 from fgdkern.triton.fgd_grad import fgd_grad
 from fgdkern.triton.fgd_stats import fgd_stats
+from fgdkern.triton.fgd_terms import fgd_terms
+from fgdkern.triton.fgd_terms_grad import fgd_terms_grad
 from fgdkern.triton.imitation_grad import imitation_grad
 from fgdkern.triton.imitation_stats import imitation_stats
 from fgdkern.triton.pfi_math import pfi_coef, pfi_levels
 from fgdkern.triton.pkd_grad import pkd_coef, pkd_grad
 from fgdkern.triton.pkd_stats import pkd_levels, pkd_stats
 
-__all__ = ["cwd_coef", "cwd_grad", "cwd_levels", "cwd_stats", "fgd_grad", "fgd_stats", "imitation_grad",
+__all__ = ["cwd_coef", "cwd_grad", "cwd_levels", "cwd_stats", "fgd_grad", "fgd_stats", "fgd_terms",
+           "fgd_terms_grad", "imitation_grad",
            "imitation_stats", "pfi_coef", "pfi_levels", "pkd_coef", "pkd_grad", "pkd_levels", "pkd_stats"]

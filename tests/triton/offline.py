@@ -75,6 +75,11 @@ def variants(module: str, name: str) -> list[dict]:
         from fgdkern.triton.level_math import BLOCK
         return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK=BLOCK, BODY=body, **rows))
                 for body, rows in _level_math_bodies()[name]]
+    if module.startswith("fgdkern.triton.fgd_terms"):  # FGD's small math: 256, 2048 channels
+        from fgdkern.triton.fgd_terms import blocks
+        warps = {} if "BLOCK_H" in args else dict(num_warps=4)  # the pixel kernel: 4 warps
+        return [dict(dtype="fp32", constexprs=blocks(C), **{**blocks(C), **warps})
+                for C in ((256, 2048) if "BLOCK_H" in args else (256,))]
     if "LAYOUT" not in args:  # a combine kernel: float32 workspace only
         return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK_C=COMBINE_BLOCK_C),
                      num_warps=COMBINE_WARPS)]

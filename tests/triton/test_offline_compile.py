@@ -23,7 +23,8 @@ KERNELS = {"fgd_stats_fwd_kernel", "fgd_stats_combine_kernel", "fgd_grad_bwd_ker
            "fgd_grad_combine_kernel", "imitation_stats_fwd_kernel",
            "cwd_stats_fwd_kernel", "cwd_stats_combine_kernel", "cwd_grad_bwd_kernel",
            "pkd_stats_fwd_kernel", "pkd_stats_combine_kernel", "pkd_grad_bwd_kernel",
-           "level_sums_kernel", "map_items_kernel"}
+           "level_sums_kernel", "map_items_kernel", "fgd_terms_kernel", "fgd_pixel_coef_kernel",
+           "fgd_terms_grad_kernel"}
 
 
 def _tools_present() -> bool:
