@@ -65,15 +65,19 @@ __device__ int64_t box_end(const int64_t* first, int64_t n, int64_t K) {
   return min(max(first[n + 1], int64_t{0}), K);
 }
 
-// Pass 0, one thread: reads counts (N,); stops with a device-side assertion
-// unless every count is non-negative and they sum to K, the CPU kernel's
-// check without a host sync. The running sum stays <= K, so it cannot overflow.
-__global__ void check_counts_kernel(const int64_t* counts, int64_t N, int64_t K) {
-  int64_t sum = 0;
+// Pass 0, one thread: reads counts (N,); writes first (N + 1,), the running sums
+// of the counts each clamped to 0..K, from 0. Stops with a device-side assertion
+// unless every count is non-negative and they sum to K, the CPU kernel's check
+// without a host sync. The checked running sum stays <= K, so it cannot overflow.
+__global__ void box_starts_kernel(const int64_t* counts, int64_t N, int64_t K, int64_t* first) {
+  int64_t sum = 0, at = 0;
   bool ok = true;
-  for (int64_t n = 0; n < N && ok; ++n) {
-    ok = counts[n] >= 0 && counts[n] <= K - sum;
+  first[0] = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    ok = ok && counts[n] >= 0 && counts[n] <= K - sum;
     if (ok) sum += counts[n];
+    at += min(max(counts[n], int64_t{0}), K);
+    first[n + 1] = at;
   }
   ok = ok && sum == K;
   if (!ok) {
@@ -165,9 +169,9 @@ std::vector<at::Tensor> rasterize_boxes_cuda(const at::Tensor& boxes, const at::
   const c10::cuda::CUDAGuard guard(boxes.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor b = boxes.contiguous(), hw = img_shapes.contiguous(), c = counts.contiguous();
-  check_counts_kernel<<<1, 1, 0, stream>>>(c.data_ptr<int64_t>(), N, K);
+  const at::Tensor first = at::empty({N + 1}, c.options());
+  box_starts_kernel<<<1, 1, 0, stream>>>(c.data_ptr<int64_t>(), N, K, first.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const at::Tensor first = at::cat({at::zeros({1}, c.options()), c.clamp(0, K).cumsum(0)});
   Levels lv{};
   lv.count = L;
   std::vector<at::Tensor> out;

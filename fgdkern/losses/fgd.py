@@ -97,7 +97,12 @@ def fgd_pyramid_table(levels, feats_S, feats_T, gt_bboxes, img_shapes, backend: 
 
 def weighted_sum(levels, table: Tensor) -> Tensor:
     """(4,) the terms of an (L, 4) table weighted by each level's weights, summed over levels."""
-    return (fgd_levels.values([m.weights() for m in levels], table) * table).sum(0)
+    return weighted(levels, table).sum(0)
+
+
+def weighted(levels, table: Tensor) -> Tensor:
+    """The (L, 4) table times each level's weights: the loss is its sum (one reduction)."""
+    return fgd_levels.values([m.weights() for m in levels], table) * table
 
 
 class FGDLoss(nn.Module):
@@ -180,7 +185,7 @@ class FGDLoss(nn.Module):
         return FGDTerms(*self.table(preds_S, preds_T, gt_bboxes, img_shapes)[0].unbind())
 
     def forward(self, preds_S, preds_T, gt_bboxes, img_shapes) -> Tensor:
-        return weighted_sum([self], self.table(preds_S, preds_T, gt_bboxes, img_shapes)).sum()
+        return weighted([self], self.table(preds_S, preds_T, gt_bboxes, img_shapes)).sum()
 
     def extra_repr(self) -> str:
         return (f"student_channels={self.student_channels}, teacher_channels="
@@ -242,7 +247,7 @@ class MultiLevelFGDLoss(nn.Module):
 
     def forward(self, feats_S, feats_T, gt_bboxes, img_shapes) -> Tensor:
         table = self.table(feats_S, feats_T, gt_bboxes, img_shapes)
-        return weighted_sum(list(self.levels), table).sum()
+        return weighted(list(self.levels), table).sum()
 
     def load_fgd_checkpoint(self, checkpoint, strict: bool = True, name_pattern=None):
         """Load a checkpoint of the widely used FGD code (docs/fgd.md, "Checkpoints of the

@@ -398,3 +398,22 @@ def test_cuda_op_checks_counts_on_the_device():
             "[4, 4]); torch.cuda.synchronize()")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode != 0 and "counts must be non-negative" in run.stdout + run.stderr
+
+
+@pytest.mark.cuda
+def test_cuda_op_launches_its_four_passes():
+    """What tests/launches.py counts for the op where it cannot run it: COMPILED_OPS."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tests.launches import COMPILED_OPS
+
+    skip_without_kernel("cpp", "cuda")
+    args = [a.cuda() if torch.is_tensor(a) else a for a in packed_case(0)]
+    torch.ops.fgdkern.rasterize_boxes(*args)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.ops.fgdkern.rasterize_boxes(*args)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "Memcpy" not in e.name and "Memset" not in e.name]
+    assert len(kernels) == COMPILED_OPS["fgdkern::rasterize_boxes"], kernels

@@ -1,20 +1,28 @@
 """Launches per training step on the GPU code path, counted under the interpreter
 (tests/launches.py): CWD, PKD and PFI run their two passes and the small math between
-them (fgdkern/ops/two_pass.py) as five Triton launches for any number of levels, a step
-launches at most BUDGET kernels in all (docs/kernels.md, "Launches on a GPU"), and no
-call waits for the device. What a step launches is printed with -s."""
+them (fgdkern/ops/two_pass.py) as five Triton launches for any number of levels, and a
+step launches at most BUDGET kernels in all; FGD runs its two passes and its small math
+(fgdkern/triton/fgd_terms.py) as seven, and a step with its masks at most FGD_BUDGET
+(docs/kernels.md, "Launches on a GPU"). No call waits for the device. What a step
+launches is printed with -s."""
 import pytest
 import torch
 
 import fgdkern
+from fgdkern.ops import rasterize
 from tests.harness import INTERPRETED
 from tests.launches import count_launches, fwd_bwd
 from tests.triton.common import needs_kernels
+from tests.triton.test_launches import _fgd_step
 
 pytestmark = [needs_kernels, pytest.mark.skipif(
     not INTERPRETED, reason="counts interpreted launches (TRITON_INTERPRET=1)")]
 
 BUDGET = 12
+FGD_BUDGET = 24
+FGD_KERNELS = ["fgd_stats_fwd_kernel", "fgd_stats_combine_kernel", "fgd_terms_kernel",
+               "fgd_pixel_coef_kernel", "fgd_terms_grad_kernel", "fgd_grad_bwd_kernel",
+               "fgd_grad_combine_kernel"]
 SMALL_MATH = ["level_sums_kernel", "map_items_kernel"]
 MODULES = {
     "cwd": (lambda: fgdkern.CWDLoss(tau=2.0, loss_weight=3.0, backend="triton"),
@@ -53,4 +61,26 @@ def test_two_pass_losses_launch_within_the_budget(loss, levels):
     print(f"{loss}, {levels} levels: {got}")
     assert got.triton == kernels, got
     assert got.total <= BUDGET, got
+    assert got.syncs == [], got
+
+
+@pytest.mark.parametrize("levels", [1, 3, 8])
+def test_fgd_launches_within_the_budget(levels, monkeypatch):
+    """MultiLevelFGDLoss fwd+bwd with its masks from boxes. The boxes are host tensors here;
+    on the GPU path they are on the device, where they are not checked on the host
+    (docs/fgd.md, "Validation") and the packed counts and image sizes are copied to it:
+    each copy counts as a launch."""
+    copies = []
+    real = rasterize.host_to
+    monkeypatch.setattr(rasterize, "_checking", lambda t, check_finite: check_finite)
+    monkeypatch.setattr(rasterize, "host_to", lambda t, d: copies.append(t) or real(t, d))
+    step = _fgd_step(levels, 16, device="cpu")
+    step()
+    copies.clear()
+    got = count_launches(step)
+    got.torch += ["host_to"] * len(copies)
+    print(f"fgd, {levels} levels: {got}")
+    assert got.triton == FGD_KERNELS, got
+    assert got.torch.count("fgdkern::rasterize_boxes") == 4, got
+    assert got.total <= FGD_BUDGET, got
     assert got.syncs == [], got
