@@ -45,6 +45,23 @@ def added(ptr, value, mask, n):
 
 
 @triton.jit
+def attention_dot(a_s, a_t, n, inv_temp, g_mask, BLOCK: tl.constexpr):
+    """Over the n values of an attention map (pixels or channels) of the student at a_s and
+    the teacher at a_t: the softmaxes' stats, and sum of g_y * y with y the student's
+    softmax and g_y = n g_mask sign(n y - A), the mask term's gradient in y (A: the
+    teacher's attention, n softmax)."""
+    ms, zs = softmax_stats(a_s, n, inv_temp, BLOCK)
+    mt, zt = softmax_stats(a_t, n, inv_temp, BLOCK)
+    dot = tl.zeros([], tl.float64)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        y = softmax_at(a_s, i, i < n, inv_temp, ms, zs)
+        dot += tl.sum(n * g_mask * sign(n * y - n * softmax_at(a_t, i, i < n, inv_temp, mt, zt))
+                      * y, 0)
+    return ms, zs, mt, zt, dot
+
+
+@triton.jit
 def fgd_pixel_coef_kernel(table, base, params, G, BLOCK: tl.constexpr):
     """Reads one image's pix and masks of one level (program (level, image)); writes its
     pix_coef: a_sign, the gradient of the mask loss's spatial part in gs_s (a softmax's
@@ -58,23 +75,17 @@ def fgd_pixel_coef_kernel(table, base, params, G, BLOCK: tl.constexpr):
     pixc = base + tl.load(lv + COL_PIXC) + n * PIX_COEF_ROWS * HW
     fg = base + tl.load(lv + COL_FG) + n * HW
     bg = base + tl.load(lv + COL_BG) + n * HW
-    ms, zs = softmax_stats(pix + GS_S * HW, HW, inv_temp, BLOCK)
-    mt, zt = softmax_stats(pix + GS_T * HW, HW, inv_temp, BLOCK)
+    ms, zs, mt, zt, dot = attention_dot(pix + GS_S * HW, pix + GS_T * HW, HW, inv_temp, g_mask,
+                                        BLOCK)
     mps, zps = softmax_stats(pix + Z_S * HW, HW, 1.0, BLOCK)
     mpt, zpt = softmax_stats(pix + Z_T * HW, HW, 1.0, BLOCK)
-    dot = tl.zeros([], tl.float64)  # sum of g_y * y over the pixels
-    for p0 in range(0, HW, BLOCK):
-        p = p0 + tl.arange(0, BLOCK)
-        y = softmax_at(pix + GS_S * HW, p, p < HW, inv_temp, ms, zs)
-        A = HW * softmax_at(pix + GS_T * HW, p, p < HW, inv_temp, mt, zt)
-        dot += tl.sum(HW * g_mask * sign(HW * y - A) * y, 0)
     for p0 in range(0, HW, BLOCK):
         p = p0 + tl.arange(0, BLOCK)
         pn = p < HW
         y = softmax_at(pix + GS_S * HW, p, pn, inv_temp, ms, zs)
         A = HW * softmax_at(pix + GS_T * HW, p, pn, inv_temp, mt, zt)
         g_y = HW * g_mask * sign(HW * y - A)
-        tl.store(pixc + A_SIGN * HW + p, y * (g_y - dot) * inv_temp / C, mask=pn)
+        tl.store(pixc + A_SIGN * HW + p, y * (g_y - dot) * (inv_temp / C), mask=pn)
         tl.store(pixc + FGA * HW + p, tl.load(fg + p, mask=pn, other=0.0) * A, mask=pn)
         tl.store(pixc + BGA * HW + p, tl.load(bg + p, mask=pn, other=0.0) * A, mask=pn)
         tl.store(pixc + P_S * HW + p, softmax_at(pix + Z_S * HW, p, pn, 1.0, mps, zps), mask=pn)
@@ -87,14 +98,8 @@ def channel_coefficients(base, lv, chan, chanc, C, HW, g_fg, g_bg, g_mask, g_rel
                          BLOCK_O: tl.constexpr):
     """One image's chan_coef rows but g_ctx_s, g_ctx_t; the row g_ctx_s holds meanwhile
     the gradient of the student's MLP output, 2 g_rela HW u (w2_backward reads it)."""
-    ms, zs = softmax_stats(chan + GC_S * C, C, inv_temp, BLOCK)
-    mt, zt = softmax_stats(chan + GC_T * C, C, inv_temp, BLOCK)
-    dot = tl.zeros([], tl.float64)  # sum of g_y * y over the channels
-    for c0 in range(0, C, BLOCK):
-        c = c0 + tl.arange(0, BLOCK)
-        y = softmax_at(chan + GC_S * C, c, c < C, inv_temp, ms, zs)
-        A = C * softmax_at(chan + GC_T * C, c, c < C, inv_temp, mt, zt)
-        dot += tl.sum(C * g_mask * sign(C * y - A) * y, 0)
+    ms, zs, mt, zt, dot = attention_dot(chan + GC_S * C, chan + GC_T * C, C, inv_temp, g_mask,
+                                        BLOCK)
     w_s, w_t = base + tl.load(lv + COL_WS), base + tl.load(lv + COL_WT)
     for c0 in range(0, C, BLOCK_O):
         c = c0 + tl.arange(0, BLOCK_O)
@@ -104,8 +109,8 @@ def channel_coefficients(base, lv, chan, chanc, C, HW, g_fg, g_bg, g_mask, g_rel
         mean_d = tl.load(chan + SUM_D * C + c, mask=cn, other=0.0) / HW
         u = (mean_d + mlp_out(base, lv, COL_MLP_S, r_s, c, cn, C, BLOCK_H)
              - mlp_out(base, lv, COL_MLP_T, r_t, c, cn, C, BLOCK_H))
-        tl.store(chanc + B_SIGN * C + c, y * (C * g_mask * sign(C * y - A) - dot) * inv_temp / HW,
-                 mask=cn)
+        g_y = C * g_mask * sign(C * y - A)
+        tl.store(chanc + B_SIGN * C + c, y * (g_y - dot) * (inv_temp / HW), mask=cn)
         tl.store(chanc + K_D * C + c, tl.where(cn, 2 * g_rela, 0.0), mask=cn)
         tl.store(chanc + K_CONST * C + c, 2 * g_rela * (u - mean_d), mask=cn)
         tl.store(chanc + K_FG * C + c, 2 * g_fg * A, mask=cn)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fgdkern.ops import fgd_levels
-from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF
 from tests.cpu.cpp_ops import needs_cpp
-from tests.ops.small_math import SIZES, TEMPS, masks_and_weights, mlp_args, modules, statistics
+from tests.ops.small_math import (SIZES, TEMPS, assert_terms_grad_matches, masks_and_weights,
+                                  mlp_args, modules, statistics)
 from tests.harness import assert_exact_list, to_float64
 
 pytestmark = needs_cpp
@@ -44,19 +44,8 @@ def test_matches_the_pytorch_small_math(N, C, temps, eps, trained):
     assert_exact_list(y_S, want[5:5 + 2 * L], lambda: terms64()[5:5 + 2 * L], n)
     G = torch.randn(L, 4)
     got = ops.fgd_terms_grad_cpp(G, pix, chan, got[1:], fg, bg, w_s, w_t, *mlp, temps)
-    want = fgd_levels.terms_grad(G, pix, chan, want[1:], fg, bg, w_s, w_t, *mlp, temps)
-    truth = functools.cache(lambda: fgd_levels.terms_grad(
-        G.double(), *to_float64((pix, chan)), terms64()[1:],
-        *to_float64((fg, bg, w_s, w_t, *mlp, temps))))
-    K = slice(2 * L, 3 * L)   # then the MLP parameters' gradients, on one scale
-    assert_exact_list(got[:K.start], want[:K.start], lambda: truth()[:K.start], n)
-    assert_exact_list(got[K.stop:], want[K.stop:], lambda: truth()[K.stop:], n,
-                      scale=max(float(w.abs().max()) for w in want[K.stop:]))
-    for k, c, cc in zip(got[K], chan, got[L:2 * L]):  # K = sum_c g_ctx ctx, which may cancel
-        products = cc[:, [FGD_CHAN_COEF.g_ctx_s, FGD_CHAN_COEF.g_ctx_t]].double() * c[
-            :, [FGD_CHAN.ctx_s, FGD_CHAN.ctx_t]].double()
-        assert ((k - products.sum(-1)).abs() <= 1e-6 * products.abs().sum(-1)).all()
-
+    assert_terms_grad_matches(got, G, pix, chan, want[1:], terms64, (fg, bg, w_s, w_t), mlp,
+                              temps)
 
 def test_levels_of_different_channels_in_one_call():
     """The ops take each level at its own C: one call equals the levels one by one."""

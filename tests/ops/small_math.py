@@ -1,9 +1,12 @@
 """Inputs of FGD's small math (the terms from the statistics, and their backward), shared
 by tests/ops/test_fgd_levels.py (PyTorch) and tests/cpu/test_fgd_terms_cpp.py (the ops)."""
+import functools
+
 import torch
 
-from fgdkern.ops import gc_mlp
-from fgdkern.rows import FGD_CHAN, FGD_PIX
+from fgdkern.ops import fgd_levels, gc_mlp
+from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX
+from tests.harness import assert_exact_list, to_float64
 from tests.helpers import make_loss
 
 SIZES = [(9, 6), (5, 3), (1, 2)]
@@ -44,3 +47,22 @@ def masks_and_weights(N, C, sizes, seed=2):
     bg = [(f == 0).float() / f.numel() for f in fg]
     w = [[torch.randn(C, generator=g) for _ in sizes] for _ in range(2)]
     return fg, bg, w[0], w[1]
+
+
+def assert_terms_grad_matches(got, G, pix, chan, saved, terms64, masks, mlp, temps):
+    """A backend's terms_grad outputs got against fgd_levels.terms_grad by the harness rule
+    (saved: fgd_levels.terms' saved part; terms64(): fgd_levels.terms in float64): every
+    table of the gradient pass, and every MLP parameter's gradient on one scale; K = sum_c
+    g_ctx ctx, which may cancel, against the float64 sum of got's own products."""
+    L, n = len(pix), max(p.numel() for p in pix + chan)
+    want = fgd_levels.terms_grad(G, pix, chan, saved, *masks, *mlp, temps)
+    truth = functools.cache(lambda: fgd_levels.terms_grad(
+        G.double(), *to_float64((pix, chan)), terms64()[1:], *to_float64((*masks, *mlp, temps))))
+    K = slice(2 * L, 3 * L)
+    assert_exact_list(got[:K.start], want[:K.start], lambda: truth()[:K.start], n)
+    assert_exact_list(got[K.stop:], want[K.stop:], lambda: truth()[K.stop:], n,
+                      scale=max(float(w.abs().max()) for w in want[K.stop:]))
+    for k, c, cc in zip(got[K], chan, got[L:2 * L]):
+        products = cc[:, [FGD_CHAN_COEF.g_ctx_s, FGD_CHAN_COEF.g_ctx_t]].double() * c[
+            :, [FGD_CHAN.ctx_s, FGD_CHAN.ctx_t]].double()
+        assert ((k.double() - products.sum(-1)).abs() <= 1e-6 * products.abs().sum(-1)).all()

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from fgdkern.ops import fgd_levels
-from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX_COEF
+from fgdkern.rows import FGD_PIX_COEF
 from tests.harness import assert_exact_list, to_float64
-from tests.ops.small_math import SIZES, TEMPS, masks_and_weights, mlp_args, modules, statistics
+from tests.ops.small_math import (SIZES, TEMPS, assert_terms_grad_matches, masks_and_weights,
+                                  mlp_args, modules, statistics)
 from tests.triton.common import DEVICE, needs_kernels
 
 pytestmark = needs_kernels
@@ -47,19 +48,8 @@ def test_matches_the_pytorch_small_math(N, C, sizes, temps, eps, trained):
     assert_exact_list(list(got[0].T), list(want[0].T), lambda: list(terms64()[0].T), n)
     G = torch.randn(L, 4, generator=torch.Generator().manual_seed(C)).to(DEVICE)
     got = fgd_terms_grad(G, pix, chan, [], fg, bg, w_s, w_t, *mlp, temps)
-    want = fgd_levels.terms_grad(G, pix, chan, want[1:], fg, bg, w_s, w_t, *mlp, temps)
-    truth = functools.cache(lambda: fgd_levels.terms_grad(
-        G.double(), *to_float64((pix, chan)), terms64()[1:],
-        *to_float64((fg, bg, w_s, w_t, *mlp, temps))))
-    K = slice(2 * L, 3 * L)   # then the MLP parameters' gradients, on one scale
-    assert_exact_list(got[:K.start], want[:K.start], lambda: truth()[:K.start], n)
-    assert_exact_list(got[K.stop:], want[K.stop:], lambda: truth()[K.stop:], n,
-                      scale=max(float(w.abs().max()) for w in want[K.stop:]))
-    for k, c, cc in zip(got[K], chan, got[L:2 * L]):  # K = sum_c g_ctx ctx, which may cancel
-        products = cc[:, [FGD_CHAN_COEF.g_ctx_s, FGD_CHAN_COEF.g_ctx_t]].double() * c[
-            :, [FGD_CHAN.ctx_s, FGD_CHAN.ctx_t]].double()
-        assert ((k.double() - products.sum(-1)).abs() <= 1e-6 * products.abs().sum(-1)).all()
-
+    assert_terms_grad_matches(got, G, pix, chan, want[1:], terms64, (fg, bg, w_s, w_t), mlp,
+                              temps)
 
 @torch.no_grad()
 def test_zero_gradient_of_the_terms_gives_zero_tables_but_p():
