@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fgdkern.ops import dispatch
-from fgdkern.ops.two_pass import PASSES, Passes, level_losses
+from fgdkern.ops.two_pass import PASSES, Passes, level_losses, triton_small_math
 from fgdkern.reference import channel_passes
 from fgdkern.reference.cwd import CWDTerms, cwd_reference
 from fgdkern.reference.pfi import accumulation_dtype
@@ -50,23 +50,9 @@ def _cwd_grad_triton(S: list[Tensor], T: list[Tensor], coef: list[Tensor],
     return cwd_grad(S, T, coef, inv_tau)
 
 
-@torch.library.custom_op("fgdkern::cwd_levels_triton", mutates_args=())
-def _cwd_levels_triton(chan: list[Tensor], inv_tau: list[float]) -> Tensor:
-    from fgdkern.triton import cwd_levels
-    return cwd_levels(chan, inv_tau)
-
-
-@torch.library.custom_op("fgdkern::cwd_coef_triton", mutates_args=())
-def _cwd_coef_triton(chan: list[Tensor], dlevels: Tensor, inv_tau: list[float]) -> list[Tensor]:
-    from fgdkern.triton import cwd_coef
-    return cwd_coef(chan, dlevels, inv_tau)
-
-
 _cwd_stats_triton.register_fake(_stats_fake)
 _cwd_grad_triton.register_fake(_grad_fake)
-_cwd_levels_triton.register_fake(lambda chan, inv_tau: chan[0].new_empty(len(chan)))
-_cwd_coef_triton.register_fake(lambda chan, dlevels, inv_tau: [
-    c.new_empty((c.shape[0], len(CWD_COEF), c.shape[2])) for c in chan])
+triton_small_math("cwd", "float", len(CWD_COEF))
 
 
 def passes(impl: str) -> Passes:

@@ -18,27 +18,13 @@ from torch import Tensor
 
 from fgdkern._device import constant_rows
 from fgdkern.ops import dispatch, imitation
-from fgdkern.ops.two_pass import PASSES, Passes, level_losses
+from fgdkern.ops.two_pass import PASSES, Passes, level_losses, triton_small_math
 from fgdkern.reference import imitation_passes
 from fgdkern.reference.pfi import PFITerms, accumulation_dtype, pfi_reference
+from fgdkern.rows import IMIT_PIX_COEF
 
 
-# ---------------------------------------------------------------- op registry
-@torch.library.custom_op("fgdkern::pfi_levels_triton", mutates_args=())
-def _pfi_levels_triton(pix: list[Tensor], widths: list[int]) -> Tensor:
-    from fgdkern.triton import pfi_levels
-    return pfi_levels(pix, widths)
-
-
-@torch.library.custom_op("fgdkern::pfi_coef_triton", mutates_args=())
-def _pfi_coef_triton(pix: list[Tensor], dlevels: Tensor, widths: list[int]) -> list[Tensor]:
-    from fgdkern.triton import pfi_coef
-    return pfi_coef(pix, dlevels, widths)
-
-
-_pfi_levels_triton.register_fake(lambda pix, widths: pix[0].new_empty(len(widths)))
-_pfi_coef_triton.register_fake(
-    lambda pix, dlevels, widths: [torch.empty_like(p) for p in pix[:len(widths)]])
+triton_small_math("pfi", "int", len(IMIT_PIX_COEF))
 
 
 def _constant(X: list[Tensor], rows: dict) -> list[Tensor]:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fgdkern.ops import dispatch
-from fgdkern.ops.two_pass import PASSES, Passes, level_losses
+from fgdkern.ops.two_pass import PASSES, Passes, level_losses, triton_small_math
 from fgdkern.reference import channel_passes
 from fgdkern.reference.pfi import accumulation_dtype
 from fgdkern.reference.pkd import PKDTerms, pkd_reference
@@ -50,23 +50,9 @@ def _pkd_grad_triton(S: list[Tensor], T: list[Tensor], coef: list[Tensor]) -> li
     return pkd_grad(S, T, coef)
 
 
-@torch.library.custom_op("fgdkern::pkd_levels_triton", mutates_args=())
-def _pkd_levels_triton(chan: list[Tensor], pixels: list[int]) -> Tensor:
-    from fgdkern.triton import pkd_levels
-    return pkd_levels(chan, pixels)
-
-
-@torch.library.custom_op("fgdkern::pkd_coef_triton", mutates_args=())
-def _pkd_coef_triton(chan: list[Tensor], dlevels: Tensor, pixels: list[int]) -> list[Tensor]:
-    from fgdkern.triton import pkd_coef
-    return pkd_coef(chan, dlevels, pixels)
-
-
 _pkd_stats_triton.register_fake(_stats_fake)
 _pkd_grad_triton.register_fake(_grad_fake)
-_pkd_levels_triton.register_fake(lambda chan, pixels: chan[0].new_empty(len(chan)))
-_pkd_coef_triton.register_fake(
-    lambda chan, dlevels, pixels: [c.new_empty((len(PKD_COEF), c.shape[1])) for c in chan])
+triton_small_math("pkd", "int", len(PKD_COEF))
 
 
 def passes(impl: str) -> Passes:

@@ -61,6 +61,31 @@ class _TwoPassLoss(torch.autograd.Function):
         return (None, None, None, None, *dS, *([None] * (2 * L - len(dS))))
 
 
+def triton_small_math(loss: str, param: str, coef_rows: int) -> None:
+    """Registers fgdkern::<loss>_levels_triton and fgdkern::<loss>_coef_triton: the loss's
+    small math on a GPU (fgdkern.triton.<loss>_levels, <loss>_coef) as custom ops with
+    fakes. param: the schema type of its per-level parameters ("float" or "int");
+    coef_rows: the rows of its coefficient tables, each shaped otherwise as the statistic
+    table of its level (one per parameter: the leading tables)."""
+    def levels(chan, params):
+        from fgdkern import triton as kernels
+        return getattr(kernels, f"{loss}_levels")(chan, params)
+
+    def coef(chan, dlevels, params):
+        from fgdkern import triton as kernels
+        return getattr(kernels, f"{loss}_coef")(chan, dlevels, params)
+
+    levels_op = torch.library.custom_op(
+        f"fgdkern::{loss}_levels_triton", levels, mutates_args=(),
+        schema=f"(Tensor[] chan, {param}[] params) -> Tensor")
+    coef_op = torch.library.custom_op(
+        f"fgdkern::{loss}_coef_triton", coef, mutates_args=(),
+        schema=f"(Tensor[] chan, Tensor dlevels, {param}[] params) -> Tensor[]")
+    levels_op.register_fake(lambda chan, params: chan[0].new_empty(len(params)))
+    coef_op.register_fake(lambda chan, dlevels, params: [
+        c.new_empty((*c.shape[:-2], coef_rows, c.shape[-1])) for c in chan[:len(params)]])
+
+
 def level_losses(loss: str, impl: str, S: list[Tensor], T: list[Tensor],
                  params: list) -> Tensor:
     """The (L,) level losses of the maps by PASSES[loss](impl), float32 (float64 for
