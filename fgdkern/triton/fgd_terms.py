@@ -20,7 +20,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fgdkern.rows import FGD_CHAN, FGD_PIX
-from fgdkern.triton.levels import device_values, offset, on_device, row_indices
+from fgdkern.triton.levels import (
+    device_values, host_copy_if_interpreted, offset, on_device, row_indices)
 
 GS_S, GS_T, Z_S, Z_T, PIX_ROWS = row_indices(FGD_PIX, "gs_s", "gs_t", "z_s", "z_t")
 GC_S, GC_T, CTX_S, CTX_T, SUM_D, M2_D, X_FG, X_BG, CHAN_ROWS = row_indices(
@@ -210,6 +211,7 @@ def level_params(temps, eps_s, eps_t, like: Tensor) -> Tensor:
                          torch.float32, like.device)
 
 
+@host_copy_if_interpreted
 def fgd_terms(pix: list[Tensor], chan: list[Tensor], mlp_s: list[Tensor], mlp_t: list[Tensor],
               eps_s: list[float], eps_t: list[float], temps: list[float]) -> list[Tensor]:
     """[table]: the (L, 4) float32 terms of levels that share C (fgd_levels.terms' table;

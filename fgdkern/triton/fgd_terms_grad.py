@@ -23,7 +23,8 @@ from fgdkern.triton.fgd_terms import (
     CHAN_ROWS, CTX_S, CTX_T, GC_S, GC_T, GS_S, GS_T, PIX_ROWS, SUM_D, Z_S, Z_T,
     COL_BG, COL_C, COL_CHAN, COL_CHANC, COL_FG, COL_GMLP_S, COL_GMLP_T, COL_HW, COL_K,
     COL_MLP_S, COL_MLP_T, COL_N, COL_PIX, COL_PIXC, COL_WS, COL_WT, NCOL)
-from fgdkern.triton.levels import on_device, row_indices
+from fgdkern.triton.levels import (
+    float32_levels, host_copy_if_interpreted, on_device, row_indices)
 
 A_SIGN, FGA, BGA, P_S, P_T, PIX_COEF_ROWS = row_indices(
     FGD_PIX_COEF, "a_sign", "fgA", "bgA", "p_s", "p_t")
@@ -209,6 +210,7 @@ def fgd_terms_grad_kernel(table, base, params, G, BLOCK: tl.constexpr, BLOCK_H: 
         tl.debug_barrier()  # this image's additions are seen by every thread of the next
 
 
+@host_copy_if_interpreted
 def fgd_terms_grad(G: Tensor, pix, chan, saved, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t,
                    temps) -> list[Tensor]:
     """fgd_levels.terms_grad's outputs [pix_coef*L, chan_coef*L, K*L, g_mlp_s*6L,
@@ -218,18 +220,11 @@ def fgd_terms_grad(G: Tensor, pix, chan, saved, fg, bg, w_s, w_t, mlp_s, mlp_t, 
     if G.shape != (L, 4) or G.dtype != torch.float32 or G.device != pix[0].device:
         raise ValueError(f"G must be ({L}, 4) float32 on {pix[0].device}, got {G.dtype} "
                          f"{tuple(G.shape)} on {G.device}")
-    for name, xs, shape in (("fg", fg, None), ("bg", bg, None), ("w_s", w_s, (C,)),
-                            ("w_t", w_t, (C,))):
-        if len(xs) != L:
-            raise ValueError(f"{name} must hold one tensor per level ({L}), got {len(xs)}")
-        for k, x in enumerate(xs):
-            want = shape or (N, pix[k].shape[2])
-            if (x.dtype != torch.float32 or x.numel() != torch.Size(want).numel()
-                    or x.device != G.device):
-                raise ValueError(f"{name}[{k}] must be float32 with {want} values on {G.device}, "
-                                 f"got {x.dtype} {tuple(x.shape)} on {x.device}")
-    fg, bg = [x.contiguous() for x in fg], [x.contiguous() for x in bg]
-    w_s, w_t = [x.contiguous() for x in w_s], [x.contiguous() for x in w_t]
+    hw = [(N, p.shape[2]) for p in pix]  # the masks as (N, HW), the weights (C,)
+    fg, bg = [float32_levels(name, [x.flatten(1) if x.dim() > 1 else x for x in xs], hw,
+                             G.device, "pix") for name, xs in (("fg", fg), ("bg", bg))]
+    w_s, w_t = [float32_levels(name, xs, [(C,)] * L, G.device, "pix")
+                for name, xs in (("w_s", w_s), ("w_t", w_t))]
     pix_coef = [p.new_empty((N, PIX_COEF_ROWS, p.shape[2])) for p in pix]
     chan_coef = [c.new_empty((N, CHAN_COEF_ROWS, C)) for c in chan]
     K = [c.new_empty((N, 2)) for c in chan]

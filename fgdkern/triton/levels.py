@@ -383,10 +383,12 @@ def per_dtype(launch: Callable, S: list[Tensor], per_level: list[list], *args) -
 
 def host_copy_if_interpreted(fn):
     """Under TRITON_INTERPRET the interpreter copies each GPU tensor argument to the host on
-    its own, which breaks the offsets between tensors: run on host copies instead."""
+    its own, which breaks the offsets between tensors: run on host copies instead. The
+    device is the first argument's (a tensor, or a list of them)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        device = args[0][0].device if args[0] else torch.device("cpu")
+        first = args[0] if isinstance(args[0], Tensor) or not args[0] else args[0][0]
+        device = first.device if isinstance(first, Tensor) else torch.device("cpu")
         if os.environ.get("TRITON_INTERPRET") != "1" or device.type == "cpu":
             return fn(*args, **kwargs)
         host = [[x.cpu() if isinstance(x, Tensor) else x for x in a] if isinstance(a, list)

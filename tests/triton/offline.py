@@ -77,9 +77,12 @@ def variants(module: str, name: str) -> list[dict]:
                 for body, rows in _level_math_bodies()[name]]
     if module.startswith("fgdkern.triton.fgd_terms"):  # FGD's small math: 256, 2048 channels
         from fgdkern.triton.fgd_terms import blocks
-        warps = {} if "BLOCK_H" in args else dict(num_warps=4)  # the pixel kernel: 4 warps
-        return [dict(dtype="fp32", constexprs=blocks(C), **{**blocks(C), **warps})
-                for C in ((256, 2048) if "BLOCK_H" in args else (256,))]
+        out = []
+        for C in ((256, 2048) if "BLOCK_H" in args else (256,)):
+            launch = blocks(C)
+            warps = launch.pop("num_warps") if "BLOCK_H" in args else 4  # pixel kernel: 4
+            out.append(dict(dtype="fp32", constexprs=launch, num_warps=warps))
+        return out
     if "LAYOUT" not in args:  # a combine kernel: float32 workspace only
         return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK_C=COMBINE_BLOCK_C),
                      num_warps=COMBINE_WARPS)]

@@ -104,6 +104,12 @@ def test_bad_gradient_arguments_raise_naming_them():
     with pytest.raises(ValueError, match=r"G must be \(2, 4\) float32"):
         fgd_terms_grad(torch.zeros(3, 4, device=DEVICE), pix, chan, [], fg, bg, w_s, w_t, *mlp,
                        [0.5, 0.5])
-    with pytest.raises(ValueError, match=r"fg\[1\] must be float32 with \(2, 15\) values"):
+    with pytest.raises(ValueError, match=r"fg\[1\] must have shape \(2, 15\)"):
         fgd_terms_grad(torch.zeros(2, 4, device=DEVICE), pix, chan, [], [fg[0], fg[0]], bg, w_s,
                        w_t, *mlp, [0.5, 0.5])
+    with pytest.raises(TypeError, match=r"w_t\[0\] must be float32"):
+        fgd_terms_grad(torch.zeros(2, 4, device=DEVICE), pix, chan, [], fg, bg, w_s,
+                       [w.double() for w in w_t], *mlp, [0.5, 0.5])
+    with pytest.raises(ValueError, match="bg has 1 levels, pix has 2"):
+        fgd_terms_grad(torch.zeros(2, 4, device=DEVICE), pix, chan, [], fg, bg[:1], w_s, w_t,
+                       *mlp, [0.5, 0.5])
