@@ -13,11 +13,15 @@ def is_compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _check_float_tensor(name: str, x) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+
+
 def check_feature(name: str, F, channels: int) -> None:
-    if not isinstance(F, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(F).__name__}")
-    if F.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {F.dtype}")
+    _check_float_tensor(name, F)
     if F.dim() != 4:
         raise ValueError(f"{name} must be (N, C, H, W), got shape {tuple(F.shape)}")
     if F.shape[0] == 0:
@@ -31,10 +35,7 @@ def check_feature(name: str, F, channels: int) -> None:
 def check_map(name: str, x) -> None:
     """x: a non-empty (N, C, H, W) float tensor of any width (losses that read maps whose
     channels are not fixed when they are built)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    _check_float_tensor(name, x)
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     if 0 in x.shape:
