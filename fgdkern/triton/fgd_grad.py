@@ -8,14 +8,14 @@ float32.
 
 One launch of the main kernel over every level, then one of the combine
 kernel; S and T are read from DRAM once, dS written once, and no float atomics
-are used, so results are the same bit for bit from run to run. For each block
-of its run a main-kernel program
-  1. loops over channel chunks, reducing over channels per pixel (gp_s, gp_t),
-     then
-  2. loops over the same chunks again -- the block's tiles are still in L1/L2 --
+are used, so results are the same bit for bit from run to run. The main
+kernel is a body on sweeps.sweep_blocks; for each block of its run a program
+  1. sums over channels per pixel (fgd_grad_pre: gp_s = sum_c g_ctx_s S,
+     gp_t), from which fgd_grad_pixel forms dz_s, dz_t, then
+  2. goes over the same chunks again -- the block's tiles are still in L1/L2 --
      writing dS and adding the block's per-channel sums of dw (dz_s (S - ctx_s),
      dz_t (T - ctx_t): centred on the contexts, see fgd_passes) into the run's
-     partial rows in the float32 workspace.
+     partial rows in the float32 workspace (fgd_grad_element).
 The combine kernel adds the runs of each level in a fixed order.
 """
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
@@ -30,13 +30,12 @@ from torch import Tensor
 from fgdkern.rows import FGD_CHAN_COEF, FGD_PIX_COEF
 from fgdkern.triton.levels import (
     RUNTIME_INTS, run_blocks,
-    COL_C, COL_COMB0, COL_N, COL_NSPLIT, COL_PART, COL_S, COL_T, COMBINE_BLOCK_C, VIEW_COLS,
+    COL_C, COL_COMB0, COL_N, COL_NSPLIT, COL_PART, COMBINE_BLOCK_C, VIEW_COLS,
     Launch, check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
     level_shape, offset, per_dtype, program_run, row_indices, view)
-from fgdkern.triton.merges import accumulate_rows, stack2
-from fgdkern.triton.tiles import (
-    block_grids, channel_row, channel_sums, extents, image_tile, load_tile, per_pixel,
-    store_tile, sum_pixels, tile_mask)
+from fgdkern.triton.merges import stack2
+from fgdkern.triton.sweeps import sweep_blocks
+from fgdkern.triton.tiles import channel_row, per_pixel, pixel_row, sum_pixels
 
 # Rows of pix_coef and chan_coef (fgdkern.rows) that the kernel reads.
 A_SIGN, FGA, BGA, P_S, P_T, PIX_COEF_ROWS = row_indices(
@@ -75,53 +74,50 @@ def fgd_grad_run(lv, prog, n, blk_lo, blk_hi, S, T, dS, f32,
                  LAYOUT: tl.constexpr, ALIGN: tl.constexpr, STAGES: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
-    C, HW, W = level_shape(lv)
-    C, HW = extents(C, HW, LAYOUT, ALIGN)
-    pc = f32 + tl.load(lv + COL_PC) + n * PIX_COEF_ROWS * HW
-    cc = f32 + tl.load(lv + COL_CC) + n * CHAN_COEF_ROWS * C
-    K_s = tl.load(f32 + tl.load(lv + COL_K) + n * 2)
-    K_t = tl.load(f32 + tl.load(lv + COL_K) + n * 2 + 1)
+    C, _, _ = level_shape(lv)
     part = f32 + tl.load(lv + COL_PART) + prog * PART_ROWS * C
-    for b in range(blk_lo, blk_hi):
-        keep = b > blk_lo
-        p, p_mask, tile_c, tile_p, tile_in = block_grids(b, HW, BLOCK_C, BLOCK_HW, SECTOR)
-        s_img, s_tile, s_sc = image_tile(S, lv + COL_S, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        t_img, t_tile, t_sc = image_tile(T, lv + COL_T, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        ds_img, ds_tile, ds_sc = image_tile(dS, lv + COL_DS, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        # sub-loop 1: gp = sum_c g_ctx S per pixel, for dz
-        p_s = tl.load(pc + P_S * HW + p, mask=p_mask, other=0.0)
-        gp_s, gp_t, _, _ = channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc,
-                                        cc + G_CTX_S * C, cc + G_CTX_T * C, C, tile_c, tile_in,
-                                        False, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
-        dz_s = per_pixel(p_s * (gp_s - K_s))
-        dz_t = per_pixel(tl.load(pc + P_T * HW + p, mask=p_mask, other=0.0) * (gp_t - K_t))
-        a_sign = per_pixel(tl.load(pc + A_SIGN * HW + p, mask=p_mask, other=0.0))
-        fgA = per_pixel(tl.load(pc + FGA * HW + p, mask=p_mask, other=0.0))
-        bgA = per_pixel(tl.load(pc + BGA * HW + p, mask=p_mask, other=0.0))
-        p_s = per_pixel(p_s)
-        # sub-loop 2: dS, and per-channel sums for dw
-        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
-            c = c0 + tl.arange(0, BLOCK_C)
-            c_mask = c < C
-            mask = tile_mask(tile_c, tile_in, c0, C)
-            s = load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            t = load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            b_sign = channel_row(cc + B_SIGN * C, c, c_mask)              # [1, BLOCK_C, 1]
-            k_d = channel_row(cc + K_D * C, c, c_mask)
-            k_const = channel_row(cc + K_CONST * C, c, c_mask)
-            k_fg = channel_row(cc + K_FG * C, c, c_mask)
-            k_bg = channel_row(cc + K_BG * C, c, c_mask)
-            g_ctx_s = channel_row(cc + G_CTX_S * C, c, c_mask)
-            w_s = channel_row(cc + W_S * C, c, c_mask)
-            ctx_s = channel_row(cc + CTX_S * C, c, c_mask)
-            ctx_t = channel_row(cc + CTX_T * C, c, c_mask)
-            sign_s = (s > 0).to(tl.float32) - (s < 0).to(tl.float32)
-            grad = (sign_s * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
-                    + k_const + p_s * g_ctx_s + w_s * dz_s)
-            store_tile(ds_img, ds_tile, ds_sc, c0, mask, grad, BLOCK_C, BLOCK_HW, SECTOR)
-            dw = stack2(sum_pixels((s - ctx_s) * dz_s), sum_pixels((t - ctx_t) * dz_t))
-            accumulate_rows(part, c, c_mask, C, keep, 1.0, dw)
-        tl.debug_barrier()  # the next block re-reads rows that other threads stored
+    cc = f32 + tl.load(lv + COL_CC) + n * CHAN_COEF_ROWS * C
+    sweep_blocks(fgd_grad_pre, 2, fgd_grad_pixel, fgd_grad_element, None, 0, -1, -1, part, cc,
+                 lv, n, blk_lo, blk_hi, S, T, dS, lv + COL_DS, f32,
+                 LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+@triton.jit
+def fgd_grad_pre(s, t, lv, f32, cc, C, c, c_mask):
+    """Per element, the terms of gp = sum_c g_ctx S (and of T), for dz."""
+    return (s * channel_row(cc + G_CTX_S * C, c, c_mask),
+            t * channel_row(cc + G_CTX_T * C, c, c_mask), 0.0, 0.0)
+
+
+@triton.jit
+def fgd_grad_pixel(lv, n, f32, C, HW, p, p_mask, gp_s, gp_t, u2, u3, keep, n_run, n_block):
+    """The block's dz_s, dz_t and pixel coefficients."""
+    pc = f32 + tl.load(lv + COL_PC) + n * PIX_COEF_ROWS * HW
+    K = f32 + tl.load(lv + COL_K) + n * 2
+    p_s = pixel_row(pc + P_S * HW, p, p_mask)
+    dz_s = p_s * per_pixel(gp_s - tl.load(K))
+    dz_t = pixel_row(pc + P_T * HW, p, p_mask) * per_pixel(gp_t - tl.load(K + 1))
+    return (dz_s, dz_t, pixel_row(pc + A_SIGN * HW, p, p_mask), pixel_row(pc + FGA * HW, p, p_mask),
+            pixel_row(pc + BGA * HW, p, p_mask), p_s, 1.0)
+
+
+@triton.jit
+def fgd_grad_element(s, t, dz_s, dz_t, a_sign, fgA, bgA, p_s, cc, C, c, c_mask, inside, n_block):
+    """dS of a tile, and its sums over pixels of dw (dz_s (S - ctx_s), dz_t (T - ctx_t))."""
+    b_sign = channel_row(cc + B_SIGN * C, c, c_mask)              # [1, BLOCK_C, 1]
+    k_d = channel_row(cc + K_D * C, c, c_mask)
+    k_const = channel_row(cc + K_CONST * C, c, c_mask)
+    k_fg = channel_row(cc + K_FG * C, c, c_mask)
+    k_bg = channel_row(cc + K_BG * C, c, c_mask)
+    g_ctx_s = channel_row(cc + G_CTX_S * C, c, c_mask)
+    w_s = channel_row(cc + W_S * C, c, c_mask)
+    ctx_s = channel_row(cc + CTX_S * C, c, c_mask)
+    ctx_t = channel_row(cc + CTX_T * C, c, c_mask)
+    sign_s = (s > 0).to(tl.float32) - (s < 0).to(tl.float32)
+    grad = (sign_s * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
+            + k_const + p_s * g_ctx_s + w_s * dz_s)
+    dw = stack2(sum_pixels((s - ctx_s) * dz_s), sum_pixels((t - ctx_t) * dz_t))
+    return grad, dw, 0.0, 0.0, 0.0
 
 
 @triton.jit(do_not_specialize=["L"])

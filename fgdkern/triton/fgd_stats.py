@@ -7,13 +7,15 @@ w_t and temperature of every level; writes pix (N, len(FGD_PIX), HW) and chan
 
 One launch of the main kernel over every level, then one of the combine
 kernel; S and T are read from DRAM once, and no float atomics are used, so
-results are the same bit for bit from run to run. For each block of its run a
-main-kernel program
-  1. loops over channel chunks, reducing over channels per pixel (gs, z:
-     written to pix), then
-  2. loops over the same chunks again -- the block's tiles are still in L1/L2 --
-     reducing over pixels per channel into the run's partial chan rows in the
-     float32 workspace, merged by online-softmax rescaling (ctx, x_fg, x_bg)
+results are the same bit for bit from run to run. The main kernel is a body
+on sweeps.sweep_blocks; for each block of its run a program
+  1. sums over channels per pixel (fgd_stats_pre: z_s, z_t, |S|, |T|), then
+     (fgd_stats_pixel) writes gs, z to pix and merges the block into the run's
+     online softmaxes of z_s, z_t and gs_t / temp (its scalars, in the
+     workspace);
+  2. goes over the same chunks again -- the block's tiles are still in L1/L2 --
+     summing over pixels per channel into the run's partial chan rows
+     (fgd_stats_element), merged by online-softmax rescaling (ctx, x_fg, x_bg)
      and Chan's formula (m2_d), all rows of a chunk in one read-modify-write
      (merges.py).
 The combine kernel merges the runs of each image in a fixed order.
@@ -30,14 +32,13 @@ from torch import Tensor
 from fgdkern.rows import FGD_CHAN, FGD_PIX
 from fgdkern.triton.levels import (
     RUNTIME_INTS, device_values, run_blocks,
-    COL_COMB0, COL_NSPLIT, COL_PART, COL_PROG0, COL_S, COL_T, COMBINE_BLOCK_C, Launch,
+    COL_COMB0, COL_NSPLIT, COL_PART, COL_PROG0, COMBINE_BLOCK_C, Launch,
     check_features, extra_columns, find_level, float32_levels, host_copy_if_interpreted,
     level_shape, offset, per_dtype, positive_levels, program_run, row_indices)
-from fgdkern.triton.merges import (
-    accumulate_rows_and_moments, block_softmax, chan_merge, rescale, stack8)
+from fgdkern.triton.merges import block_softmax, chan_merge, rescale, stack8
+from fgdkern.triton.sweeps import sweep_blocks
 from fgdkern.triton.tiles import (
-    block_grids, block_sum, channel_sums, extents, image_tile, load_tile, per_channel,
-    per_pixel, sum_pixels, tile_mask)
+    block_sum, channel_row, per_channel, per_pixel, pixel_row, sum_pixels)
 
 # Rows of pix and chan (fgdkern.rows); the partial rows of a run are laid out as chan.
 GS_S, GS_T, Z_S, Z_T, PIX_ROWS = row_indices(FGD_PIX, "gs_s", "gs_t", "z_s", "z_t")
@@ -77,78 +78,74 @@ def fgd_stats_run(lv, prog, n, blk_lo, blk_hi, S, T, OUT, f32,
                   LAYOUT: tl.constexpr, ALIGN: tl.constexpr, STAGES: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
-    C, HW, W = level_shape(lv)
-    C, HW = extents(C, HW, LAYOUT, ALIGN)
-    fg_row = f32 + tl.load(lv + COL_FG) + n * HW
-    bg_row = f32 + tl.load(lv + COL_BG) + n * HW
-    w_s = f32 + tl.load(lv + COL_WS)
-    w_t = f32 + tl.load(lv + COL_WT)
-    temp = tl.load(f32 + tl.load(lv + COL_TEMP))              # the level's temperature
-    pix = f32 + tl.load(lv + COL_PIX) + n * PIX_ROWS * HW
+    C, _, _ = level_shape(lv)
     part = f32 + tl.load(lv + COL_PART) + prog * CHAN_ROWS * C
-    m_zs = float("-inf")  # running maxima and sums of exponentials of z_s, z_t, gs_t / temp
-    m_zt = float("-inf")
-    m_a = float("-inf")
-    l_zs = 0.0
-    l_zt = 0.0
-    l_a = 0.0
-    n_run = 0.0           # pixels merged so far
-    rows = tl.arange(0, CHAN_ROWS)[None, :]  # the partial rows, as stacked by stack8
-    for b in range(blk_lo, blk_hi):
-        keep = b > blk_lo
-        p, p_mask, tile_c, tile_p, tile_in = block_grids(b, HW, BLOCK_C, BLOCK_HW, SECTOR)
-        n_block = tl.minimum(HW - b * BLOCK_HW, BLOCK_HW).to(tl.float32)
-        s_img, s_tile, s_sc = image_tile(S, lv + COL_S, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        t_img, t_tile, t_sc = image_tile(T, lv + COL_T, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        # sub-loop 1: per-pixel sums over channels; writes gs, z
-        z_s, z_t, abs_s, abs_t = channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t,
-                                              C, tile_c, tile_in, True, STAGES,
-                                              BLOCK_C, BLOCK_HW, SECTOR)
-        gs_s = abs_s / C
-        gs_t = abs_t / C
-        tl.store(pix + GS_S * HW + p, gs_s, mask=p_mask)
-        tl.store(pix + GS_T * HW + p, gs_t, mask=p_mask)
-        tl.store(pix + Z_S * HW + p, z_s, mask=p_mask)
-        tl.store(pix + Z_T * HW + p, z_t, mask=p_mask)
-        m_zs, alpha_s, e_s = block_softmax(z_s, p_mask, m_zs)
-        m_zt, alpha_t, e_t = block_softmax(z_t, p_mask, m_zt)
-        m_a, alpha_a, e_a = block_softmax(gs_t / temp, p_mask, m_a)
-        l_zs = l_zs * alpha_s + block_sum(e_s)
-        l_zt = l_zt * alpha_t + block_sum(e_t)
-        l_a = l_a * alpha_a + block_sum(e_a)
-        e_s = per_pixel(e_s)
-        e_t = per_pixel(e_t)
-        w_fg = per_pixel(tl.load(fg_row + p, mask=p_mask, other=0.0) * e_a)
-        w_bg = per_pixel(tl.load(bg_row + p, mask=p_mask, other=0.0) * e_a)
-        # the rows' factors: softmax-weighted sums are rescaled to the new maxima
-        scales = tl.where(rows == CTX_S, alpha_s, tl.where(rows == CTX_T, alpha_t, 1.0))
-        scales = tl.where((rows == X_FG) | (rows == X_BG), alpha_a, scales)
-        # sub-loop 2: per-channel sums over the block
-        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
-            c = c0 + tl.arange(0, BLOCK_C)
-            c_mask = c < C
-            mask = tile_mask(tile_c, tile_in, c0, C)
-            s = load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            t = load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            d = s - t
-            d2 = d * d
-            sum_d = sum_pixels(d)                                           # [BLOCK_C]
-            centred = tl.where(per_pixel(p_mask), d - per_channel(sum_d / n_block), 0.0)
-            sums = stack8(sum_pixels(tl.abs(s)), sum_pixels(tl.abs(t)), sum_pixels(s * e_s),
-                          sum_pixels(t * e_t), sum_d, sum_pixels(centred * centred),
-                          sum_pixels(d2 * w_fg), sum_pixels(d2 * w_bg))  # stacked as rows
-            accumulate_rows_and_moments(part, c, c_mask, C, keep, scales, sums, n_run, n_block,
-                                        SUM_D, M2_D)
-        n_run += n_block
-        tl.debug_barrier()  # the next block re-reads rows that other threads stored
+    w_s = f32 + tl.load(lv + COL_WS)
+    sweep_blocks(fgd_stats_pre, 4, fgd_stats_pixel, fgd_stats_element, None, 0, SUM_D, M2_D,
+                 part, w_s, lv, n, blk_lo, blk_hi, S, T, None, None, f32,
+                 LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+@triton.jit
+def fgd_stats_pre(s, t, lv, f32, w_s, C, c, c_mask):
+    """Per element, the terms of z = sum_c w_s S, sum_c w_t T, sum_c |S| and sum_c |T|."""
+    return (s * channel_row(w_s, c, c_mask),
+            t * channel_row(f32 + tl.load(lv + COL_WT), c, c_mask), tl.abs(s), tl.abs(t))
+
+
+@triton.jit
+def running_softmax(scalars, M: tl.constexpr, keep, logits, p_mask):
+    """One of the run's softmaxes with a block's logits merged in: its running maximum and
+    sum of exponentials (scalars M, M + 1 of the program; -inf, 0 before its first block)
+    updated; returns the block's exp(logits - m) and the factor that rescales sums taken
+    with the previous maximum."""
+    m = tl.where(keep, tl.load(scalars + M), float("-inf"))
+    l = tl.where(keep, tl.load(scalars + M + 1), 0.0)
+    m, alpha, e = block_softmax(logits, p_mask, m)
+    tl.debug_barrier()  # every thread has read the old values before any stores the new
+    tl.store(scalars + M, m)
+    tl.store(scalars + M + 1, l * alpha + block_sum(e))
+    return e, alpha
+
+
+@triton.jit
+def fgd_stats_pixel(lv, n, f32, C, HW, p, p_mask, z_s, z_t, abs_s, abs_t, keep, n_run, n_block):
+    """Writes the block's pix rows; merges its softmaxes of z_s, z_t and gs_t / temp into the
+    run's; returns their weights (fg, bg times the attention's) and the rows' factors."""
+    gs_s = abs_s / C
+    gs_t = abs_t / C
+    pix = f32 + tl.load(lv + COL_PIX) + n * PIX_ROWS * HW
+    tl.store(pix + GS_S * HW + p, gs_s, mask=p_mask)
+    tl.store(pix + GS_T * HW + p, gs_t, mask=p_mask)
+    tl.store(pix + Z_S * HW + p, z_s, mask=p_mask)
+    tl.store(pix + Z_T * HW + p, z_t, mask=p_mask)
     scalars = f32 + tl.program_id(0) * N_SCALARS
-    tl.store(scalars + M_ZS, m_zs)
-    tl.store(scalars + L_ZS, l_zs)
-    tl.store(scalars + M_ZT, m_zt)
-    tl.store(scalars + L_ZT, l_zt)
-    tl.store(scalars + M_A, m_a)
-    tl.store(scalars + L_A, l_a)
-    tl.store(scalars + N_RUN, n_run)
+    temp = tl.load(f32 + tl.load(lv + COL_TEMP))              # the level's temperature
+    e_s, alpha_s = running_softmax(scalars, M_ZS, keep, z_s, p_mask)
+    e_t, alpha_t = running_softmax(scalars, M_ZT, keep, z_t, p_mask)
+    e_a, alpha_a = running_softmax(scalars, M_A, keep, gs_t / temp, p_mask)
+    tl.store(scalars + N_RUN, n_run + n_block)
+    w_fg = pixel_row(f32 + tl.load(lv + COL_FG) + n * HW, p, p_mask) * per_pixel(e_a)
+    w_bg = pixel_row(f32 + tl.load(lv + COL_BG) + n * HW, p, p_mask) * per_pixel(e_a)
+    # the rows' factors: softmax-weighted sums are rescaled to the new maxima
+    rows = tl.arange(0, CHAN_ROWS)[None, :]  # the partial rows, as stacked by stack8
+    scales = tl.where(rows == CTX_S, alpha_s, tl.where(rows == CTX_T, alpha_t, 1.0))
+    scales = tl.where((rows == X_FG) | (rows == X_BG), alpha_a, scales)
+    return per_pixel(e_s), per_pixel(e_t), w_fg, w_bg, 0.0, 0.0, scales
+
+
+@triton.jit
+def fgd_stats_element(s, t, e_s, e_t, w_fg, w_bg, q4, q5, w_s, C, c, c_mask, inside, n_block):
+    """A tile's sums over pixels, stacked as the partial rows (sum_d, m2_d: the block's sum of
+    d = S - T and centred second moment, which sweep_blocks merges by Chan's formula)."""
+    d = s - t
+    d2 = d * d
+    sum_d = sum_pixels(d)                                           # [BLOCK_C]
+    centred = tl.where(inside, d - per_channel(sum_d / n_block), 0.0)
+    sums = stack8(sum_pixels(tl.abs(s)), sum_pixels(tl.abs(t)), sum_pixels(s * e_s),
+                  sum_pixels(t * e_t), sum_d, sum_pixels(centred * centred),
+                  sum_pixels(d2 * w_fg), sum_pixels(d2 * w_bg))
+    return 0.0, sums, 0.0, 0.0, 0.0
 
 
 @triton.jit(do_not_specialize=["L"])

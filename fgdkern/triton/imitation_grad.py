@@ -11,10 +11,10 @@ computed in float32 and rounded once to X's dtype.
 
 One launch over every level (levels.py: the level table holds X in the S
 columns, Y in the T columns and dX in columns of its own, from level 0's dX;
-tile shapes as tiles.tile_shape gives them). The pass is elementwise: a program takes
-a run of pixel blocks and, per block, reads the pixel coefficients once and
-then goes over the channel chunks of the block, reading X and Y and writing
-dX once. No sums, so no workspace and no combine kernel: the float32 base of
+tile shapes as tiles.tile_shape gives them). The pass is elementwise, a body on
+sweeps.sweep_blocks: a program takes a run of pixel blocks and, per block,
+reads the pixel coefficients once and then goes over the channel chunks of
+the block, reading X and Y and writing dX once. No sums, so no workspace and no combine kernel: the float32 base of
 the level table's offsets is level 0's pix_coef.
 """
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
@@ -29,12 +29,10 @@ from torch import Tensor
 from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX_COEF
 from fgdkern.triton.levels import (
     RUNTIME_INTS, run_blocks,
-    COL_S, COL_T, VIEW_COLS, Launch, check_features, extra_columns, float32_levels,
-    host_copy_if_interpreted, level_shape, offset, per_dtype, program_run,
-    row_indices, view)
-from fgdkern.triton.tiles import (
-    block_grids, channel_row, extents, image_tile, load_tile, per_pixel, sign,
-    store_tile, tile_mask)
+    VIEW_COLS, Launch, check_features, extra_columns, float32_levels,
+    host_copy_if_interpreted, level_shape, offset, per_dtype, program_run, row_indices, view)
+from fgdkern.triton.sweeps import sweep_blocks
+from fgdkern.triton.tiles import channel_row, pixel_row, sign
 
 # Rows of pix_coef and chan_coef (fgdkern.rows).
 PA, PB, PS, PIX_COEF_ROWS = row_indices(IMIT_PIX_COEF, "a", "b", "s")
@@ -44,12 +42,6 @@ CW, CB, CS, CHAN_COEF_ROWS = row_indices(IMIT_CHAN_COEF, "w", "b", "s")
 # chan_coef from level 0's pix_coef, then the view of dX from level 0's dX.
 COL_PC, COL_CC, COL_DX = extra_columns(3)
 NCOL = tl.constexpr(COL_DX.value + VIEW_COLS)
-
-
-@triton.jit
-def pixel_coef(pc, row, p, p_mask, HW):
-    """Row `row` of an image's pix_coef at the block's pixels, broadcast over channels."""
-    return per_pixel(tl.load(pc + row * HW + p, mask=p_mask, other=0.0))
 
 
 @triton.jit(do_not_specialize=RUNTIME_INTS)
@@ -72,31 +64,30 @@ def imitation_grad_bwd_kernel(
 def imitation_grad_run(lv, prog, n, blk_lo, blk_hi, X, Y, dX, f32,
                        LAYOUT: tl.constexpr, ALIGN: tl.constexpr, STAGES: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
-    """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
-    C, HW, W = level_shape(lv)
-    C, HW = extents(C, HW, LAYOUT, ALIGN)
-    pc = f32 + tl.load(lv + COL_PC) + n * PIX_COEF_ROWS * HW
+    """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n: no sums."""
+    C, _, _ = level_shape(lv)
     cc = f32 + tl.load(lv + COL_CC) + n * CHAN_COEF_ROWS * C
-    for blk in range(blk_lo, blk_hi):
-        p, p_mask, tile_c, tile_p, tile_in = block_grids(blk, HW, BLOCK_C, BLOCK_HW, SECTOR)
-        x_img, x_tile, x_sc = image_tile(X, lv + COL_S, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        y_img, y_tile, y_sc = image_tile(Y, lv + COL_T, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        dx_img, dx_tile, dx_sc = image_tile(dX, lv + COL_DX, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        a_p = pixel_coef(pc, PA, p, p_mask, HW)                     # [ROWS, 1, SECTOR]
-        b_p = pixel_coef(pc, PB, p, p_mask, HW)
-        s_p = pixel_coef(pc, PS, p, p_mask, HW)
-        # dX of the block, one channel chunk at a time
-        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
-            c = c0 + tl.arange(0, BLOCK_C)
-            c_mask = c < C
-            mask = tile_mask(tile_c, tile_in, c0, C)
-            x = load_tile(x_img, x_tile, x_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            y = load_tile(y_img, y_tile, y_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            w_c = channel_row(cc + CW * C, c, c_mask)                 # [1, BLOCK_C, 1]
-            b_c = channel_row(cc + CB * C, c, c_mask)
-            s_c = channel_row(cc + CS * C, c, c_mask)
-            grad = a_p * w_c * (x - y) + b_p + b_c + sign(x) * (s_p + s_c)
-            store_tile(dx_img, dx_tile, dx_sc, c0, mask, grad, BLOCK_C, BLOCK_HW, SECTOR)
+    sweep_blocks(None, 0, imitation_grad_pixel, imitation_grad_element, None, 0, -1, -1, None,
+                 cc, lv, n, blk_lo, blk_hi, X, Y, dX, lv + COL_DX, f32,
+                 LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+@triton.jit
+def imitation_grad_pixel(lv, n, f32, C, HW, p, p_mask, u0, u1, u2, u3, keep, n_run, n_block):
+    """The block's pixel coefficients a, b, s."""
+    pc = f32 + tl.load(lv + COL_PC) + n * PIX_COEF_ROWS * HW
+    return (pixel_row(pc + PA * HW, p, p_mask), pixel_row(pc + PB * HW, p, p_mask),
+            pixel_row(pc + PS * HW, p, p_mask), 0.0, 0.0, 0.0, 1.0)
+
+
+@triton.jit
+def imitation_grad_element(x, y, a_p, b_p, s_p, q3, q4, q5, cc, C, c, c_mask, inside, n_block):
+    """dX of a tile."""
+    w_c = channel_row(cc + CW * C, c, c_mask)                 # [1, BLOCK_C, 1]
+    b_c = channel_row(cc + CB * C, c, c_mask)
+    s_c = channel_row(cc + CS * C, c, c_mask)
+    grad = a_p * w_c * (x - y) + b_p + b_c + sign(x) * (s_p + s_c)
+    return grad, 0.0, 0.0, 0.0, 0.0
 
 
 def _launch(X, Y, pix_coef, chan_coef, programs):

@@ -10,14 +10,13 @@ chan (N, 2, C), float32, rows named in fgdkern.rows (IMIT_PIX, IMIT_CHAN):
 One launch of the main kernel over every level (levels.py: the level table
 holds X in the S columns and Y in the T columns), then one of the combine
 kernel; X and Y are read from DRAM once, and no float atomics are used, so
-results are the same bit for bit from run to run. For each block of its run a
-main-kernel program makes one sweep over the channel chunks of its tiles,
-both
-  * adding each chunk into per-pixel accumulators ([ROWS, BLOCK_C, SECTOR]:
-    each lane adds the channels c, c + BLOCK_C, ... in turn), reduced over
-    their BLOCK_C lanes as a pairwise tree once the sweep is done
-    (tiles.sum_channels; abs_x feeds FKD's softmax(abs_x / temp), so it is
-    kept to about one ulp: docs/kernels.md, "Precision"), and
+results are the same bit for bit from run to run. The main kernel is a body
+on sweeps.sweep_blocks: for each block of its run a program makes one sweep
+over the channel chunks of its tiles (imitation_stats_element), both
+  * adding each chunk into per-pixel accumulators, reduced over channels as a
+    pairwise tree once the sweep is done and written by imitation_stats_post
+    (abs_x feeds FKD's softmax(abs_x / temp), so it is kept to about one ulp:
+    docs/kernels.md, "Precision"), and
   * adding the chunk's sums over the block's pixels into the run's partial
     chan rows in the float32 workspace (merges.accumulate_rows).
 The combine kernel adds the runs of each image in order, a program taking
@@ -36,13 +35,12 @@ from torch import Tensor
 from fgdkern.rows import IMIT_CHAN, IMIT_PIX
 from fgdkern.triton.levels import (
     RUNTIME_INTS, run_blocks,
-    COL_PART, COL_S, COL_T, Launch, check_features, extra_columns,
+    COL_PART, Launch, check_features, extra_columns,
     float32_levels, host_copy_if_interpreted, image_channel_block, image_channel_blocks,
     level_shape, offset, per_dtype, program_run, row_indices)
-from fgdkern.triton.merges import accumulate_rows, stack2
-from fgdkern.triton.tiles import (
-    block_grids, channel_row, extents, image_tile, load_tile, sum_channels, sum_pixels,
-    tile_mask)
+from fgdkern.triton.merges import stack2
+from fgdkern.triton.sweeps import no_pixel_math, sweep_blocks
+from fgdkern.triton.tiles import channel_row, sum_pixels
 
 # Rows of pix and chan (fgdkern.rows); a run's partial rows are laid out as chan.
 P_ABS, P_SUM, P_SQ, PIX_ROWS = row_indices(IMIT_PIX, "abs_x", "sum_x", "sq_d")
@@ -75,36 +73,30 @@ def imitation_stats_run(lv, prog, n, blk_lo, blk_hi, X, Y, OUT, f32,
                         LAYOUT: tl.constexpr, ALIGN: tl.constexpr, STAGES: tl.constexpr,
                         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
     """The main kernel's work on its run of blocks, blk_lo..blk_hi of image n."""
-    C, HW, W = level_shape(lv)
-    C, HW = extents(C, HW, LAYOUT, ALIGN)
-    w = f32 + tl.load(lv + COL_WEIGHT) + n * C
-    pix = f32 + tl.load(lv + COL_PIX) + n * PIX_ROWS * HW
+    C, _, _ = level_shape(lv)
     part = f32 + tl.load(lv + COL_PART) + prog * CHAN_ROWS * C
-    for blk in range(blk_lo, blk_hi):
-        keep = blk > blk_lo
-        p, p_mask, tile_c, tile_p, tile_in = block_grids(blk, HW, BLOCK_C, BLOCK_HW, SECTOR)
-        x_img, x_tile, x_sc = image_tile(X, lv + COL_S, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        y_img, y_tile, y_sc = image_tile(Y, lv + COL_T, n, tile_c, tile_p, W, LAYOUT, ALIGN)
-        abs_x = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-        sum_x = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-        sq_d = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-        # one sweep: per-pixel lanes, per-channel block sums
-        for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
-            c = c0 + tl.arange(0, BLOCK_C)
-            c_mask = c < C
-            mask = tile_mask(tile_c, tile_in, c0, C)
-            x = load_tile(x_img, x_tile, x_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            y = load_tile(y_img, y_tile, y_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            d = x - y
-            abs_x += tl.abs(x)
-            sum_x += x
-            sq_d += channel_row(w, c, c_mask) * (d * d)
-            accumulate_rows(part, c, c_mask, C, keep, 1.0,
-                            stack2(sum_pixels(tl.abs(x)), sum_pixels(x)))
-        tl.store(pix + P_ABS * HW + p, sum_channels(abs_x, BLOCK_C, BLOCK_HW, SECTOR), mask=p_mask)
-        tl.store(pix + P_SUM * HW + p, sum_channels(sum_x, BLOCK_C, BLOCK_HW, SECTOR), mask=p_mask)
-        tl.store(pix + P_SQ * HW + p, sum_channels(sq_d, BLOCK_C, BLOCK_HW, SECTOR), mask=p_mask)
-        tl.debug_barrier()  # the next block re-reads rows that other threads stored
+    w = f32 + tl.load(lv + COL_WEIGHT) + n * C
+    sweep_blocks(None, 0, no_pixel_math, imitation_stats_element, imitation_stats_post, 3,
+                 -1, -1, part, w, lv, n, blk_lo, blk_hi, X, Y, None, None, f32,
+                 LAYOUT, ALIGN, STAGES, BLOCK_C, BLOCK_HW, SECTOR)
+
+
+@triton.jit
+def imitation_stats_element(x, y, q0, q1, q2, q3, q4, q5, w, C, c, c_mask, inside, n_block):
+    """A tile's sums over pixels (abs_x, sum_x, stacked as the partial rows) and its terms of
+    the sums over channels (|X|, X, w (X - Y)^2)."""
+    d = x - y
+    return (0.0, stack2(sum_pixels(tl.abs(x)), sum_pixels(x)), tl.abs(x), x,
+            channel_row(w, c, c_mask) * (d * d))
+
+
+@triton.jit
+def imitation_stats_post(lv, n, f32, C, HW, p, p_mask, abs_x, sum_x, sq_d):
+    """Writes the block's pix rows."""
+    pix = f32 + tl.load(lv + COL_PIX) + n * PIX_ROWS * HW
+    tl.store(pix + P_ABS * HW + p, abs_x, mask=p_mask)
+    tl.store(pix + P_SUM * HW + p, sum_x, mask=p_mask)
+    tl.store(pix + P_SQ * HW + p, sq_d, mask=p_mask)
 
 
 @triton.jit(do_not_specialize=["L"])

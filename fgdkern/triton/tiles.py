@@ -224,6 +224,13 @@ def channel_row(row, c, c_mask):
 
 
 @triton.jit
+def pixel_row(row, p, p_mask):
+    """Values row[p] of a per-pixel row at a block's pixels, broadcast over channels:
+    [ROWS, 1, SECTOR]."""
+    return per_pixel(tl.load(row + p, mask=p_mask, other=0.0))
+
+
+@triton.jit
 def sum_pixels(x):
     """[ROWS, BLOCK_C, SECTOR] -> [BLOCK_C], summing the in-thread ROWS axis first."""
     return tl.sum(tl.sum(x, 0), 1)
@@ -243,28 +250,3 @@ def sum_channels(x, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.co
     for _ in tl.static_range(BLOCK_C.bit_length() - 1):
         x = tl.sum(tl.reshape(x, [BLOCK_HW // SECTOR, 2, x.shape[1] // 2, SECTOR]), 1)
     return tl.reshape(x, [BLOCK_HW // SECTOR, SECTOR])
-
-
-@triton.jit
-def channel_sums(s_img, s_tile, s_sc, t_img, t_tile, t_sc, w_s, w_t, C, tile_c, tile_in,
-                 ABS: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
-                 BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
-    """Per pixel of a block of two maps S, T: sum_c w_s S, sum_c w_t T and, if ABS,
-    sum_c |S|, sum_c |T|. Each [ROWS, SECTOR]; w_s, w_t point to C float32 weights."""
-    ws_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    wt_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    abs_s = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    abs_t = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
-    for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_mask = c < C
-        mask = tile_mask(tile_c, tile_in, c0, C)
-        s = load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)  # [ROWS, BLOCK_C, SECTOR]
-        t = load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-        ws_s += s * channel_row(w_s, c, c_mask)
-        wt_t += t * channel_row(w_t, c, c_mask)
-        if ABS:
-            abs_s += tl.abs(s)
-            abs_t += tl.abs(t)
-    return (sum_channels(ws_s, BLOCK_C, BLOCK_HW, SECTOR), sum_channels(wt_t, BLOCK_C, BLOCK_HW, SECTOR),
-            sum_channels(abs_s, BLOCK_C, BLOCK_HW, SECTOR), sum_channels(abs_t, BLOCK_C, BLOCK_HW, SECTOR))
