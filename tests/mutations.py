@@ -12,9 +12,11 @@ be updated, not silently skipped. The check runs after the suite passed (CI:
 .ci/run after `make test`); --baseline first runs every selected test on the
 unmutated copy, to show they pass there.
 
-Only Python and Triton code is mutated: the compiled extension is copied as
-built, so C++ mistakes would need a rebuild of the copy and are not planted.
-See docs/kernels.md, "How exactness is tested".
+Python and Triton mistakes take effect in the copy as they are planted; for a
+mistake in csrc/ the copy's extension is rebuilt first (tests/mutated_ext.py:
+only the translation units that include the mutated file are compiled again,
+a minute or two each), then restored. See docs/kernels.md, "How exactness is
+tested".
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import mutated_ext
+
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ["fgdkern", "tests", "bench", "pyproject.toml"]
+COPIED = ["fgdkern", "csrc", "tests", "bench", "pyproject.toml"]
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".benchmarks", "results")
 
 LOSS = "tests/losses/test_fgd.py"
@@ -125,6 +129,17 @@ MUTATIONS = [
     Mutation("triton-fold-softmax-merge-unscaled", "fgdkern/triton/merges.py",
              "    return m, l_a * alpha + l_b * beta\n", "    return m, l_a + l_b * beta\n",
              ["tests/triton/test_cwd_passes.py", "-k", "launch or far_from_zero"]),
+    Mutation("cpp-fgd-terms-rela-hw-dropped", "csrc/cpu/fgd_terms.cpp",
+             "rela += ch[kM2D * C + c] + hw * (u[c] * u[c]);",
+             "rela += ch[kM2D * C + c] + (u[c] * u[c]);",
+             ["tests/cpu/test_fgd_terms_cpp.py", "-k", "pytorch_small_math"]),
+    Mutation("cpp-gc-mlp-layernorm-hn-term-dropped", "csrc/cpu/gc_mlp.h",
+             "gh[j] = a.rstd[n] * (gh[j] - mg - hn[j] * mgh);", "gh[j] = a.rstd[n] * (gh[j] - mg);",
+             ["tests/cpu/test_fgd_terms_cpp.py", "-k", "pytorch_small_math"]),
+    Mutation("cpp-fgd-stats-ctx-rescale-dropped", "csrc/cpu/fgd_stats.cpp",
+             "{1.0, 1.0, f_s[b], f_t[b], 1.0, 0.0, f_a[b], f_a[b]}",
+             "{1.0, 1.0, 1.0, f_t[b], 1.0, 0.0, f_a[b], f_a[b]}",
+             ["tests/cpu/test_fgd_stats_cpp.py"]),
     Mutation("triton-stacked-rows-in-join-order", "fgdkern/triton/merges.py",
              "tl.join(tl.join(tl.join(a, e), tl.join(c, g)), tl.join(tl.join(b, f), "
              "tl.join(d, h)))",
@@ -289,9 +304,13 @@ def main(argv=None) -> int:
             original = target.read_text()
             target.write_text(original.replace(m.old, m.new))
             try:
+                if m.path.startswith("csrc/"):
+                    mutated_ext.rebuild(ROOT, copy, m.path)
                 rc, out, secs = run_tests(copy, m.tests)
             finally:
                 target.write_text(original)
+                if m.path.startswith("csrc/"):
+                    mutated_ext.restore(ROOT, copy)
             if rc == 1 and first_failure(out) != "?":
                 verdict = f"caught by {first_failure(out)}"
             else:
