@@ -9,7 +9,7 @@ backward (terms_grad), and the gradient pass (fgdkern.ops.fgd.kernels wrapped
 with a clock; CUDA: synchronised around each step). Prints the median of the
 whole call, of each step and of the rest (the whole minus the steps: masks,
 checks, autograd), once with the gradient buffers recycled (the default,
-docs/kernels.md, "Recycled gradient buffers") and once with FGDKERN_RECYCLE=0,
+docs/cpu.md, "Recycled gradient buffers") and once with FGDKERN_RECYCLE=0,
 in turns.
 """
 from __future__ import annotations

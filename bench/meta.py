@@ -79,7 +79,7 @@ def software() -> dict:
 
 def machine(device: torch.device) -> dict:
     """The device, its name and driver, the CPU, the ISA variant of the C++ kernels that ran
-    (docs/kernels.md, "CPU variants") and the threads torch uses."""
+    (docs/cpu.md, "CPU variants") and the threads torch uses."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return dict(device=device.type, device_name=gpu or _cpu_model(), gpu_name=gpu,
                 nvidia_driver=_nvidia_driver(device) if gpu else None,

@@ -3,7 +3,7 @@ on the tensors' GPU.
 
 Level tables, temperatures, box counts and image sizes are built on the host
 and copied to the GPU from pinned memory without blocking the host
-(docs/kernels.md, "Launches on a GPU"). Under CUDA-graph capture such a copy
+(docs/gpu.md, "Launches on a GPU"). Under CUDA-graph capture such a copy
 is recorded in the graph, which replays it from the same pinned buffer: those
 buffers are kept for the life of the process (CAPTURED) so that no later
 allocation can reuse them. Imports only torch, so every layer may use it.

@@ -6,7 +6,7 @@ with ``FGDKERN_REQUIRE_EXT=1`` in the environment (CI, a deployment that
 counts on the kernels) a missing extension is an ImportError instead, with
 the original load error in its message.
 
-The C++ kernels come in ISA variants (docs/kernels.md, "CPU variants"): the
+The C++ kernels come in ISA variants (docs/cpu.md, "CPU variants"): the
 best one the CPU runs, or the one ``FGDKERN_CPU_ISA`` names, chosen here when
 the extension loads; ``cpu_isa()`` says which runs.
 """

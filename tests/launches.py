@@ -1,5 +1,5 @@
 """What a call launches on a GPU, counted on the GPU code path under the Triton interpreter
-(docs/kernels.md, "Launches on a GPU"): every Triton kernel launch, and every leaf
+(docs/gpu.md, "Launches on a GPU"): every Triton kernel launch, and every leaf
 PyTorch op that does work (on a GPU each is a kernel or a copy), from the profiler's
 events. Ops that only allocate, alias or describe a tensor are not counted; ops that wait
 for the device (item(), a copy to the host) are counted apart, as host syncs.

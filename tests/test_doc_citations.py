@@ -44,7 +44,7 @@ def test_citations_are_found():
     """The scan sees the citations the code is written with (it cannot pass by finding none)."""
     cited = citations()
     assert len(cited) > 50
-    assert ("fgdkern/triton/tiles.py", "kernels.md", "Aligned levels") in cited
+    assert ("fgdkern/triton/tiles.py", "gpu.md", "Aligned levels") in cited
 
 
 def test_every_cited_section_exists():

@@ -1,4 +1,4 @@
-// The CPU kernels' ISA variants (docs/kernels.md, "CPU variants"). Every block
+// The CPU kernels' ISA variants (docs/cpu.md, "CPU variants"). Every block
 // kernel and small-math entry is compiled three times, for AVX-512, AVX2 and
 // the baseline ISA, and one process-wide choice says which runs: the best the
 // CPU has, or the one FGDKERN_CPU_ISA names (fgdkern/_ext.py sets it when the

@@ -1,4 +1,4 @@
-// Recycled gradient buffers of the CPU passes (docs/kernels.md, "Recycled
+// Recycled gradient buffers of the CPU passes (docs/cpu.md, "Recycled
 // gradient buffers").
 //
 // A gradient pass writes a tensor as large as the features (dS, dX) on every

@@ -1,4 +1,4 @@
-"""The gradient buffers the C++ passes recycle (docs/kernels.md, "Recycled gradient buffers").
+"""The gradient buffers the C++ passes recycle (docs/cpu.md, "Recycled gradient buffers").
 
 The CPU gradient passes write dS / dX into buffers they keep and reuse once
 the caller has released them. ``kept_bytes()`` says how much memory they hold

@@ -9,7 +9,7 @@ backward: coef = coef(chan, dlevels)   the gradient's coefficients, as small
 Each piece takes the loss's per-level parameters (CWD: 1 / tau, PKD: N*H*W) last. grad
 may return fewer maps than S has: the leading ones, the others get no gradient (PFI's
 probabilities, read by the same statistics pass as its features). On a GPU each piece
-is one custom op of a few launches, whatever the number of levels (docs/kernels.md,
+is one custom op of a few launches, whatever the number of levels (docs/gpu.md,
 "Launches on a GPU"); the contracts are in fgdkern/reference/ (channel_passes.py,
 imitation_passes.py).
 """

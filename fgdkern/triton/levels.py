@@ -54,7 +54,7 @@ NUM_WARPS = 4
 PROGRAMS_PER_SM = 2
 # Registers a main-kernel thread may use: a launch has PROGRAMS_PER_SM programs of NUM_WARPS
 # warps per SM, so it may take its share of an SM's 65536 (at most 255). Without this
-# bound ptxas may trade spills for an occupancy the launch never uses (docs/kernels.md,
+# bound ptxas may trade spills for an occupancy the launch never uses (docs/gpu.md,
 # "Offline compile").
 MAX_REGISTERS = min(255, 65536 // (PROGRAMS_PER_SM * NUM_WARPS * 32))
 INTERPRETER_PROGRAMS = 4  # without CUDA: few programs, so that runs of several blocks are exercised
@@ -320,7 +320,7 @@ class Launch:
         self.nsplit = [triton.cdiv(b, self.blocks_per_prog) for b in blocks]
         self.level_programs = [s.shape[0] * k for s, k in zip(S, self.nsplit)]
         self.programs = sum(self.level_programs)
-        # One compiled variant for any pyramid of up to MIN_LEVELS levels (docs/kernels.md,
+        # One compiled variant for any pyramid of up to MIN_LEVELS levels (docs/gpu.md,
         # "Launches on a GPU").
         self.levels = max(MIN_LEVELS, triton.next_power_of_2(len(S)))
 

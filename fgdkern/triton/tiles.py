@@ -26,7 +26,7 @@ contiguous is a multiple of ALIGN (16 bytes of the dtype), and so is the
 extent the masks test along that axis, a program runs its level with the
 constexpr ALIGN and the kernels write those values as x // ALIGN * ALIGN: the
 same numbers, in a form from which the compiler sees their divisibility and
-loads and stores 16-byte vectors (docs/kernels.md, "Aligned levels").
+loads and stores 16-byte vectors (docs/gpu.md, "Aligned levels").
 """
 # No `from __future__ import annotations` here: Triton 3.0's interpreter needs the
 # tl.constexpr annotations of kernel arguments as objects, not strings.
@@ -53,7 +53,7 @@ GENERAL_TILE = (32, 16, 8)
 # (tl.range's num_stages; the other levels take 1): the tiles of the next chunk are
 # copied to shared memory (cp.async) while this one's math runs, so a program has twice
 # the bytes in flight that its registers alone hold. Three stages make the float32 FGD
-# kernels spill on sm_90; two spill nowhere (docs/kernels.md, "Offline compile").
+# kernels spill on sm_90; two spill nowhere (docs/gpu.md, "Offline compile").
 STAGES = tl.constexpr(2)
 
 

@@ -1,4 +1,4 @@
-"""The ISA variants of the C++ kernels (docs/kernels.md, "CPU variants"): FGDKERN_CPU_ISA
+"""The ISA variants of the C++ kernels (docs/cpu.md, "CPU variants"): FGDKERN_CPU_ISA
 chooses one the CPU runs and refuses any other with a message naming the variable;
 fgdkern.cpu_isa() says which runs; and each variant is its own machine code.
 

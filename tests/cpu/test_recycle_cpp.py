@@ -1,4 +1,4 @@
-"""Recycled gradient buffers of the C++ gradient passes (docs/kernels.md,
+"""Recycled gradient buffers of the C++ gradient passes (docs/cpu.md,
 "Recycled gradient buffers"): a gradient the caller released is written again
 in place; one that anything still refers to never is."""
 import gc

@@ -13,7 +13,7 @@ TTGIR the layout conversions and stores of its storing loops. A kernel
 that spills (stack or local memory above zero) fails the check. The compiled
 code is what a real launch of the same constexprs, launch options and 16-byte
 aligned tensors compiles, so this shows register pressure, spills and vector
-width before any GPU runs it (docs/kernels.md, "Offline compile").
+width before any GPU runs it (docs/gpu.md, "Offline compile").
 
 Runs in subprocesses without TRITON_INTERPRET (the interpreter replaces the
 kernels by Python functions that cannot be compiled).

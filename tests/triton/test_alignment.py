@@ -1,4 +1,4 @@
-"""Aligned levels (fgdkern/triton/tiles.py, "Aligned levels"; docs/kernels.md).
+"""Aligned levels (fgdkern/triton/tiles.py, "Aligned levels"; docs/gpu.md).
 
 A launch runs each level either with ALIGN, the elements in 16 bytes (vector
 loads and stores), or with an address per element. Which levels qualify is

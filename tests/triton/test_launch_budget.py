@@ -3,7 +3,7 @@
 them (fgdkern/ops/two_pass.py) as five Triton launches for any number of levels, and a
 step launches at most BUDGET kernels in all; FGD runs its two passes and its small math
 (fgdkern/triton/fgd_terms.py) as seven, and a step with its masks at most FGD_BUDGET
-(docs/kernels.md, "Launches on a GPU"). No call waits for the device. What a step
+(docs/gpu.md, "Launches on a GPU"). No call waits for the device. What a step
 launches is printed with -s."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Launches that behave on a GPU (fgdkern/triton/levels.py, docs/kernels.md "Launches on a GPU").
+"""Launches that behave on a GPU (fgdkern/triton/levels.py, docs/gpu.md "Launches on a GPU").
 
 The level table and other small host values reach the GPU without blocking the
 host and are reused when they repeat; LEVELS is one constexpr for pyramids of
