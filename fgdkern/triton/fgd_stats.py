@@ -94,15 +94,18 @@ def fgd_stats_pre(s, t, lv, f32, w_s, C, c, c_mask):
 
 
 @triton.jit
-def running_softmax(scalars, M: tl.constexpr, keep, logits, p_mask):
-    """One of the run's softmaxes with a block's logits merged in: its running maximum and
-    sum of exponentials (scalars M, M + 1 of the program; -inf, 0 before its first block)
-    updated; returns the block's exp(logits - m) and the factor that rescales sums taken
-    with the previous maximum."""
-    m = tl.where(keep, tl.load(scalars + M), float("-inf"))
-    l = tl.where(keep, tl.load(scalars + M + 1), 0.0)
+def running_softmax(scalars, M: tl.constexpr, keep):
+    """One of the run's softmaxes before this block: its running maximum and sum of
+    exponentials (scalars M, M + 1 of the program; -inf, 0 before the run's first block)."""
+    return (tl.where(keep, tl.load(scalars + M), float("-inf")),
+            tl.where(keep, tl.load(scalars + M + 1), 0.0))
+
+
+@triton.jit
+def merge_block(scalars, M: tl.constexpr, m, l, logits, p_mask):
+    """A block's logits merged into a running softmax (m, l), stored back; returns their
+    exp(logits - m) and the factor that rescales sums taken with the previous maximum."""
     m, alpha, e = block_softmax(logits, p_mask, m)
-    tl.debug_barrier()  # every thread has read the old values before any stores the new
     tl.store(scalars + M, m)
     tl.store(scalars + M + 1, l * alpha + block_sum(e))
     return e, alpha
@@ -121,9 +124,13 @@ def fgd_stats_pixel(lv, n, f32, C, HW, p, p_mask, z_s, z_t, abs_s, abs_t, keep, 
     tl.store(pix + Z_T * HW + p, z_t, mask=p_mask)
     scalars = f32 + tl.program_id(0) * N_SCALARS
     temp = tl.load(f32 + tl.load(lv + COL_TEMP))              # the level's temperature
-    e_s, alpha_s = running_softmax(scalars, M_ZS, keep, z_s, p_mask)
-    e_t, alpha_t = running_softmax(scalars, M_ZT, keep, z_t, p_mask)
-    e_a, alpha_a = running_softmax(scalars, M_A, keep, gs_t / temp, p_mask)
+    m_zs, l_zs = running_softmax(scalars, M_ZS, keep)
+    m_zt, l_zt = running_softmax(scalars, M_ZT, keep)
+    m_a, l_a = running_softmax(scalars, M_A, keep)
+    tl.debug_barrier()  # every thread has read them before any stores the new values
+    e_s, alpha_s = merge_block(scalars, M_ZS, m_zs, l_zs, z_s, p_mask)
+    e_t, alpha_t = merge_block(scalars, M_ZT, m_zt, l_zt, z_t, p_mask)
+    e_a, alpha_a = merge_block(scalars, M_A, m_a, l_a, gs_t / temp, p_mask)
     tl.store(scalars + N_RUN, n_run + n_block)
     w_fg = pixel_row(f32 + tl.load(lv + COL_FG) + n * HW, p, p_mask) * per_pixel(e_a)
     w_bg = pixel_row(f32 + tl.load(lv + COL_BG) + n * HW, p, p_mask) * per_pixel(e_a)
