@@ -16,7 +16,7 @@ median and quartiles are over every timed step of every round. Then, outside the
 trainer, round-robin: the distillation wrapper's loss forward and backward (teacher,
 student, losses; no optimizer or EMA) for Ultralytics' own and each fgdkern loss, and
 each fgdkern term alone on the maps of one batch. Prints the table of
-docs/integrations.md, "Step time" and writes <DIR>/ultralytics-<device>-<date>.json
+docs/trainers.md, "Step time" and writes <DIR>/ultralytics-<device>-<date>.json
 (to bench/results/ only from a clean checkout, unless --allow-dirty).
 """
 from __future__ import annotations

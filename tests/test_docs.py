@@ -1,7 +1,7 @@
 """The ```python blocks of the documentation run, as a reader would copy them.
 
-docs/integrations.md: every python block runs; the blocks of one ``## `` section
-in order, in one namespace. A section whose text has the line
+docs/integrations.md and docs/trainers.md: every python block runs; the blocks
+of one ``## `` section in order, in one namespace. A section whose text has the line
 ``*Continues from [A](#a), [B](#b).*`` first runs the blocks of sections A and B
 (in that order) in the same namespace. Whatever a snippet needs that a user
 already has is made by the page itself, in blocks it calls stand-ins; this
@@ -35,8 +35,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("docs/integrations.md", "README.md", "docs/fgd.md", "docs/pfi.md", "docs/rm.md",
-         "docs/fkd.md", "docs/cwd.md", "docs/pkd.md", "docs/mgd.md")
+PAGES = ("docs/integrations.md", "docs/trainers.md", "README.md", "docs/fgd.md", "docs/pfi.md",
+         "docs/rm.md", "docs/fkd.md", "docs/cwd.md", "docs/pkd.md", "docs/mgd.md")
 SELF_CONTAINED = "docs/integrations.md"   # stand-ins in the page, no CONTEXTS
 SKIP_MARK = re.compile(r"^<!--\s*doctest:\s*skip:\s*(?P<reason>\S.*?)\s*-->$")
 CONTINUES = re.compile(r"^\*Continues from (?P<links>.+)\.\*$")

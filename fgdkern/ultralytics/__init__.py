@@ -3,7 +3,7 @@
     from fgdkern.ultralytics import DistillationTrainer
     YOLO("yolov8n.yaml").train(data=..., distill_model="yolov8s.pt", trainer=DistillationTrainer)
 
-docs/integrations.md, "Ultralytics trainer". It needs the ultralytics package
+docs/trainers.md, "Ultralytics trainer". It needs the ultralytics package
 (``pip install 'fgdkern[ultralytics]'``), imported here and only here:
 ``import fgdkern`` never imports it.
 """

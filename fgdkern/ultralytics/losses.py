@@ -3,7 +3,7 @@
 Every entry builds an fgdkern loss for the widths of the maps that feed the
 Detect heads of a student and a teacher (one map per stride), and turns one
 training step into its weighted terms. A new loss that fits a YOLO neck is one
-``register_loss`` call (docs/integrations.md, "Adding a loss to the trainer").
+``register_loss`` call (docs/trainers.md, "Adding a loss to the trainer").
 Nothing here imports Ultralytics.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _score_l2_terms(loss: ScoreWeightedL2Loss, step: NeckStep) -> dict:
     return {"score_l2": loss(step.feats_S, step.feats_T, teacher_scores(step.teacher_head, sizes))}
 
 
-# docs/integrations.md, "Presets for YOLO": the published configs, and where a value is a
+# docs/trainers.md, "Presets for YOLO": the published configs, and where a value is a
 # starting point rather than a published one
 register_loss("fgd", MultiLevelFGDLoss, _fgd_terms, {
     "ppyoloe": dict(temp=0.5, alpha_fgd=1e-3, beta_fgd=5e-4, gamma_fgd=5e-4, lambda_fgd=5e-6),

@@ -5,7 +5,7 @@ frozen, the forward hooks on the layers that feed Detect, validation, fuse(),
 the teacher left out of the EMA and of the checkpoints. Pickled or deep-copied
 (the EMA, every checkpoint) the wrapper becomes Ultralytics' own
 DistillationModel with the fgdkern loss as plain data in the attribute
-``fgdkern``: a checkpoint of a run loads without fgdkern (docs/integrations.md,
+``fgdkern``: a checkpoint of a run loads without fgdkern (docs/trainers.md,
 "Checkpoints and resume").
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def record_config(record: dict) -> LossConfig:
 
 class NeckDistillationModel(DistillationModel):
     """A student distilled from a teacher by the fgdkern loss ``config`` on the maps that
-    feed their Detect heads (docs/integrations.md, "Ultralytics trainer").
+    feed their Detect heads (docs/trainers.md, "Ultralytics trainer").
 
     ``distill_loss`` is the loss module, sized from the widths of those maps; it is
     trained with the student. Its weighted terms, summed, are the ``dis_loss`` column.

@@ -1,7 +1,7 @@
 """DistillationTrainer: Ultralytics' DetectionTrainer distilling with an fgdkern loss.
 
 The trainer is Ultralytics' own; it changes three steps of a run
-(docs/integrations.md, "Ultralytics trainer"): the model it builds is a
+(docs/trainers.md, "Ultralytics trainer"): the model it builds is a
 NeckDistillationModel (setup_model), the fgdkern loss is saved with every
 checkpoint of the run (save_model) and restored with the optimizer state when
 a run resumes or recovers from a NaN (_load_checkpoint_state).

@@ -1,6 +1,6 @@
 """fgdkern.ultralytics against the real Ultralytics package: a YOLOv8n student and a YOLOv8s
 teacher built from YAML, a tiny dataset in a temporary directory, the real DetectionTrainer,
-offline (docs/integrations.md, "Ultralytics trainer").
+offline (docs/trainers.md, "Ultralytics trainer").
 
 Without ultralytics these tests skip, except in CI (CI=true), where they fail: CI installs
 requirements-dev.txt, so a missing package there is a broken set-up, not a reason to skip.
@@ -237,7 +237,7 @@ def test_the_fgd_term_is_fgd_of_the_maps_that_feed_detect(stand_ins):
 
 
 def test_a_registered_loss_is_selectable(stand_ins, monkeypatch):
-    """docs/integrations.md, "Adding a loss to the trainer": a module and a terms function."""
+    """docs/trainers.md, "Adding a loss to the trainer": a module and a terms function."""
     class MeanL2(torch.nn.Module):
         def __init__(self, num_levels, student_channels, teacher_channels, weight=1.0):
             super().__init__()
