@@ -1,4 +1,4 @@
-"""Checkpoints of one role: written atomically, restored exactly (docs/training.md,
+"""Checkpoints of one role: written atomically, restored exactly (docs/training-runs.md,
 "Checkpoints and resuming").
 
 A checkpoint is ``<out>/<role>/checkpoint.pth``: the detector, the distillation

@@ -2,7 +2,7 @@
 
 Under torchrun every process runs the whole script; ``-b`` is the batch per
 process, the data is sharded by rank, gradients are averaged by
-DistributedDataParallel, and only rank 0 writes files (docs/training.md,
+DistributedDataParallel, and only rank 0 writes files (docs/training-runs.md,
 "Several processes").
 """
 from __future__ import annotations

@@ -131,7 +131,7 @@ def build_backbone(cfg: DetectorConfig, weights_backbone=None):
     extra = (fpn.LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels) if cfg.arch == "retinanet"
              else fpn.LastLevelMaxPool())
     # No norm layer in the FPN, as in torchvision and mmdet: GroupNorm there squeezes the
-    # spatial spread of mean_c |F| that FGD's attention reads (docs/training.md,
+    # spatial spread of mean_c |F| that FGD's attention reads (docs/training-runs.md,
     # "Findings on the small preset").
     return BackboneWithFPN(body, {f"layer{k}": str(v) for v, k in enumerate(returned)},
                            in_channels, cfg.fpn_channels, extra_blocks=extra)

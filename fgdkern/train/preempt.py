@@ -1,5 +1,5 @@
 """SIGTERM and SIGINT during a run: stop at a step boundary with a checkpoint, lose nothing
-(docs/training.md, "Checkpoints and resuming").
+(docs/training-runs.md, "Checkpoints and resuming").
 
 SLURM, Kubernetes and torchrun's elastic agent preempt a job with SIGTERM (and
 SIGKILL after a grace period, 30 s by default for SLURM and torchrun); Ctrl-C
