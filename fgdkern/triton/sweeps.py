@@ -106,6 +106,31 @@ def no_pixel_math(lv, n, f32, C, HW, p, p_mask, u0, u1, u2, u3, keep, n_run, n_b
 
 
 @triton.jit
+def chunk_tiles(c0, C, tile_c, tile_in, s_img, s_tile, s_sc, t_img, t_tile, t_sc,
+                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
+    """Channels c0.. of a block: c, their mask, the flat-tile mask, and the float32 tiles of
+    S and T (0 outside the map)."""
+    c = c0 + tl.arange(0, BLOCK_C)
+    mask = tile_mask(tile_c, tile_in, c0, C)
+    return (c, c < C, mask, load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR),
+            load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR))
+
+
+@triton.jit
+def add_first(K: tl.constexpr, a0, a1, a2, a3, x0, x1, x2, x3):
+    """a_k + x_k for the first K (0..4) of four accumulators; the others as they are."""
+    if K > 0:
+        a0 += x0
+    if K > 1:
+        a1 += x1
+    if K > 2:
+        a2 += x2
+    if K > 3:
+        a3 += x3
+    return a0, a1, a2, a3
+
+
+@triton.jit
 def pixel_sums(PRE: tl.constexpr, N_PRE: tl.constexpr, lv, f32, coef, C, s_img, s_tile, s_sc,
                t_img, t_tile, t_sc, tile_c, tile_in, STAGES: tl.constexpr,
                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.constexpr):
@@ -117,18 +142,10 @@ def pixel_sums(PRE: tl.constexpr, N_PRE: tl.constexpr, lv, f32, coef, C, s_img, 
     a2 = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     a3 = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
     for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
-        c = c0 + tl.arange(0, BLOCK_C)
-        mask = tile_mask(tile_c, tile_in, c0, C)
-        s = load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-        t = load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-        x0, x1, x2, x3 = PRE(s, t, lv, f32, coef, C, c, c < C)
-        a0 += x0
-        if N_PRE > 1:
-            a1 += x1
-        if N_PRE > 2:
-            a2 += x2
-        if N_PRE > 3:
-            a3 += x3
+        c, c_mask, mask, s, t = chunk_tiles(c0, C, tile_c, tile_in, s_img, s_tile, s_sc,
+                                            t_img, t_tile, t_sc, BLOCK_C, BLOCK_HW, SECTOR)
+        x0, x1, x2, x3 = PRE(s, t, lv, f32, coef, C, c, c_mask)
+        a0, a1, a2, a3 = add_first(N_PRE, a0, a1, a2, a3, x0, x1, x2, x3)
     return (sum_channels(a0, BLOCK_C, BLOCK_HW, SECTOR), sum_channels(a1, BLOCK_C, BLOCK_HW, SECTOR),
             sum_channels(a2, BLOCK_C, BLOCK_HW, SECTOR), sum_channels(a3, BLOCK_C, BLOCK_HW, SECTOR))
 
@@ -178,11 +195,8 @@ def sweep_blocks(PRE: tl.constexpr, N_PRE: tl.constexpr, PIXEL: tl.constexpr,
         v2 = tl.zeros([BLOCK_HW // SECTOR, BLOCK_C, SECTOR], tl.float32)
         # sweep 2: the elements
         for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
-            c = c0 + tl.arange(0, BLOCK_C)
-            c_mask = c < C
-            mask = tile_mask(tile_c, tile_in, c0, C)
-            s = load_tile(s_img, s_tile, s_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
-            t = load_tile(t_img, t_tile, t_sc, c0, mask, BLOCK_C, BLOCK_HW, SECTOR)
+            c, c_mask, mask, s, t = chunk_tiles(c0, C, tile_c, tile_in, s_img, s_tile, s_sc,
+                                                t_img, t_tile, t_sc, BLOCK_C, BLOCK_HW, SECTOR)
             out, rows, x0, x1, x2 = ELEMENT(s, t, q0, q1, q2, q3, q4, q5, coef, C, c, c_mask,
                                             per_pixel(p_mask), n_block)
             if OUT is not None:
@@ -193,12 +207,7 @@ def sweep_blocks(PRE: tl.constexpr, N_PRE: tl.constexpr, PIXEL: tl.constexpr,
                                                 n_block, SUM, M2)
                 else:
                     accumulate_rows(part, c, c_mask, C, keep, scale, rows)
-            if N_POST > 0:
-                v0 += x0
-            if N_POST > 1:
-                v1 += x1
-            if N_POST > 2:
-                v2 += x2
+            v0, v1, v2, _ = add_first(N_POST, v0, v1, v2, 0.0, x0, x1, x2, 0.0)
         if N_POST > 0:
             POST(lv, n, f32, C, HW, p, p_mask, sum_channels(v0, BLOCK_C, BLOCK_HW, SECTOR),
                  sum_channels(v1, BLOCK_C, BLOCK_HW, SECTOR),
