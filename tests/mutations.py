@@ -14,8 +14,9 @@ unmutated copy, to show they pass there.
 
 Python and Triton mistakes take effect in the copy as they are planted; for a
 mistake in csrc/ the copy's extension is rebuilt first (tests/mutated_ext.py:
-only the translation units that include the mutated file are compiled again,
-a minute or two each), then restored. See docs/kernels.md, "How exactness is
+only the translation units that include the mutated file are compiled again:
+under a minute for one, about three for a header every pass includes), then
+restored. See docs/kernels.md, "How exactness is
 tested".
 """
 from __future__ import annotations
@@ -140,6 +141,9 @@ MUTATIONS = [
              "{1.0, 1.0, f_s[b], f_t[b], 1.0, 0.0, f_a[b], f_a[b]}",
              "{1.0, 1.0, 1.0, f_t[b], 1.0, 0.0, f_a[b], f_a[b]}",
              ["tests/cpu/test_fgd_stats_cpp.py"]),
+    Mutation("cpp-chan-merge-spread-dropped", "csrc/cpu/partials.h",
+             "m2 += m2_block + delta * delta * (count * n / total);", "m2 += m2_block;",
+             ["tests/cpu/test_fgd_cpp.py", "-k", "retinanet or large_mean"]),
     Mutation("triton-stacked-rows-in-join-order", "fgdkern/triton/merges.py",
              "tl.join(tl.join(tl.join(a, e), tl.join(c, g)), tl.join(tl.join(b, f), "
              "tl.join(d, h)))",
