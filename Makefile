@@ -3,7 +3,7 @@
 # make demo-loss  the loss alone on synthetic pyramids: terms per level + out/fgd_masks.png
 # make test       the test suite (Triton kernels run under TRITON_INTERPRET=1 without a GPU)
 # make test-isa   the C++ kernel tests (fuzz included) once under each CPU variant this machine
-#                 runs (FGDKERN_CPU_ISA=avx512|avx2|baseline; docs/kernels.md, "CPU variants")
+#                 runs (FGDKERN_CPU_ISA=avx512|avx2|baseline; docs/cpu.md, "CPU variants")
 # make portability  make test with 1 thread, then with each CPU variant forced: the suite must
 #                 pass on any x86-64 machine, whatever its rounding (README, Development)
 # make mutations  plant known mistakes in a copy of the package; fails if the suite misses one
