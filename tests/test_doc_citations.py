@@ -1,6 +1,7 @@
 """Citations of the documentation resolve.
 
-Code comments and pages cite a section of a page in docs/ as
+Code comments, pages and the top-level files (README, Makefile, CI script,
+pyproject.toml, setup.py) cite a section of a page in docs/ as
 ``docs/<page>.md, "<Section>"`` (or ``<page>.md, "<Section>"`` between pages).
 Each must name a heading of that page or the bold label that opens one of its
 paragraphs, so a reader who follows it finds the text.
@@ -14,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SCANNED = ["fgdkern", "csrc", "tests", "bench", "docs"]
 SUFFIXES = {".py", ".h", ".cpp", ".cu", ".md"}
-CITATION = re.compile(r'(?:docs/)?([\w-]+\.md),?\s+"([^"]+)"')
+TOP_LEVEL = ["README.md", "Makefile", ".ci/run", "pyproject.toml", "setup.py"]
+CITATION = re.compile(r'(?<![\w/.])(?:docs/)?([\w-]+\.md),?\s+"([^"]+)"')
 # a line break inside a comment, with the next line's comment marker
 LINE_BREAK = re.compile(r"\s*\n\s*(?:#|//|\*)?\s*")
 HEADING = re.compile(r"^#+\s+(.+?)\s*$", re.M)
@@ -30,13 +32,14 @@ def citations() -> list[tuple[str, str, str]]:
     """(file, page, section) of every citation of a page that exists in docs/."""
     pages = {p.name for p in DOCS.glob("*.md")}
     found = []
+    files = [ROOT / name for name in TOP_LEVEL]
     for top in SCANNED:
-        for path in sorted((ROOT / top).rglob("*")):
-            if path.suffix not in SUFFIXES or "__pycache__" in path.parts:
-                continue
-            text = LINE_BREAK.sub(" ", path.read_text(errors="ignore"))
-            found += [(str(path.relative_to(ROOT)), page, section)
-                      for page, section in CITATION.findall(text) if page in pages]
+        files += [p for p in sorted((ROOT / top).rglob("*"))
+                  if p.suffix in SUFFIXES and "__pycache__" not in p.parts]
+    for path in files:
+        text = LINE_BREAK.sub(" ", path.read_text(errors="ignore"))
+        found += [(str(path.relative_to(ROOT)), page, section)
+                  for page, section in CITATION.findall(text) if page in pages]
     return found
 
 
