@@ -1,9 +1,10 @@
-"""Channel sweeps: a main-kernel program's run of blocks, one channel chunk at a time.
+"""The Triton pass engine: the loop nests of a main-kernel program's run of blocks.
 
 Reads S and T through the level table (levels.py) and tiles (tiles.py); writes
-a pass's partial rows (fold_rows) or its output map (map_blocks). What a pass
-computes of one tile is a jit function it hands over as a constexpr (BODY), so
-its own file holds only its math and merges; run_blocks picks the aligned path.
+a pass's partial rows (fold_rows, sweep_blocks) or its output map (map_blocks,
+sweep_blocks). What a pass computes of one tile is a jit function it hands over
+as a constexpr (BODY; PRE, PIXEL, ELEMENT, POST), so its own file holds only its
+math; run_blocks picks the aligned path.
 
 For passes without sums across channels (CWD's softmaxes over the pixels of
 an image, PKD's moments over the pixels of a level, and their elementwise
