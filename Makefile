@@ -23,8 +23,12 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@
 
+# The extension is built in place by ninja under build/, so a change recompiles only what it
+# touches and `make mutations` can rebuild a copy with a planted C++ mistake from those
+# objects (tests/mutated_ext.py); the editable install then builds nothing again.
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	flock /tmp/fgdkern-build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
+	flock /tmp/fgdkern-build.lock sh -c '$(PY) setup.py -q build_ext --inplace && \
+	  FGDKERN_NO_EXT=1 $(PIP) install -q --no-build-isolation --no-deps -e .'
 	touch $@
 
 ext: $(VENV)/.built

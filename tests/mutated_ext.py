@@ -2,10 +2,10 @@
 
 Only the translation units that include the mutated file (directly or through
 its headers) are compiled again, with the compiler and flags of the working
-tree's own ninja build (build/temp.*/build.ninja, which `make ext` writes when
-ninja is installed); every other object of that build is linked as it is, with
-the libraries torch.utils.cpp_extension links. The working tree's build is
-read, never written: objects and the library go to the copy.
+tree's own ninja build (build/temp.*/build.ninja: `make ext` builds the
+extension in place with ninja); every other object of that build is linked as
+it is, with the libraries torch.utils.cpp_extension links. The working tree's
+build is read, never written: objects and the library go to the copy.
 """
 from __future__ import annotations
 
