@@ -30,8 +30,8 @@ NO_WORK = {
 }
 SYNCS = {"aten::_local_scalar_dense", "aten::item"}
 # Compiled ops whose GPU form cannot run here, and the kernels that form launches: the
-# CUDA rasterizer's four passes (csrc/cuda/rasterize.cu; test_rasterize_launches checks
-# the count on a GPU).
+# CUDA rasterizer's four passes (csrc/cuda/rasterize.cu; on a GPU,
+# tests/ops/test_rasterize.py::test_cuda_op_launches_its_four_passes checks the count).
 COMPILED_OPS = {"fgdkern::rasterize_boxes": 4}
 
 

@@ -55,8 +55,8 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("triton-sign0-is-plus-one", "fgdkern/triton/fgd_grad.py",
-             "sign_s = (s > 0).to(tl.float32)", "sign_s = (s >= 0).to(tl.float32)",
+    Mutation("triton-sign0-is-plus-one", "fgdkern/triton/tiles.py",
+             "return (x > 0).to(tl.float32) - (x < 0)", "return (x >= 0).to(tl.float32) - (x < 0)",
              ZEROS + ["tests/triton/test_fgd_grad.py", "-k", "triton or zero"]),
     Mutation("k_const-term-dropped", "fgdkern/ops/fgd_levels.py",
              'k_const=g["sum_d"] - 2 * g["m2_d"] * mean_d,', 'k_const=g["sum_d"],',

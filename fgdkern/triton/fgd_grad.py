@@ -35,7 +35,7 @@ from fgdkern.triton.levels import (
     level_shape, offset, per_dtype, program_run, row_indices, view)
 from fgdkern.triton.merges import stack2
 from fgdkern.triton.sweeps import sweep_blocks
-from fgdkern.triton.tiles import channel_row, per_pixel, pixel_row, sum_pixels
+from fgdkern.triton.tiles import channel_row, per_pixel, pixel_row, sign, sum_pixels
 
 # Rows of pix_coef and chan_coef (fgdkern.rows) that the kernel reads.
 A_SIGN, FGA, BGA, P_S, P_T, PIX_COEF_ROWS = row_indices(
@@ -113,8 +113,7 @@ def fgd_grad_element(s, t, dz_s, dz_t, a_sign, fgA, bgA, p_s, cc, C, c, c_mask, 
     w_s = channel_row(cc + W_S * C, c, c_mask)
     ctx_s = channel_row(cc + CTX_S * C, c, c_mask)
     ctx_t = channel_row(cc + CTX_T * C, c, c_mask)
-    sign_s = (s > 0).to(tl.float32) - (s < 0).to(tl.float32)
-    grad = (sign_s * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
+    grad = (sign(s) * (a_sign + b_sign) + (s - t) * (k_d + k_fg * fgA + k_bg * bgA)
             + k_const + p_s * g_ctx_s + w_s * dz_s)
     dw = stack2(sum_pixels((s - ctx_s) * dz_s), sum_pixels((t - ctx_t) * dz_t))
     return grad, dw, 0.0, 0.0, 0.0

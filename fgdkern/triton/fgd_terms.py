@@ -38,7 +38,7 @@ NCOL = tl.constexpr(36)
 W1, B1, GAMMA, BETA, W2, B2 = (tl.constexpr(k) for k in range(6))  # within a side's columns
 BLOCK = 128  # pixels or channels per step of a sweep
 PARAM_ROWS = 8  # rows of a weight matrix per tile
-# A program per level does all of a level's small math: 16 warps, so that its tiles of
+# A program per level does all of a level's small math: 8 warps, so that its tiles of
 # weights (PARAM_ROWS x 128 values) take 8 registers a thread and its sweeps are wide.
 NUM_WARPS = 8
 

@@ -25,18 +25,13 @@ from fgdkern.triton.fgd_terms import (
     COL_MLP_S, COL_MLP_T, COL_N, COL_PIX, COL_PIXC, COL_WS, COL_WT, NCOL)
 from fgdkern.triton.levels import (
     float32_levels, host_copy_if_interpreted, on_device, row_indices)
+from fgdkern.triton.tiles import sign
 
 A_SIGN, FGA, BGA, P_S, P_T, PIX_COEF_ROWS = row_indices(
     FGD_PIX_COEF, "a_sign", "fgA", "bgA", "p_s", "p_t")
 B_SIGN, K_D, K_CONST, K_FG, K_BG, G_CTX_S, G_CTX_T, CW_S, CW_T, CC_S, CC_T, CHAN_COEF_ROWS = \
     row_indices(FGD_CHAN_COEF, "b_sign", "k_d", "k_const", "k_fg", "k_bg", "g_ctx_s",
                 "g_ctx_t", "w_s", "w_t", "ctx_s", "ctx_t")
-
-
-@triton.jit
-def sign(x):
-    """-1, 0 or 1 as x is negative, zero or positive (as torch.sign)."""
-    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
 
 
 @triton.jit

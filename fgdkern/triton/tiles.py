@@ -213,7 +213,7 @@ def per_channel(v):
 
 @triton.jit
 def sign(x):
-    """sign(x) of a float32 tile, with sign(0) = sign(-0) = 0."""
+    """sign(x) as float32 -1, 0 or 1 (as torch.sign: sign(0) = sign(-0) = 0)."""
     return (x > 0).to(tl.float32) - (x < 0).to(tl.float32)
 
 
