@@ -47,8 +47,9 @@ def host_to(t: Tensor, device: torch.device) -> Tensor:
 
 
 def device_values(rows, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """rows (a list, or a list of equal-length lists, of numbers) as a tensor on device."""
-    if device.type != "cuda":
+    """rows (a list, or a list of equal-length lists, of numbers) as a tensor on device (a
+    constant of the graph under torch.compile)."""
+    if device.type != "cuda" or torch.compiler.is_compiling():
         return torch.tensor(rows, dtype=dtype, device=device)
     if capturing():  # a device copy made in capture holds nothing until the graph runs
         return host_to(torch.tensor(rows, dtype=dtype), device)

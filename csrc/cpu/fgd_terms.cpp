@@ -1,6 +1,6 @@
 // fgdkern::fgd_terms_cpp and fgdkern::fgd_terms_grad_cpp: FGD's small math on
 // CPU, everything between the two passes (docs/kernels.md, "The terms' backward";
-// the same math in PyTorch: fgdkern/ops/fgd_levels.py).
+// its contract in PyTorch: fgdkern/reference/fgd_small_math.py).
 //
 // fgd_terms_cpp reads the statistics pix (N, 4, HW), chan (N, 8, C) of every
 // level and the GcBlock MLP parameters of both sides; it writes the (L, 4)

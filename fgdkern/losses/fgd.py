@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fgdkern import _checks
-from fgdkern.ops import dispatch, fgd_levels
+from fgdkern import _checks, _device
+from fgdkern.ops import dispatch
 from fgdkern.ops.fgd import fgd_terms
 from fgdkern.ops.rasterize import check_border
 from fgdkern.reference.fgd import FGDTerms, GcBlockParams
@@ -102,7 +102,7 @@ def weighted_sum(levels, table: Tensor) -> Tensor:
 
 def weighted(levels, table: Tensor) -> Tensor:
     """The (L, 4) table times each level's weights: the loss is its sum (one reduction)."""
-    return fgd_levels.values([m.weights() for m in levels], table) * table
+    return _device.device_values([m.weights() for m in levels], table.dtype, table.device) * table
 
 
 class FGDLoss(nn.Module):

@@ -11,10 +11,10 @@ backward: terms_grad (the small math's backward, written out) -> fgd_grad's
           pass over S and T writing dS, dw_s, dw_t).
 Which code runs each of the four steps is ``kernels(impl)``: on CPU all four are
 compiled ops, on a GPU Triton kernels (fgdkern/triton/fgd_terms*.py for the small
-math), each one launch over every level; the pure-PyTorch path takes the small
-math from ``fgd_levels``, its contract. The math of the
-passes is fixed in ``fgdkern.reference.fgd_passes``; the rows of their tables are
-named in ``fgdkern.rows`` (docs/kernels.md).
+math), each one launch over every level; the pure-PyTorch path runs the contracts
+themselves: the passes' in ``fgdkern.reference.fgd_passes``, the small math's (and
+its backward by autograd) in ``fgdkern.reference.fgd_terms``. The rows of the
+passes' tables are named in ``fgdkern.rows`` (docs/kernels.md).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from torch import Tensor
 
 from fgdkern import _checks
 from fgdkern._ext import HAS_EXT
-from fgdkern.ops import dispatch, fgd_levels, gc_mlp
+from fgdkern.ops import dispatch
 from fgdkern.ops.rasterize import rasterize_boxes
-from fgdkern.reference import fgd_passes
+from fgdkern.reference import fgd_passes, fgd_small_math
 from fgdkern.reference.fgd import GcBlockParams, fgd_reference
 from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
 
@@ -105,7 +105,7 @@ _fgd_terms_grad_triton.register_fake(_terms_grad_fake)
 
 
 class Kernels(NamedTuple):
-    """The four steps of one fused implementation (contracts: fgdkern/ops/fgd_levels.py
+    """The four steps of one fused implementation (contracts: fgdkern/reference/fgd_small_math.py
     for terms and terms_grad, fgdkern/reference/fgd_passes.py for the passes)."""
     stats: Callable       # (S, T, fg, bg, w_s, w_t, temps) -> [pix*L, chan*L]
     terms: Callable       # (pix, chan, mlp_s, mlp_t, eps_s, eps_t, temps) -> [table, *saved]
@@ -124,7 +124,7 @@ def kernels(impl: str) -> Kernels:
         return Kernels(ops.fgd_stats_triton, ops.fgd_terms_triton, ops.fgd_terms_grad_triton,
                        ops.fgd_grad_triton)
     if impl == "torch":
-        return Kernels(fgd_passes.fgd_stats, fgd_levels.terms, fgd_levels.terms_grad,
+        return Kernels(fgd_passes.fgd_stats, fgd_small_math.terms, fgd_small_math.terms_grad,
                        fgd_passes.fgd_grad)
     raise ValueError(f"unknown fused implementation {impl!r}")
 
@@ -193,7 +193,7 @@ def fgd_table(impl: str, S, T, fg, bg, gc_s, gc_t, temps, check=None) -> Tensor:
     w_s = [g.mask_weight.reshape(-1).float() for g in gc_s]
     w_t = [g.mask_weight.reshape(-1).float() for g in gc_t]
     b = [g.mask_bias for g in gc_s] + [g.mask_bias for g in gc_t]
-    mlp = [[p.float() for p in gc_mlp.flat(gcs)] for gcs in (gc_s, gc_t)]
+    mlp = [[p.float() for p in fgd_small_math.flat(gcs)] for gcs in (gc_s, gc_t)]
     eps = ([g.norm_eps for g in gc_s], [g.norm_eps for g in gc_t])
     return _FGD.apply(impl, [float(t) for t in temps], eps, check, L,
                       *S, *T, *fg, *bg, *w_s, *w_t, *b, *mlp[0], *mlp[1])

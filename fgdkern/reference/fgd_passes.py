@@ -13,7 +13,7 @@ per-image statistics of S and T:
 
 So the forward is ONE pass over S and T (``fgd_stats``: per pixel it reduces
 over channels, per channel over pixels, with online softmaxes over pixels),
-everything else is O(N*(C+HW)) small math (fgdkern/ops/fgd_levels.py), and the
+everything else is O(N*(C+HW)) small math (fgdkern/reference/fgd_small_math.py), and the
 backward is ONE pass (``fgd_grad``) that turns the gradients of those
 statistics into dS (and the conv_mask weight gradients). S and T are read
 twice in total and dS written once: the minimum for this loss.

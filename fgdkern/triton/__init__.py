@@ -2,7 +2,7 @@
 
 fgd_stats.py, fgd_grad.py   the two FGD passes (contract: fgdkern.reference.fgd_passes)
 fgd_terms.py,               FGD's small math between them, and its backward
-fgd_terms_grad.py           (contract: fgdkern.ops.fgd_levels)
+fgd_terms_grad.py           (contract: fgdkern.reference.fgd_small_math)
 imitation_stats.py,         the two imitation passes of FKD and PFI
 imitation_grad.py           (contract: fgdkern.reference.imitation_passes)
 pfi_math.py                 PFI's small math between the imitation passes

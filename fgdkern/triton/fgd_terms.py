@@ -1,5 +1,5 @@
 """FGD's small math on the GPU: the terms of every level in one launch
-(contract: fgdkern.ops.fgd_levels.terms; docs/fgd.md, "Loss terms").
+(contract: fgdkern.reference.fgd_small_math.terms; docs/fgd.md, "Loss terms").
 
 Reads the statistic tables pix (N, 4, HW) and chan (N, 8, C) of every level
 (fgd_stats' outputs) and the GcBlock MLP parameters of both sides; writes the
@@ -214,7 +214,7 @@ def level_params(temps, eps_s, eps_t, like: Tensor) -> Tensor:
 @host_copy_if_interpreted
 def fgd_terms(pix: list[Tensor], chan: list[Tensor], mlp_s: list[Tensor], mlp_t: list[Tensor],
               eps_s: list[float], eps_t: list[float], temps: list[float]) -> list[Tensor]:
-    """[table]: the (L, 4) float32 terms of levels that share C (fgd_levels.terms' table;
+    """[table]: the (L, 4) float32 terms of levels that share C (the contract's table;
     nothing is saved: the backward recomputes what it needs)."""
     check_levels(pix, chan, mlp_s, mlp_t)
     table = level_table(pix, chan, mlp_s, mlp_t)

@@ -1,5 +1,5 @@
 """The backward of FGD's small math on the GPU, every level in one launch (contract:
-fgdkern.ops.fgd_levels.terms_grad; docs/kernels.md, "The terms' backward").
+fgdkern.reference.fgd_small_math.terms_grad; docs/kernels.md, "The terms' backward").
 
 Reads the terms' gradient G (L, 4), the statistic tables pix and chan, the
 masks, the conv_mask weights and the MLP parameters of every level; writes
@@ -208,7 +208,7 @@ def fgd_terms_grad_kernel(table, base, params, G, BLOCK: tl.constexpr, BLOCK_H: 
 @host_copy_if_interpreted
 def fgd_terms_grad(G: Tensor, pix, chan, saved, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t,
                    temps) -> list[Tensor]:
-    """fgd_levels.terms_grad's outputs [pix_coef*L, chan_coef*L, K*L, g_mlp_s*6L,
+    """The contract's terms_grad outputs [pix_coef*L, chan_coef*L, K*L, g_mlp_s*6L,
     g_mlp_t*6L] (saved: nothing, fgd_terms saves nothing)."""
     check_levels(pix, chan, mlp_s, mlp_t)
     L, N, C = len(pix), chan[0].shape[0], chan[0].shape[2]

@@ -1,6 +1,6 @@
 """FGD's small math as C++ ops (fgdkern::fgd_terms_cpp, fgdkern::fgd_terms_grad_cpp)
-against its PyTorch form (fgdkern.ops.fgd_levels.terms / terms_grad, itself checked
-against autograd in tests/ops/test_fgd_levels.py): the terms, y_S, every table of the
+against its contract (fgdkern.reference.fgd_small_math, itself checked against the GcBlock
+modules in tests/reference/test_fgd_small_math.py): the terms, y_S, every table of the
 gradient pass and every MLP parameter's gradient; levels of different C, which the
 ops take in one call; the ops' schemas and fake implementations; bad arguments."""
 import functools
@@ -8,7 +8,8 @@ import functools
 import pytest
 import torch
 
-from fgdkern.ops import fgd_levels
+from fgdkern.reference import fgd_small_math
+from fgdkern.rows import FGD_PIX
 from tests.cpu.cpp_ops import needs_cpp
 from tests.ops.small_math import (SIZES, TEMPS, assert_terms_grad_matches, masks_and_weights,
                                   mlp_args, modules, statistics)
@@ -33,19 +34,28 @@ def test_matches_the_pytorch_small_math(N, C, temps, eps, trained):
     pix, chan, mods, (fg, bg, w_s, w_t) = case(N, C, SIZES, eps, trained)
     mlp = mlp_args(mods)
     n = max(p.numel() for p in pix + chan)
-    want = fgd_levels.terms(pix, chan, *mlp, temps)
-    terms64 = functools.cache(lambda: fgd_levels.terms(*to_float64((pix, chan, *mlp, temps))))
+    want = fgd_small_math.terms(pix, chan, *mlp, temps)
+    terms64 = functools.cache(lambda: fgd_small_math.terms(*to_float64((pix, chan, *mlp,
+                                                                         temps))))
     got = ops.fgd_terms_cpp(pix, chan, *mlp, temps)
     assert_exact_list(list(got[0].T), list(want[0].T), lambda: list(terms64()[0].T), n)
-    L = len(SIZES)
     # y_S: the student's rows, and HW (y_s - y_t) (subtracted exactly), which mask reads
     y_S = [y[:, 0] for y in got[1:]] + [
         (y.shape[-1] * (y[:, 0].double() - y[:, 1].double())).float() for y in got[1:]]
-    assert_exact_list(y_S, want[5:5 + 2 * L], lambda: terms64()[5:5 + 2 * L], n)
-    G = torch.randn(L, 4)
+    assert_exact_list(y_S, spatial_attention(pix, temps),
+                      lambda: spatial_attention(to_float64(pix), temps), n)
+    G = torch.randn(len(SIZES), 4)
     got = ops.fgd_terms_grad_cpp(G, pix, chan, got[1:], fg, bg, w_s, w_t, *mlp, temps)
-    assert_terms_grad_matches(got, G, pix, chan, want[1:], terms64, (fg, bg, w_s, w_t), mlp,
-                              temps)
+    assert_terms_grad_matches(got, G, pix, chan, (fg, bg, w_s, w_t), mlp, temps)
+
+
+def spatial_attention(pix, temps):
+    """Per level the student's softmax(gs_s / temp) over pixels, then per level A_S of the
+    student minus A_S of the teacher (docs/fgd.md, "Loss terms")."""
+    y = [[torch.softmax(p[:, row] / temp, -1) for row in (FGD_PIX.gs_s, FGD_PIX.gs_t)]
+         for p, temp in zip(pix, temps)]
+    return [y_s for y_s, _ in y] + [y_s.shape[-1] * y_s - y_t.shape[-1] * y_t for y_s, y_t in y]
+
 
 def test_levels_of_different_channels_in_one_call():
     """The ops take each level at its own C: one call equals the levels one by one."""

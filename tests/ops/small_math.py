@@ -1,10 +1,12 @@
-"""Inputs of FGD's small math (the terms from the statistics, and their backward), shared
-by tests/ops/test_fgd_levels.py (PyTorch) and tests/cpu/test_fgd_terms_cpp.py (the ops)."""
+"""Inputs of FGD's small math (the terms from the statistics, and their backward), and the
+check of a kernel's backward against its contract (fgdkern.reference.fgd_small_math), shared
+by tests/reference/test_fgd_small_math.py and the kernels' tests
+(tests/cpu/test_fgd_terms_cpp.py, tests/triton/test_fgd_terms.py)."""
 import functools
 
 import torch
 
-from fgdkern.ops import fgd_levels, gc_mlp
+from fgdkern.reference import fgd_small_math
 from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX
 from tests.harness import assert_exact_list, to_float64
 from tests.helpers import make_loss
@@ -33,9 +35,9 @@ def modules(C, L, eps=None, trained=True, seed=0):
 
 
 def mlp_args(mods) -> tuple[list, list, list, list]:
-    """mlp_s, mlp_t (gc_mlp.flat), eps_s, eps_t of the terms' contract."""
+    """mlp_s, mlp_t (fgd_small_math.flat), eps_s, eps_t of the terms' contract."""
     gc_s, gc_t = [m.gc_block("s") for m in mods], [m.gc_block("t") for m in mods]
-    return (gc_mlp.flat(gc_s), gc_mlp.flat(gc_t), [g.norm_eps for g in gc_s],
+    return (fgd_small_math.flat(gc_s), fgd_small_math.flat(gc_t), [g.norm_eps for g in gc_s],
             [g.norm_eps for g in gc_t])
 
 
@@ -49,15 +51,15 @@ def masks_and_weights(N, C, sizes, seed=2):
     return fg, bg, w[0], w[1]
 
 
-def assert_terms_grad_matches(got, G, pix, chan, saved, terms64, masks, mlp, temps):
-    """A backend's terms_grad outputs got against fgd_levels.terms_grad by the harness rule
-    (saved: fgd_levels.terms' saved part; terms64(): fgd_levels.terms in float64): every
-    table of the gradient pass, and every MLP parameter's gradient on one scale; K = sum_c
-    g_ctx ctx, which may cancel, against the float64 sum of got's own products."""
+def assert_terms_grad_matches(got, G, pix, chan, masks, mlp, temps):
+    """A backend's terms_grad outputs got against the contract's (autograd) by the harness
+    rule, the contract in float64 the truth: every table of the gradient pass, and every
+    MLP parameter's gradient on one scale; K = sum_c g_ctx ctx, which may cancel, against
+    the float64 sum of got's own products."""
     L, n = len(pix), max(p.numel() for p in pix + chan)
-    want = fgd_levels.terms_grad(G, pix, chan, saved, *masks, *mlp, temps)
-    truth = functools.cache(lambda: fgd_levels.terms_grad(
-        G.double(), *to_float64((pix, chan)), terms64()[1:], *to_float64((*masks, *mlp, temps))))
+    want = fgd_small_math.terms_grad(G, pix, chan, [], *masks, *mlp, temps)
+    truth = functools.cache(lambda: fgd_small_math.terms_grad(
+        G.double(), *to_float64((pix, chan)), [], *to_float64((*masks, *mlp, temps))))
     K = slice(2 * L, 3 * L)
     assert_exact_list(got[:K.start], want[:K.start], lambda: truth()[:K.start], n)
     assert_exact_list(got[K.stop:], want[K.stop:], lambda: truth()[K.stop:], n,
@@ -66,3 +68,15 @@ def assert_terms_grad_matches(got, G, pix, chan, saved, terms64, masks, mlp, tem
         products = cc[:, [FGD_CHAN_COEF.g_ctx_s, FGD_CHAN_COEF.g_ctx_t]].double() * c[
             :, [FGD_CHAN.ctx_s, FGD_CHAN.ctx_t]].double()
         assert ((k.double() - products.sum(-1)).abs() <= 1e-6 * products.abs().sum(-1)).all()
+
+
+def relu_cut_units(chan, mlp_s):
+    """Per level, which hidden units of the student's MLP relu cuts (C/2,) in image 0."""
+    P = len(fgd_small_math.PARAMS)
+    cut = []
+    for l, c in enumerate(chan):
+        W1, b1, gamma, beta = mlp_s[P * l:P * l + 4]
+        h = torch.nn.functional.linear(c[0, FGD_CHAN.ctx_s], W1.flatten(1), b1)
+        y = torch.nn.functional.layer_norm(h, h.shape, gamma.flatten(), beta.flatten(), 1e-5)
+        cut.append(y <= 0)
+    return cut

@@ -1,6 +1,6 @@
 """FGD's small math as Triton kernels (fgdkern.triton.fgd_terms, fgd_terms_grad) against
-its PyTorch contract (fgdkern.ops.fgd_levels.terms / terms_grad, itself checked against
-autograd in tests/ops/test_fgd_levels.py), by the harness rule: the terms, every table of
+its contract (fgdkern.reference.fgd_small_math, itself checked against the GcBlock modules
+in tests/reference/test_fgd_small_math.py), by the harness rule: the terms, every table of
 the gradient pass and every MLP parameter's gradient; several images (the parameter
 gradients add image after image), channels and pixels over several tiles; the custom ops'
 schemas and fake implementations; bad arguments."""
@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 
-from fgdkern.ops import fgd_levels
+from fgdkern.reference import fgd_small_math
 from fgdkern.rows import FGD_PIX_COEF
 from tests.harness import assert_exact_list, to_float64
 from tests.ops.small_math import (SIZES, TEMPS, assert_terms_grad_matches, masks_and_weights,
@@ -41,15 +41,15 @@ def test_matches_the_pytorch_small_math(N, C, sizes, temps, eps, trained):
     temps, eps = TEMPS[temps][:L], eps and eps[:L]
     pix, chan, mlp, (fg, bg, w_s, w_t) = case(N, C, sizes, eps, trained)
     n = max(p.numel() for p in pix + chan)
-    want = fgd_levels.terms(pix, chan, *mlp, temps)
-    terms64 = functools.cache(lambda: fgd_levels.terms(*to_float64((pix, chan, *mlp, temps))))
+    want = fgd_small_math.terms(pix, chan, *mlp, temps)
+    terms64 = functools.cache(lambda: fgd_small_math.terms(*to_float64((pix, chan, *mlp,
+                                                                         temps))))
     got = fgd_terms(pix, chan, *mlp, temps)
     assert len(got) == 1
     assert_exact_list(list(got[0].T), list(want[0].T), lambda: list(terms64()[0].T), n)
     G = torch.randn(L, 4, generator=torch.Generator().manual_seed(C)).to(DEVICE)
     got = fgd_terms_grad(G, pix, chan, [], fg, bg, w_s, w_t, *mlp, temps)
-    assert_terms_grad_matches(got, G, pix, chan, want[1:], terms64, (fg, bg, w_s, w_t), mlp,
-                              temps)
+    assert_terms_grad_matches(got, G, pix, chan, (fg, bg, w_s, w_t), mlp, temps)
 
 @torch.no_grad()
 def test_zero_gradient_of_the_terms_gives_zero_tables_but_p():

@@ -1,54 +1,18 @@
-"""FGD's small math over all levels at once (fgdkern.ops.fgd_levels): the terms against
-the same math level by level, their hand-written backward against autograd through the
-GcBlock modules themselves, the gradient tables, and levels of different C."""
+"""FGD's small math (fgdkern.reference.fgd_small_math), the contract of the kernels' terms
+and terms_grad: the terms against the same math with the GcBlock modules themselves, their
+backward against autograd through those modules, and the op's "torch" path on levels of
+different C against the reference loss."""
 import copy
 import functools
 
 import pytest
 import torch
 
-from fgdkern.ops import fgd_levels, gc_mlp
+from fgdkern.reference import fgd_small_math
 from fgdkern.rows import FGD_CHAN, FGD_PIX
-from tests.harness import (assert_exact_list, assert_matches_contract, assert_matches_reference,
-                           to_float64)
-from tests.helpers import make_inputs, make_loss
-from tests.ops.small_math import (SIZES, TEMPS, masks_and_weights, mlp_args, modules,
-                                  statistics)
-
-
-def one_by_one(fn, *per_level):
-    return [fn(*([x] for x in level)) for level in zip(*per_level)]
-
-
-def terms_alone(pix, chan, mlp_s, mlp_t, eps_s, eps_t, temps):
-    """The (L, 4) terms level by level, as its four columns."""
-    P = len(gc_mlp.PARAMS)
-    return list(torch.cat([
-        fgd_levels.terms([pix[l]], [chan[l]], mlp_s[P * l:P * (l + 1)], mlp_t[P * l:P * (l + 1)],
-                         [eps_s[l]], [eps_t[l]], [temps[l]])[0] for l in range(len(pix))]).T)
-
-
-@pytest.mark.parametrize("temps", TEMPS)
-def test_terms_match_level_by_level(temps):
-    pix, chan = statistics(2, 6, SIZES)
-    args = (pix, chan, *mlp_args(modules(6, len(SIZES))), temps)
-    assert_matches_contract(list(fgd_levels.terms(*args)[0].T), terms_alone, *args)
-
-
-@pytest.mark.parametrize("temps", TEMPS)
-def test_gradient_tables_match_level_by_level(temps):
-    S, T, fg, bg, w_s, w_t = make_inputs(2, 6, SIZES)
-    pix, chan = statistics(2, 6, SIZES)
-    g_pix, g_chan = statistics(2, 6, SIZES, seed=1)
-    args = (fg, bg, w_s, w_t, pix, chan, g_pix, g_chan, temps)
-    batched = [t for table in fgd_levels.grad_coefficients(*args) for t in table]
-    assert all(t.is_contiguous() for t in batched)
-
-    def alone(*args):   # pix_coef, chan_coef, K of each level, in batched's order
-        tables = one_by_one(fgd_levels.grad_coefficients, *args)
-        return [level[k][0] for k in range(3) for level in tables]
-
-    assert_matches_contract(batched, alone, *args, sum_length=max(p.numel() for p in pix))
+from tests.harness import assert_exact_list, assert_matches_reference, to_float64
+from tests.helpers import make_loss
+from tests.ops.small_math import SIZES, TEMPS, masks_and_weights, mlp_args, modules, statistics
 
 
 def oracle_terms(pix, chan, mods, temps):
@@ -72,22 +36,22 @@ def oracle_terms(pix, chan, mods, temps):
 
 def expected_backward(G, pix, chan, mods, temps, fg, bg, w_s, w_t):
     """terms_grad's outputs from autograd through oracle_terms: the statistics' gradients
-    turned into fgd_grad's tables by grad_coefficients, and the MLP parameters' gradients."""
+    turned into fgd_grad's tables by grad_tables, and the MLP parameters' gradients."""
     pix = [p.detach().requires_grad_() for p in pix]
     chan = [c.detach().requires_grad_() for c in chan]
     mlp_s, mlp_t, _, _ = mlp_args(mods)
     grads = torch.autograd.grad((oracle_terms(pix, chan, mods, temps) * G).sum(),
                                 pix + chan + mlp_s + mlp_t)
     L = len(pix)
-    tables = fgd_levels.grad_coefficients(fg, bg, w_s, w_t, pix, chan, grads[:L],
-                                          grads[L:2 * L], temps)
-    return [t.detach() for table in tables for t in table] + list(grads[2 * L:])
+    tables = [fgd_small_math.grad_tables(*level) for level in zip(
+        fg, bg, w_s, w_t, pix, chan, grads[:L], grads[L:2 * L], temps)]
+    return [t[k].detach() for k in range(3) for t in tables] + list(grads[2 * L:])
 
 
 @pytest.mark.parametrize("temps", TEMPS)
 @pytest.mark.parametrize("eps", [None, [1e-5, 1e-2, 0.3]])
 @pytest.mark.parametrize("trained", [True, False])
-def test_terms_and_their_backward_match_autograd(temps, eps, trained):
+def test_terms_and_their_backward_match_the_modules(temps, eps, trained):
     """terms against the oracle, and terms_grad against autograd of it: every table of
     the gradient pass and every GcBlock MLP parameter's gradient."""
     pix, chan = statistics(2, 6, SIZES)
@@ -96,12 +60,13 @@ def test_terms_and_their_backward_match_autograd(temps, eps, trained):
     mods64 = [copy.deepcopy(m).double() for m in mods]
     pix64, chan64 = to_float64((pix, chan))
     n = max(p.numel() for p in pix + chan)
-    out = fgd_levels.terms(pix, chan, *mlp_args(mods), temps)
+    out = fgd_small_math.terms(pix, chan, *mlp_args(mods), temps)
+    assert len(out) == 1
     assert_exact_list(list(out[0].T), list(oracle_terms(pix, chan, mods, temps).T),
                       lambda: list(oracle_terms(pix64, chan64, mods64, temps).T), n)
     G = torch.randn(len(SIZES), 4)
-    got = fgd_levels.terms_grad(G, pix, chan, out[1:], fg, bg, w_s, w_t, *mlp_args(mods),
-                                temps)
+    got = fgd_small_math.terms_grad(G, pix, chan, [], fg, bg, w_s, w_t, *mlp_args(mods),
+                                    temps)
     want = expected_backward(G, pix, chan, mods, temps, fg, bg, w_s, w_t)
     truth = functools.cache(lambda: expected_backward(G.double(), pix64, chan64, mods64, temps,
                                                       *to_float64((fg, bg, w_s, w_t))))
@@ -109,6 +74,8 @@ def test_terms_and_their_backward_match_autograd(temps, eps, trained):
     assert_exact_list(got[:tables], want[:tables], lambda: truth()[:tables], n)
     assert_exact_list(got[tables:], want[tables:], lambda: truth()[tables:], n,
                       scale=max(float(w.abs().max()) for w in want[tables:]))
+    for g, p in zip(got[tables:], [*mlp_args(mods)[0], *mlp_args(mods)[1]]):
+        assert g.shape == p.shape and g.dtype == p.dtype
 
 
 def test_levels_of_different_channels_match_the_reference():
