@@ -14,7 +14,6 @@ in turns.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import statistics
@@ -85,16 +84,9 @@ def measure(case: cases.Case, impl: str, device: torch.device, reps: int) -> dic
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--case", default="retinanet", choices=[k for k, c in cases.CASES.items()
-                                                           if c.loss == "fgd"])
+    p = cases.fgd_parser(__doc__)
     p.add_argument("--impl", default="cpp", choices=["cpp", "triton"])
-    p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=cases.default_device().type)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cases.parse(p)
     device = torch.device(args.device)
     result = measure(cases.CASES[args.case], args.impl, device, args.reps)
     print(f"{args.case}, {args.impl} on {device.type}, fwd+bwd, median of {args.reps} (ms)")

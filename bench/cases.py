@@ -14,6 +14,7 @@ built with check_finite=False (CHECK_FINITE), the eager loop has none.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import os
@@ -307,6 +308,25 @@ def synchronized(call: Callable[[], object], device: torch.device) -> Callable[[
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fgd_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a script that times one FGD case: --case, --reps, --threads, --device."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--case", default="retinanet", choices=[k for k, c in CASES.items()
+                                                           if c.loss == "fgd"])
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=default_device().type)
+    return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """p's arguments, with --threads applied."""
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def feature_bytes(case: Case, mode: str, dtype=torch.float32) -> int:

@@ -13,13 +13,13 @@ generated from the contract: bench/README.md, "FGD's small math".
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import statistics
-import time
 
 import torch
 
 import cases
+import timing
 from fgdkern.ops.fgd import kernels
 from fgdkern.reference import fgd_small_math
 from fgdkern.rows import FGD_CHAN, FGD_PIX
@@ -42,49 +42,35 @@ def small_math_inputs(case: cases.Case, device: torch.device):
             [1e-5] * L, [1e-5] * L, [0.5] * L)
 
 
-def step(k, args, device):
-    """One terms + terms_grad call, as the FGD op makes them, synchronised."""
+def step(k, terms, args) -> None:
+    """One terms + terms_grad call as the FGD op makes them, terms_grad differentiating
+    ``terms`` (the contract's own, or it compiled)."""
     pix, chan, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t, temps = args
+    fgd_small_math.terms = terms
     out = k.terms(pix, chan, mlp_s, mlp_t, eps_s, eps_t, temps)
     G = torch.ones_like(out[0])
     k.terms_grad(G, pix, chan, out[1:], fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t, temps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--case", default="retinanet", choices=[k for k, c in cases.CASES.items()
-                                                           if c.loss == "fgd"])
-    p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=cases.default_device().type)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cases.parse(cases.fgd_parser(__doc__))
     device = torch.device(args.device)
     inputs = small_math_inputs(cases.CASES[args.case], device)
-    eager = fgd_small_math.terms
-    compiled = torch.compile(eager)
     impl = "cpp" if device.type == "cpu" else "triton"
+    eager = fgd_small_math.terms
     ways = {impl: (kernels(impl), eager), "contract": (kernels("torch"), eager),
-            "contract compiled": (kernels("torch"), compiled)}
-    first, times = {}, {name: [] for name in ways}
+            "contract compiled": (kernels("torch"), torch.compile(eager))}
+    calls = {name: functools.partial(step, k, terms, inputs) for name, (k, terms) in ways.items()}
     try:
-        for rep in range(args.reps + 1):
-            for name, (k, terms) in ways.items():
-                fgd_small_math.terms = terms   # terms_grad differentiates this one
-                start = time.perf_counter()
-                step(k, inputs, device)
-                (times[name] if rep else first.setdefault(name, [])).append(
-                    time.perf_counter() - start)
+        first = {name: timing.first_call(call, device)[1] for name, call in calls.items()}
+        times = timing.interleaved_ms(calls, device, args.reps)
     finally:
         fgd_small_math.terms = eager
     print(f"{args.case}: FGD small math, terms + terms_grad on {device.type}, "
           f"{torch.get_num_threads()} threads (ms)")
     print(f"{'':20}{'first call':>12}{'median':>10}")
     for name in ways:
-        print(f"{name:20}{1e3 * first[name][0]:12.1f}{1e3 * statistics.median(times[name]):10.3f}")
+        print(f"{name:20}{first[name]:12.1f}{statistics.median(times[name]):10.3f}")
 
 
 if __name__ == "__main__":
