@@ -63,13 +63,16 @@ def terms_grad(G: Tensor, pix, chan, saved, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_
                temps) -> list[Tensor]:
     """The backward of terms by autograd, from the terms' gradient G (L, 4):
     [pix_coef*L, chan_coef*L, K*L, g_mlp_s*6L, g_mlp_t*6L], what the kernels' terms_grad
-    return (saved: what their terms saved, unused here)."""
-    L = len(pix)
-    with torch.enable_grad():
-        inputs = [x.detach().requires_grad_() for x in [*pix, *chan, *mlp_s, *mlp_t]]
-        table = terms(inputs[:L], inputs[L:2 * L], inputs[2 * L:2 * L + len(mlp_s)],
-                      inputs[2 * L + len(mlp_s):], eps_s, eps_t, temps)[0]
-        grads = torch.autograd.grad(table, inputs, G.to(table.dtype))
+    return (saved: what their terms saved, unused here). torch.func.vjp rather than
+    torch.autograd.grad: called from the FGD node's backward, it traces under torch.compile."""
+    L, n_mlp = len(pix), len(mlp_s)
+
+    def table_of(*x):
+        return terms(x[:L], x[L:2 * L], x[2 * L:2 * L + n_mlp], x[2 * L + n_mlp:], eps_s, eps_t,
+                     temps)[0]
+
+    table, vjp = torch.func.vjp(table_of, *pix, *chan, *mlp_s, *mlp_t)
+    grads = vjp(G.to(table.dtype))
     tables = [grad_tables(*level) for level in zip(fg, bg, w_s, w_t, pix, chan, grads[:L],
                                                      grads[L:2 * L], temps)]
     return [t[k] for k in range(3) for t in tables] + list(grads[2 * L:])

@@ -37,9 +37,9 @@ def training_step(student, teacher, fgd):
     return step
 
 
-def setup(Cs=6, Ct=8):
+def setup(Cs=6, Ct=8, backend="auto"):
     student, teacher = TinyFPN(Cs, 0), TinyFPN(Ct, 1)
-    fgd = randomize(MultiLevelFGDLoss(2, Cs, Ct))   # backend="auto", the default
+    fgd = randomize(MultiLevelFGDLoss(2, Cs, Ct, backend=backend))   # "auto": the default
     images = torch.randn(2, 3, *IMG)
     return student, teacher, fgd, (images, random_boxes(2, IMG, seed=3, empty_images=()),
                                    [IMG] * 2)
@@ -58,10 +58,12 @@ def grads_of(loss, modules):
     return torch.autograd.grad(loss, params, allow_unused=True)
 
 
-@pytest.mark.parametrize("one_shape", [False, True])
-def test_training_step_compiles_to_the_eager_numbers(one_shape):
-    """Backbone + FGD compiled with the default backend: one graph, eager loss and grads."""
-    student, teacher, fgd, (images, boxes, shapes) = setup()
+@pytest.mark.parametrize("backend,one_shape", [("auto", False), ("auto", True),
+                                               ("torch", False)])
+def test_training_step_compiles_to_the_eager_numbers(backend, one_shape):
+    """Backbone + FGD compiled: one graph, eager loss and grads; with the default backend,
+    and with "torch", whose small math's backward is a function transform of its terms."""
+    student, teacher, fgd, (images, boxes, shapes) = setup(backend=backend)
     if one_shape:
         shapes = torch.Size(IMG)   # images.tensors.shape[-2:] of a padded batch
     step = training_step(student, teacher, fgd)
