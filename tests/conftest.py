@@ -28,11 +28,15 @@ def _required_parts_missing() -> str | None:
         except ImportError as exc:
             return str(exc)
     if os.environ.get("FGDKERN_REQUIRE_TRITON") == "1":
+        from fgdkern.ops import dispatch
         try:
             import triton  # noqa: F401
         except ImportError as exc:
             return (f"FGDKERN_REQUIRE_TRITON=1 but triton cannot be imported ({exc!r}); "
                     "install it (pip install 'fgdkern[triton]') or unset the variable")
+        if not dispatch.HAS_TRITON:
+            return (f"FGDKERN_REQUIRE_TRITON=1 but triton {triton.__version__} is older than "
+                    f"{dispatch.MIN_TRITON}, the oldest the kernels are checked with")
     return None
 
 

@@ -201,7 +201,7 @@ MUTATIONS = [
              "other=0.0) + HW * u * u, 0)", "other=0.0) + u * u, 0)",
              [FGD_TERMS, "-k", "matches"]),
     Mutation("triton-fgd-terms-grad-images-not-added", "fgdkern/triton/fgd_terms_grad.py",
-             "mask=mask & (n > 0), other=0.0)", "mask=mask & (n > 1), other=0.0)",
+             "tl.zeros(mask.shape, tl.int32)) > 0", "tl.zeros(mask.shape, tl.int32)) > 1",
              [FGD_TERMS, "-k", "matches"]),
     Mutation("triton-fgd-terms-grad-layernorm-hn-term-dropped", "fgdkern/triton/fgd_terms_grad.py",
              "g_h = (g_hn - tl.sum(g_hn, 0) / H - hn * (tl.sum(g_hn * hn, 0) / H)) * rstd",

@@ -32,8 +32,10 @@ import, so that ``torch.compile`` sees constants.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import re
 
 import torch
 
@@ -68,7 +70,30 @@ def _has_kernel(op_name: str, dispatch_key: str) -> bool:
         return False
 
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+# The oldest Triton whose interpreter runs every kernel test and whose compiler builds every
+# kernel (docs/gpu.md, "Triton versions"); an older one is not used.
+MIN_TRITON = (3, 2)
+
+
+def _triton_version() -> tuple[int, int] | None:
+    """(major, minor) of the installed triton from its package metadata (importing triton
+    loads its compiler), or None when there is none."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    for dist in ("triton", "pytorch-triton"):
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    else:
+        import triton
+        version = triton.__version__
+    return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", version).groups())
+
+
+TRITON_VERSION = _triton_version()
+HAS_TRITON = TRITON_VERSION is not None and TRITON_VERSION >= MIN_TRITON
 # (op, implementation) -> built and importable here; constants for torch.compile.
 AVAILABLE = {
     ("fgd", "cpp"): _has_kernel("fgdkern::fgd_stats_cpp", "CPU"),
@@ -104,8 +129,12 @@ def _why_not(op: str, impl: str, device: torch.device) -> str | None:
         if device.type != "cpu":
             return f"backend='cpp' runs on CPU tensors; the {op} inputs are on {device}"
     elif impl == "triton":
-        if not HAS_TRITON:
+        if TRITON_VERSION is None:
             return "backend='triton' needs the triton package (pip install 'fgdkern[triton]')"
+        if not HAS_TRITON:
+            return (f"backend='triton' needs triton >= {'.'.join(map(str, MIN_TRITON))}, the "
+                    f"oldest its kernels are checked with; this one is "
+                    f"{'.'.join(map(str, TRITON_VERSION))}")
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             return ("backend='triton' got CPU tensors: Triton kernels run on a GPU, "
                     "or on CPU only under TRITON_INTERPRET=1 (set before import)")

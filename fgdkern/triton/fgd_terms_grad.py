@@ -37,7 +37,8 @@ B_SIGN, K_D, K_CONST, K_FG, K_BG, G_CTX_S, G_CTX_T, CW_S, CW_T, CC_S, CC_T, CHAN
 @triton.jit
 def added(ptr, value, mask, n):
     """Stores value at ptr, added to what is there unless n is the first image (0)."""
-    tl.store(ptr, value + tl.load(ptr, mask=mask & (n > 0), other=0.0), mask=mask)
+    later = (n + tl.zeros(mask.shape, tl.int32)) > 0  # a tensor also where n is a Python int
+    tl.store(ptr, value + tl.load(ptr, mask=mask & later, other=0.0), mask=mask)
 
 
 @triton.jit

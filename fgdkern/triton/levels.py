@@ -93,7 +93,7 @@ def find_level(table, pid, L, col, NCOL: tl.constexpr, LEVELS: tl.constexpr):
     """Row of the level whose programs (first program in column col) contain pid."""
     lvl = tl.arange(0, LEVELS)
     first = tl.load(table + lvl * NCOL + col, mask=lvl < L, other=0)
-    found = tl.sum(tl.where(lvl < L, first <= pid, False).to(tl.int32), 0) - 1
+    found = tl.sum(((lvl < L) & (first <= pid)).to(tl.int32), 0) - 1
     return table + found * NCOL
 
 

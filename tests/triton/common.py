@@ -2,18 +2,18 @@
 
 Each case is compared with the PyTorch contract, fgdkern.reference.fgd_passes.
 """
-import importlib.util
 import os
 
 import pytest
 
+from fgdkern.ops import dispatch
 from fgdkern.reference import fgd_passes as contract
 from tests.helpers import make_coefs  # noqa: F401  (the Triton tests import it from here)
 from tests.harness import HAS_CUDA, assert_matches_contract, backend_device
 
 needs_kernels = pytest.mark.skipif(
-    not (importlib.util.find_spec("triton") is not None and (HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1")),
-    reason="needs triton on CUDA or TRITON_INTERPRET=1")
+    not (dispatch.HAS_TRITON and (HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1")),
+    reason="needs triton (dispatch.MIN_TRITON or newer) on CUDA or TRITON_INTERPRET=1")
 
 DEVICE = backend_device("triton")
 
