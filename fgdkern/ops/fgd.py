@@ -13,7 +13,7 @@ Which code runs each of the four steps is ``kernels(impl)``: on CPU all four are
 compiled ops, on a GPU Triton kernels (fgdkern/triton/fgd_terms*.py for the small
 math), each one launch over every level; the pure-PyTorch path runs the contracts
 themselves: the passes' in ``fgdkern.reference.fgd_passes``, the small math's (and
-its backward by autograd) in ``fgdkern.reference.fgd_terms``. The rows of the
+its backward by autograd) in ``fgdkern.reference.fgd_small_math``. The rows of the
 passes' tables are named in ``fgdkern.rows`` (docs/kernels.md).
 """
 from __future__ import annotations

@@ -247,7 +247,8 @@ def sum_channels(x, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, SECTOR: tl.co
     """[ROWS, BLOCK_C, SECTOR] -> [ROWS, SECTOR], summing the channels as a pairwise tree
     (channel c with c + BLOCK_C / 2, and so on): a reduction whose rounding does not grow
     with BLOCK_C, in whatever order tl.sum would take (docs/kernels.md, "Precision")."""
-    for i in tl.static_range(12):  # log2(BLOCK_C) halvings, BLOCK_C <= 4096
+    tl.static_assert(BLOCK_C <= 4096)
+    for i in tl.static_range(12):  # log2(BLOCK_C) halvings
         if (BLOCK_C >> i) > 1:
             x = tl.sum(tl.reshape(x, [BLOCK_HW // SECTOR, 2, x.shape[1] // 2, SECTOR]), 1)
     return tl.reshape(x, [BLOCK_HW // SECTOR, SECTOR])
