@@ -55,3 +55,7 @@ CWD_COEF = Rows("lse_s", "lse_t", "k")
 # cross moment; the gradient pass's coefficient table.
 PKD_CHAN = Rows("mean_s", "mean_t", "m2_s", "m2_t", "m_st")
 PKD_COEF = Rows("a", "mean_s", "b", "mean_t")
+# FGD's small math takes each level's GcBlock channel_add MLP as these parameters, in this
+# order (docs/fgd.md, "Parameters and initialisation").
+GC_MLP = Rows("add1_weight", "add1_bias", "norm_weight", "norm_bias", "add2_weight",
+              "add2_bias")

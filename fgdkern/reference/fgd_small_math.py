@@ -17,20 +17,19 @@ import torch
 from torch import Tensor
 
 from fgdkern.reference.fgd import GcBlockParams, gc_transform
-from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF
-
-# The parameters of one level's channel_add MLP, in the order the terms take them.
-PARAMS = ("add1_weight", "add1_bias", "norm_weight", "norm_bias", "add2_weight", "add2_bias")
+from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, FGD_PIX_COEF, GC_MLP
 
 
 def flat(gcs) -> list[Tensor]:
-    """The MLP parameters of every level (GcBlockParams), level after level, PARAMS order."""
-    return [getattr(g, name) for g in gcs for name in PARAMS]
+    """The MLP parameters of every level (GcBlockParams), level after level, GC_MLP order."""
+    return [getattr(g, name) for g in gcs for name in GC_MLP]
 
 
 def channel_shift(ctx: Tensor, params: list[Tensor], eps: float) -> Tensor:
-    """channel_add_conv (N, C) of the contexts ctx (N, C) of one level, from its 6 PARAMS."""
-    gc = GcBlockParams(None, None, *params[:4], eps, *params[4:])
+    """channel_add_conv (N, C) of the contexts ctx (N, C) of one level, from its GC_MLP
+    parameters (conv_mask is not read)."""
+    gc = GcBlockParams(mask_weight=None, mask_bias=None, norm_eps=eps,
+                       **dict(zip(GC_MLP, params)))
     return gc_transform(ctx[..., None, None], gc).flatten(1)
 
 
@@ -53,7 +52,7 @@ def terms(pix: list[Tensor], chan: list[Tensor], mlp_s: list[Tensor], mlp_t: lis
           eps_s: list[float], eps_t: list[float], temps: list[float]) -> list[Tensor]:
     """[table]: the (L, 4) terms of every level (mlp_s / mlp_t: flat(); eps_s / eps_t: the
     LayerNorm eps of each level). Nothing is saved: terms_grad evaluates it again."""
-    P = len(PARAMS)
+    P = len(GC_MLP)
     return [torch.stack([
         level_terms(pix[l], chan[l], mlp_s[P * l:P * (l + 1)], mlp_t[P * l:P * (l + 1)],
                     eps_s[l], eps_t[l], temps[l]) for l in range(len(pix))])]

@@ -19,14 +19,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fgdkern.rows import FGD_CHAN, FGD_PIX
+from fgdkern.rows import FGD_CHAN, FGD_PIX, GC_MLP
 from fgdkern.triton.levels import (
     device_values, host_copy_if_interpreted, offset, on_device, row_indices)
 
 GS_S, GS_T, Z_S, Z_T, PIX_ROWS = row_indices(FGD_PIX, "gs_s", "gs_t", "z_s", "z_t")
 GC_S, GC_T, CTX_S, CTX_T, SUM_D, M2_D, X_FG, X_BG, CHAN_ROWS = row_indices(
     FGD_CHAN, "gc_s", "gc_t", "ctx_s", "ctx_t", "sum_d", "m2_d", "x_fg", "x_bg")
-MLP = ("add1_weight", "add1_bias", "norm_weight", "norm_bias", "add2_weight", "add2_bias")
 # Columns of the level table: sizes, then element offsets from the base of the forward's
 # inputs (pix, chan, the 6 MLP parameters of each side), then of what only the backward
 # reads (masks, conv_mask weights) and writes (pix_coef, chan_coef, K, the 6 parameter
@@ -185,12 +184,14 @@ def check_levels(pix: list[Tensor], chan: list[Tensor], mlp_s: list[Tensor],
     H = C // 2
     shapes = ((H, C, 1, 1), (H,), (H, 1, 1), (H, 1, 1), (C, H, 1, 1), (C,))
     for side, params in (("mlp_s", mlp_s), ("mlp_t", mlp_t)):
-        if len(params) != len(MLP) * L:
-            raise ValueError(f"{side} must hold {len(MLP)} parameters per level, got {len(params)}")
+        if len(params) != len(GC_MLP) * L:
+            raise ValueError(f"{side} must hold {len(GC_MLP)} parameters per level, "
+                             f"got {len(params)}")
         for k, (p, shape) in enumerate(zip(params, shapes * L)):
             if (p.dtype != torch.float32 or p.numel() != torch.Size(shape).numel()
                     or not p.is_contiguous() or p.device != pix[0].device):
-                raise ValueError(f"{side}[{k}] ({MLP[k % len(MLP)]} of level {k // len(MLP)}) "
+                name = GC_MLP.names[k % len(GC_MLP)]
+                raise ValueError(f"{side}[{k}] ({name} of level {k // len(GC_MLP)}) "
                                  f"must be contiguous float32 of shape {shape} on "
                                  f"{pix[0].device}, got {p.dtype} {tuple(p.shape)}")
 

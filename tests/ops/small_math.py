@@ -7,7 +7,7 @@ import functools
 import torch
 
 from fgdkern.reference import fgd_small_math
-from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX
+from fgdkern.rows import FGD_CHAN, FGD_CHAN_COEF, FGD_PIX, GC_MLP
 from tests.harness import assert_exact_list, to_float64
 from tests.helpers import make_loss
 
@@ -72,7 +72,7 @@ def assert_terms_grad_matches(got, G, pix, chan, masks, mlp, temps):
 
 def relu_cut_units(chan, mlp_s):
     """Per level, which hidden units of the student's MLP relu cuts (C/2,) in image 0."""
-    P = len(fgd_small_math.PARAMS)
+    P = len(GC_MLP)
     cut = []
     for l, c in enumerate(chan):
         W1, b1, gamma, beta = mlp_s[P * l:P * l + 4]

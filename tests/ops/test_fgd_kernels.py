@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from fgdkern.ops.fgd import kernels
-from fgdkern.reference import fgd_small_math
-from fgdkern.rows import FGD_CHAN_COEF
+from fgdkern.rows import FGD_CHAN_COEF, GC_MLP
 from tests.harness import ALL_FUSED, backend_device
 from tests.ops.small_math import (SIZES, TEMPS, masks_and_weights, mlp_args, modules,
                                   relu_cut_units, statistics)
@@ -32,12 +31,12 @@ def test_zero_last_layer_and_units_cut_by_relu(impl):
     out = k.terms(pix, chan, *mlp, TEMPS[1])
     G = torch.randn(len(SIZES), 4).to(device)
     got = k.terms_grad(G, pix, chan, out[1:], *masks, *mlp, TEMPS[1])
-    L, P = len(SIZES), len(fgd_small_math.PARAMS)
+    L, P = len(SIZES), len(GC_MLP)
     for chan_coef in got[L:2 * L]:
         assert (chan_coef[:, [FGD_CHAN_COEF.g_ctx_s, FGD_CHAN_COEF.g_ctx_t]] == 0).all()
     g_mlp_s = got[3 * L:3 * L + P * L]
     cuts = relu_cut_units([c.cpu() for c in chan], mlp_s)
     assert any(cut.any() and not cut.all() for cut in cuts)
     for l, cut in enumerate(cuts):
-        g_W2 = g_mlp_s[P * l + fgd_small_math.PARAMS.index("add2_weight")].flatten(1).cpu()
+        g_W2 = g_mlp_s[P * l + GC_MLP.add2_weight].flatten(1).cpu()
         assert (g_W2[:, cut] == 0).all() and ((g_W2[:, ~cut] != 0).any() or cut.all())
