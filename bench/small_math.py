@@ -5,8 +5,8 @@
 Times terms + terms_grad (fgdkern.ops.fgd.kernels) on statistics of the case's
 shapes: the kernels of the device ("cpp" on CPU, "triton" on a GPU), the
 contract fgdkern/reference/fgd_small_math.py as it is ("torch"), and the same
-contract with its terms under torch.compile (Inductor: C++ on CPU, Triton on a
-GPU; its backward is Inductor's too, through autograd). Prints each one's
+contract's terms and terms_grad under torch.compile (Inductor: C++ on CPU, Triton
+on a GPU; terms_grad's vjp traces). Prints each one's
 first call (the compile, for the last) and the median of the calls after it,
 timed in turns. This is why the kernels are written by hand rather than
 generated from the contract: bench/README.md, "FGD's small math".
@@ -20,13 +20,15 @@ import torch
 
 import cases
 import timing
+from fgdkern import FGDLoss
 from fgdkern.ops.fgd import kernels
 from fgdkern.reference import fgd_small_math
 from fgdkern.rows import FGD_CHAN, FGD_PIX
 
 
 def small_math_inputs(case: cases.Case, device: torch.device):
-    """Random statistics, masks, conv_mask weights and GcBlock MLPs of the case's levels."""
+    """Random statistics and masks of the case's levels, and the conv_mask weights and
+    GcBlock MLPs of one FGDLoss per level."""
     g = torch.Generator().manual_seed(0)
     sizes, N, C = case.sizes, case.N, case.channels
     rand = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
@@ -34,19 +36,17 @@ def small_math_inputs(case: cases.Case, device: torch.device):
     chan = [rand(N, len(FGD_CHAN), C) for _ in sizes]
     fg = [(rand(N, h, w) > 1).float() for h, w in sizes]
     bg = [(1 - f) / f[0].numel() for f in fg]
-    shapes = [(C // 2, C, 1, 1), (C // 2,), (C // 2, 1, 1), (C // 2, 1, 1), (C, C // 2, 1, 1),
-              (C,)]
-    mlp = [[0.1 * rand(*s) for _ in sizes for s in shapes] for _ in range(2)]
-    L = len(sizes)
-    return (pix, chan, fg, bg, [rand(C) for _ in sizes], [rand(C) for _ in sizes], *mlp,
-            [1e-5] * L, [1e-5] * L, [0.5] * L)
+    torch.manual_seed(0)
+    gcs = [[FGDLoss(C, C).to(device).gc_block(side) for _ in sizes] for side in "st"]
+    w = [[gc.mask_weight.detach().flatten() for gc in side] for side in gcs]
+    mlp = [[p.detach() for p in fgd_small_math.flat(side)] for side in gcs]
+    eps = [[gc.norm_eps for gc in side] for side in gcs]
+    return (pix, chan, fg, bg, *w, *mlp, *eps, [0.5] * len(sizes))
 
 
-def step(k, terms, args) -> None:
-    """One terms + terms_grad call as the FGD op makes them, terms_grad differentiating
-    ``terms`` (the contract's own, or it compiled)."""
+def step(k, args) -> None:
+    """One terms + terms_grad call of the steps k, as the FGD op makes them."""
     pix, chan, fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t, temps = args
-    fgd_small_math.terms = terms
     out = k.terms(pix, chan, mlp_s, mlp_t, eps_s, eps_t, temps)
     G = torch.ones_like(out[0])
     k.terms_grad(G, pix, chan, out[1:], fg, bg, w_s, w_t, mlp_s, mlp_t, eps_s, eps_t, temps)
@@ -57,15 +57,12 @@ def main() -> None:
     device = torch.device(args.device)
     inputs = small_math_inputs(cases.CASES[args.case], device)
     impl = "cpp" if device.type == "cpu" else "triton"
-    eager = fgd_small_math.terms
-    ways = {impl: (kernels(impl), eager), "contract": (kernels("torch"), eager),
-            "contract compiled": (kernels("torch"), torch.compile(eager))}
-    calls = {name: functools.partial(step, k, terms, inputs) for name, (k, terms) in ways.items()}
-    try:
-        first = {name: timing.first_call(call, device)[1] for name, call in calls.items()}
-        times = timing.interleaved_ms(calls, device, args.reps)
-    finally:
-        fgd_small_math.terms = eager
+    contract = kernels("torch")
+    ways = {impl: kernels(impl), "contract": contract, "contract compiled": contract._replace(
+        terms=torch.compile(contract.terms), terms_grad=torch.compile(contract.terms_grad))}
+    calls = {name: functools.partial(step, k, inputs) for name, k in ways.items()}
+    first = {name: timing.first_call(call, device)[1] for name, call in calls.items()}
+    times = timing.interleaved_ms(calls, device, args.reps)
     print(f"{args.case}: FGD small math, terms + terms_grad on {device.type}, "
           f"{torch.get_num_threads()} threads (ms)")
     print(f"{'':20}{'first call':>12}{'median':>10}")
