@@ -22,6 +22,7 @@ from torch import Tensor
 from fgdkern.rows import FGD_CHAN, FGD_PIX, GC_MLP
 from fgdkern.triton.levels import (
     device_values, host_copy_if_interpreted, offset, on_device, row_indices)
+from fgdkern.triton.merges import softmax_at, softmax_stats
 
 GS_S, GS_T, Z_S, Z_T, PIX_ROWS = row_indices(FGD_PIX, "gs_s", "gs_t", "z_s", "z_t")
 GC_S, GC_T, CTX_S, CTX_T, SUM_D, M2_D, X_FG, X_BG, CHAN_ROWS = row_indices(
@@ -41,29 +42,6 @@ PARAM_ROWS = 4  # rows of a weight matrix per tile
 # wide, and weight tiles of PARAM_ROWS x 128 values, which no compile spills with
 # (tests/triton/test_offline_compile.py, Triton 3.6 to 3.9).
 NUM_WARPS = 8
-
-
-@triton.jit
-def softmax_stats(x, n, scale, BLOCK: tl.constexpr):
-    """Max of x * scale and 1 / sum of exp(x * scale - max) over the n values at x, online
-    (merges.py), in float64: the attention terms subtract softmaxes that may agree to all
-    but a few bits."""
-    m = tl.full([], -float("inf"), tl.float64)
-    z = tl.zeros([], tl.float64)
-    for i0 in range(0, n, BLOCK):
-        i = i0 + tl.arange(0, BLOCK)
-        v = tl.load(x + i, mask=i < n, other=-float("inf")).to(tl.float64) * scale
-        m_new = tl.maximum(m, tl.max(v, 0))
-        z = z * tl.exp(m - m_new) + tl.sum(tl.where(i < n, tl.exp(v - m_new), 0.0), 0)
-        m = m_new
-    return m, 1.0 / z
-
-
-@triton.jit
-def softmax_at(x, i, mask, scale, m, inv_z):
-    """softmax(x * scale)[i] in float64 from softmax_stats' m and 1 / z."""
-    v = tl.load(x + i, mask=mask, other=-float("inf")).to(tl.float64) * scale
-    return tl.where(mask, tl.exp(v - m) * inv_z, 0.0)
 
 
 @triton.jit

@@ -19,12 +19,13 @@ from torch import Tensor
 from fgdkern.rows import FGD_CHAN_COEF, FGD_PIX_COEF
 from fgdkern.triton.fgd_terms import (
     B1, B2, BETA, GAMMA, W1, W2, blocks, check_levels, level_params, level_table, mlp_hidden,
-    mlp_out, side_param, softmax_at, softmax_stats,
+    mlp_out, side_param,
     CHAN_ROWS, CTX_S, CTX_T, GC_S, GC_T, GS_S, GS_T, PIX_ROWS, SUM_D, Z_S, Z_T,
     COL_BG, COL_C, COL_CHAN, COL_CHANC, COL_FG, COL_GMLP_S, COL_GMLP_T, COL_HW, COL_K,
     COL_MLP_S, COL_MLP_T, COL_N, COL_PIX, COL_PIXC, COL_WS, COL_WT, NCOL)
 from fgdkern.triton.levels import (
     float32_levels, host_copy_if_interpreted, on_device, row_indices)
+from fgdkern.triton.merges import softmax_at, softmax_stats
 from fgdkern.triton.tiles import sign
 
 A_SIGN, FGA, BGA, P_S, P_T, PIX_COEF_ROWS = row_indices(

@@ -131,3 +131,25 @@ def accumulate_rows_and_moments(part, c, c_mask, C, keep, scale, x, n_run, n_blo
     delta = sum_b / n_block - sum_a / tl.maximum(n_run, 1.0)
     spread = delta * delta * (n_run * n_block / (n_run + n_block))
     tl.store(ptr, acc * scale + x + tl.where(row == M2, spread[:, None], 0.0), mask=mask)
+
+
+@triton.jit
+def softmax_stats(x, n, scale, BLOCK: tl.constexpr):
+    """Max of x * scale and 1 / sum of exp(x * scale - max) over the n values at x, online,
+    in float64: attention terms subtract softmaxes that may agree to all but a few bits."""
+    m = tl.full([], -float("inf"), tl.float64)
+    z = tl.zeros([], tl.float64)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        v = tl.load(x + i, mask=i < n, other=-float("inf")).to(tl.float64) * scale
+        m_new = tl.maximum(m, tl.max(v, 0))
+        z = z * tl.exp(m - m_new) + tl.sum(tl.where(i < n, tl.exp(v - m_new), 0.0), 0)
+        m = m_new
+    return m, 1.0 / z
+
+
+@triton.jit
+def softmax_at(x, i, mask, scale, m, inv_z):
+    """softmax(x * scale)[i] in float64 from softmax_stats' m and 1 / z."""
+    v = tl.load(x + i, mask=mask, other=-float("inf")).to(tl.float64) * scale
+    return tl.where(mask, tl.exp(v - m) * inv_z, 0.0)
