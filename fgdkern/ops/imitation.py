@@ -16,9 +16,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from fgdkern._device import constant_rows
 from fgdkern.ops import dispatch
 from fgdkern.reference import imitation_passes
-from fgdkern.rows import IMIT_CHAN, IMIT_CHAN_COEF, IMIT_PIX, IMIT_PIX_COEF
+from fgdkern.rows import IMIT_CHAN, IMIT_PIX
 
 
 # ---------------------------------------------------------------- op registry
@@ -67,22 +68,13 @@ def passes(impl: str) -> tuple[Callable, Callable]:
     raise ValueError(f"unknown fused implementation {impl!r}")
 
 
+def constant_tables(X: list[Tensor], values: tuple) -> list[Tensor]:
+    """Per map x (N, C, H, W) of X a float32 (N, len(values), C) table whose row r holds
+    values[r], made once and read-only: the unit weights and coefficients of the passes."""
+    return [constant_rows((x.shape[0],), values, x.shape[1], x.device) for x in X]
+
+
 # ------------------------------------------------------------------ autograd
-def _coefficients(g_pix: Tensor, g_chan: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of one level's tables -> the coefficient tables for dX and for dY."""
-    gp = dict(zip(IMIT_PIX, g_pix.unbind(1)))
-    gc = dict(zip(IMIT_CHAN, g_chan.unbind(1)))
-    a = 2 * gp["sq_d"]                                   # d sum_c w (X - Y)^2 = 2 w (X - Y)
-    zero_p, zero_c = torch.zeros_like(a), torch.zeros_like(w)
-    pix_x = dict(a=a, b=gp["sum_x"], s=gp["abs_x"])
-    chan_x = dict(w=w, b=gc["sum_x"], s=gc["abs_x"])
-    pix_y = dict(a=a, b=zero_p, s=zero_p)               # dY: the a-term with X, Y swapped
-    chan_y = dict(w=w, b=zero_c, s=zero_c)
-    stack_p = lambda rows: torch.stack([rows[r] for r in IMIT_PIX_COEF], 1)  # noqa: E731
-    stack_c = lambda rows: torch.stack([rows[r] for r in IMIT_CHAN_COEF], 1)  # noqa: E731
-    return stack_p(pix_x), stack_c(chan_x), stack_p(pix_y), stack_c(chan_y)
-
-
 def _acc(x: Tensor) -> Tensor:
     """x in the accumulation dtype: float32, or float64 for float64 (gradcheck)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -115,7 +107,7 @@ class _ImitationStats(torch.autograd.Function):
         saved = ctx.saved_tensors
         X, Y, w = _ImitationStats._split(L, ctx.has_y, saved)
         with torch.autocast(X[0].device.type, enabled=False):
-            coefs = [_coefficients(_acc(gp), _acc(gc), wl)
+            coefs = [imitation_passes.coefficients(_acc(gp), _acc(gc), wl)
                      for gp, gc, wl in zip(grads[:L], grads[L:], w)]
             need_x = ctx.needs_input_grad[3]
             dX = run(X, Y, [c[0] for c in coefs], [c[1] for c in coefs]) if need_x else [None] * L

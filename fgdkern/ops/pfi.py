@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fgdkern._device import constant_rows
 from fgdkern.ops import dispatch, imitation
 from fgdkern.ops.two_pass import PASSES, Passes, level_losses, triton_small_math
 from fgdkern.reference import imitation_passes
@@ -25,11 +24,6 @@ from fgdkern.rows import IMIT_PIX_COEF
 
 
 triton_small_math("pfi", "int", len(IMIT_PIX_COEF))
-
-
-def _constant(X: list[Tensor], rows: dict) -> list[Tensor]:
-    """Per level (N, len(rows), C) float32 coefficient rows of constant values (made once)."""
-    return [constant_rows((x.shape[0],), tuple(rows.values()), x.shape[1], x.device) for x in X]
 
 
 def passes(impl: str) -> Passes:
@@ -41,12 +35,13 @@ def passes(impl: str) -> Passes:
              if impl == "triton" else (imitation_passes.pfi_levels, imitation_passes.pfi_coef))
 
     def pix(S, T, widths):
-        w = [o[:, 0] for o in _constant(S, dict(w=1.0))]  # the difference unweighted
+        w = [o[:, 0] for o in imitation.constant_tables(S, (1.0,))]  # the difference unweighted
         return stats(S, T, w)[:len(S)]
 
     def grad_features(S, T, coef, widths):
         L = len(widths)
-        return grad(S[:L], T[:L], coef, _constant(S[:L], imitation_passes.PFI_CHAN_COEF))
+        return grad(S[:L], T[:L], coef, imitation.constant_tables(
+            S[:L], tuple(imitation_passes.UNIT_CHAN_COEF.values())))
 
     return Passes(pix, *small, grad_features)
 

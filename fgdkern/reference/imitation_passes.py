@@ -40,7 +40,7 @@ pfi_levels(pix, widths) -> (L,): sum_{n,ij} (sq_d_F * sq_d_P / (C K))^2 / (N HW)
 pfi_coef(pix, dlevels, widths) -> [pix_coef_l] for the features' dX, rows
     a = 4 dlevels[l] / (N HW) * v * sq_d_P / (C K), v = sq_d_F * sq_d_P / (C K)
     (twice d level / d sq_d_F: the factor 2 of d sq_d / dX), b = s = 0; the
-    channel coefficients are w = 1, b = s = 0 (PFI_CHAN_COEF).
+    channel coefficients are w = 1, b = s = 0 (UNIT_CHAN_COEF).
 
 Sums over channels and over pixels are reduced in a fixed order: results are
 deterministic. No kernel may allocate an (N, C, H, W) buffer other than dX.
@@ -53,9 +53,18 @@ from torch import Tensor
 from fgdkern.rows import IMIT_CHAN, IMIT_CHAN_COEF, IMIT_PIX, IMIT_PIX_COEF
 
 
+# Channel coefficients of a dX (or dY) that only an a-term reaches: the weights w = 1 (PFI's
+# features, FKD's f(S)).
+UNIT_CHAN_COEF = dict(w=1.0, b=0.0, s=0.0)
+
+
 def _flat(F: Tensor) -> Tensor:
     """(N, C, H, W) -> (N, C, HW) float32 (float64 stays float64, for gradcheck)."""
     return F.to(torch.promote_types(F.dtype, torch.float32)).reshape(F.shape[0], F.shape[1], -1)
+
+
+def _stack(rows: dict, names) -> Tensor:
+    return torch.stack([rows[r] for r in names], 1)
 
 
 def imitation_stats_level(X: Tensor, Y: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,8 +72,7 @@ def imitation_stats_level(X: Tensor, Y: Tensor, w: Tensor) -> tuple[Tensor, Tens
     sq = (x - y).square() * w.to(x.dtype)[..., None]
     pix = dict(abs_x=x.abs().sum(1), sum_x=x.sum(1), sq_d=sq.sum(1))
     chan = dict(abs_x=x.abs().sum(2), sum_x=x.sum(2))
-    return (torch.stack([pix[r] for r in IMIT_PIX], 1),
-            torch.stack([chan[r] for r in IMIT_CHAN], 1))
+    return _stack(pix, IMIT_PIX), _stack(chan, IMIT_CHAN)
 
 
 def imitation_grad_level(X: Tensor, Y: Tensor, pix_coef: Tensor, chan_coef: Tensor) -> Tensor:
@@ -78,6 +86,22 @@ def imitation_grad_level(X: Tensor, Y: Tensor, pix_coef: Tensor, chan_coef: Tens
     return dX
 
 
+def coefficients(g_pix: Tensor, g_chan: Tensor, w: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gradients g_pix, g_chan of one level's tables -> the coefficient tables of dX and
+    of dY (pix_x, chan_x, pix_y, chan_y); w: the (N, C) channel weights of sq_d."""
+    gp = dict(zip(IMIT_PIX, g_pix.unbind(1)))
+    gc = dict(zip(IMIT_CHAN, g_chan.unbind(1)))
+    a = 2 * gp["sq_d"]                                   # d sum_c w (X - Y)^2 = 2 w (X - Y)
+    zero_p, zero_c = torch.zeros_like(a), torch.zeros_like(w)
+    pix_x = dict(a=a, b=gp["sum_x"], s=gp["abs_x"])
+    chan_x = dict(w=w, b=gc["sum_x"], s=gc["abs_x"])
+    pix_y = dict(a=a, b=zero_p, s=zero_p)               # dY: the a-term with X, Y swapped
+    chan_y = dict(w=w, b=zero_c, s=zero_c)
+    return (_stack(pix_x, IMIT_PIX_COEF), _stack(chan_x, IMIT_CHAN_COEF),
+            _stack(pix_y, IMIT_PIX_COEF), _stack(chan_y, IMIT_CHAN_COEF))
+
+
 def imitation_stats(X: list[Tensor], Y: list[Tensor], w: list[Tensor]) -> list[Tensor]:
     out = [imitation_stats_level(*args) for args in zip(X, Y, w)]
     return [p for p, _ in out] + [c for _, c in out]
@@ -89,7 +113,6 @@ def imitation_grad(X: list[Tensor], Y: list[Tensor], pix_coef: list[Tensor],
 
 
 # ---------------------------------------------------------------- PFI's small math
-PFI_CHAN_COEF = dict(w=1.0, b=0.0, s=0.0)  # dX's channel coefficients: the weights w = 1
 
 
 def pfi_levels(pix: list[Tensor], widths: list[int]) -> Tensor:
@@ -109,5 +132,5 @@ def pfi_coef(pix: list[Tensor], dlevels: Tensor, widths: list[int]) -> list[Tens
         v = f[:, IMIT_PIX.sq_d] * sq_p / ck
         a = 4 * g.to(f.dtype) / (f.shape[0] * f.shape[2]) * v * sq_p / ck
         rows = dict(a=a, b=torch.zeros_like(a), s=torch.zeros_like(a))
-        coef.append(torch.stack([rows[r] for r in IMIT_PIX_COEF], 1))
+        coef.append(_stack(rows, IMIT_PIX_COEF))
     return coef

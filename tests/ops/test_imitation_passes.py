@@ -33,4 +33,4 @@ def test_pfi_small_math_is_the_loss_and_its_gradient(expanded):
                                                               dlevels, widths), chan_coef)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
-    assert list(ip.PFI_CHAN_COEF.values()) == [1.0, 0.0, 0.0]
+    assert list(ip.UNIT_CHAN_COEF.values()) == [1.0, 0.0, 0.0]
