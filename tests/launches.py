@@ -26,7 +26,7 @@ NO_WORK = {
     "aten::stride", "aten::numel", "aten::dim", "aten::is_pinned", "aten::pin_memory",
     "aten::_pin_memory", "aten::record_stream", "aten::_has_compatible_shallow_copy_type",
     "aten::is_nonzero", "aten::movedim", "aten::numpy_T", "aten::matrix_H", "aten::mT",
-    "aten::promote_types",
+    "aten::promote_types", "aten::resize_", "aten::as_strided_",
 }
 SYNCS = {"aten::_local_scalar_dense", "aten::item"}
 # Compiled ops whose GPU form cannot run here, and the kernels that form launches: the
@@ -81,6 +81,13 @@ def _inside_launch(event) -> bool:
     return False
 
 
+def _works(event) -> bool:
+    """Whether an aten op, or one it calls, launches work (a CPU convolution, say, is one
+    op whose children only allocate and describe its output)."""
+    return event.name.startswith("aten::") and (
+        event.name not in NO_WORK or any(_works(child) for child in event.cpu_children))
+
+
 def count_launches(fn) -> Launches:
     """The launches of fn() (run it once before, so that one-time uploads are not counted)."""
     out = Launches()
@@ -91,8 +98,8 @@ def count_launches(fn) -> Launches:
             out.torch += [event.name] * COMPILED_OPS[event.name]
         if not event.name.startswith("aten::") or _inside_launch(event):
             continue
-        if any(child.name.startswith("aten::") for child in event.cpu_children):
-            continue  # not a leaf: its children are counted
+        if any(_works(child) for child in event.cpu_children):
+            continue  # its children are counted
         if event.name in SYNCS:
             out.syncs.append(event.name)
         elif event.name not in NO_WORK:
