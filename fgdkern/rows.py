@@ -59,3 +59,6 @@ PKD_COEF = Rows("a", "mean_s", "b", "mean_t")
 # order (docs/fgd.md, "Parameters and initialisation").
 GC_MLP = Rows("add1_weight", "add1_bias", "norm_weight", "norm_bias", "add2_weight",
               "add2_bias")
+# FKD's small math (code variant) takes each level's channel and spatial mimic layers as
+# these parameters, in this order (docs/fkd.md, "Parameters").
+FKD_MIMIC = Rows("channel_weight", "channel_bias", "spatial_weight", "spatial_bias")

@@ -43,6 +43,8 @@ ZEROS = ["tests/losses/test_fgd_zeros.py", "tests/ops/test_fgd_passes_zeros.py"]
 TRITON_PASSES = ["tests/triton/test_fgd_grad.py", "tests/triton/test_fgd_stats.py"]
 CWD, PKD, MGD = (f"tests/losses/test_{loss}.py" for loss in ("cwd", "pkd", "mgd"))
 FGD_TERMS = "tests/triton/test_fgd_terms.py"
+FKD_TERMS = "tests/triton/test_fkd_terms.py"
+FKD_SMALL_MATH = "tests/reference/test_fkd_small_math.py"
 
 
 @dataclass
@@ -105,7 +107,7 @@ MUTATIONS = [
     Mutation("triton-pfi-coef-sq-p-dropped", "fgdkern/triton/pfi_math.py",
              "a = 4 * g * p1 * v * sq_p * p0", "a = 4 * g * p1 * v * p0",
              ["tests/triton/test_level_math.py"]),
-    Mutation("imitation-sq-d-factor-two-dropped", "fgdkern/ops/imitation.py",
+    Mutation("imitation-sq-d-factor-two-dropped", "fgdkern/reference/imitation_passes.py",
              'a = 2 * gp["sq_d"]', 'a = gp["sq_d"]',
              ["tests/losses/test_fkd.py", "-k", "fused_matches_reference and torch"]),
     Mutation("imitation-dY-pass-with-X-Y-unswapped", "fgdkern/ops/imitation.py",
@@ -162,12 +164,25 @@ MUTATIONS = [
     Mutation("rm-M-counts-empty-instances", "fgdkern/reference/rm.py",
              "return segment, starts.sum()", "return segment, (sorted_ids[-1:] + 1).sum()",
              ["tests/reference/test_rm.py", "tests/losses/test_rm.py"]),
-    Mutation("fkd-code-mask-not-averaged", "fgdkern/ops/fkd.py",
+    Mutation("fkd-code-mask-not-averaged", "fgdkern/reference/fkd_small_math.py",
              "M = ((A_t + A_s) / 2).detach()", "M = (A_t + A_s).detach()",
-             ["tests/losses/test_fkd.py", "-k", "fused_matches_reference and torch and code"]),
-    Mutation("fkd-signed-mean-taken-absolute", "fgdkern/ops/fkd.py",
-             "chan_s[k][:, IMIT_CHAN.sum_x] / HW,", "chan_s[k][:, IMIT_CHAN.abs_x] / HW,",
-             ["tests/losses/test_fkd.py", "-k", "fused_matches_reference and torch and code"]),
+             [FKD_SMALL_MATH, "tests/losses/test_fkd.py", "-k",
+              "match and (not fused_matches_reference or (torch and code))"]),
+    Mutation("fkd-signed-mean-taken-absolute", "fgdkern/reference/fkd_small_math.py",
+             "chan_s[:, IMIT_CHAN.sum_x] / HW,", "chan_s[:, IMIT_CHAN.abs_x] / HW,",
+             [FKD_SMALL_MATH, "tests/losses/test_fkd.py", "-k",
+              "match and (not fused_matches_reference or (torch and code))"]),
+    Mutation("triton-fkd-terms-spatial-padding-wraps-rows", "fgdkern/triton/fkd_terms.py",
+             "inside = ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)",
+             "inside = ok & (yy >= 0) & (yy < H)", [FKD_TERMS, "-k", "matches"]),
+    Mutation("triton-fkd-terms-grad-transposed-conv-unflipped", "fgdkern/triton/fkd_terms_grad.py",
+             "yy, xx = y - (k // 3 - 1), x - (k % 3 - 1)",
+             "yy, xx = y + (k // 3 - 1), x + (k % 3 - 1)", [FKD_TERMS, "-k", "matches"]),
+    Mutation("triton-fkd-terms-grad-channel-coef-unscaled", "fgdkern/triton/fkd_terms_grad.py",
+             "tl.store(chanc + CB * Cs + i, g_mean / HW, mask=i < Cs)",
+             "tl.store(chanc + CB * Cs + i, g_mean, mask=i < Cs)", [FKD_TERMS, "-k", "matches"]),
+    Mutation("triton-fkd-terms-grad-images-not-added", "fgdkern/triton/fkd_terms_grad.py",
+             "g_w += g_w_n", "g_w = g_w_n", [FKD_TERMS, "-k", "matches"]),
     Mutation("cwd-k-inv-tau-dropped", "fgdkern/reference/channel_passes.py",
              "/ (it * ch.shape[0] * ch.shape[2])).expand", "/ (it * it * ch.shape[0] * ch.shape[2])).expand",
              [CWD, "-k", "fused_matches_reference and torch"]),

@@ -1,8 +1,8 @@
 """FKDLoss (one feature level) and MultiLevelFKDLoss (a pyramid, one op call for all levels).
 
-FKDLoss.forward -> fkd_pyramid_terms (check inputs, gather parameters) ->
-fgdkern.ops.fkd.fkd_terms (dispatch, imitation passes or reference) ->
-weighted sum. What each term is, the parameter names and the presets:
+FKDLoss.forward -> fkd_pyramid_table (check inputs, gather parameters) ->
+fgdkern.ops.fkd.fkd_table (dispatch, imitation passes or reference) ->
+weighted sum of the (L, K) table. What each term is, the parameter names and the presets:
 docs/fkd.md.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from fgdkern import _checks
 from fgdkern.ops import dispatch
-from fgdkern.ops.fkd import check_variant, fkd_terms
+from fgdkern import _device
+from fgdkern.ops.fkd import check_variant, fkd_table
 from fgdkern.reference.fkd import (CodeParams, FKDCodeTerms, FKDPaperTerms,
                                    NonLocalDistillParams, NonLocalParams, PaperParams,
                                    non_local)
@@ -88,15 +89,32 @@ class NonLocalBlock2d(nn.Module):
         return non_local(x, self.functional_params())
 
 
-def fkd_pyramid_terms(levels, feats_S, feats_T, backend: str, check_finite: bool = False):
-    """Unweighted FKD terms of every level; ``levels`` are FKDLoss modules of one variant."""
+def fkd_pyramid_table(levels, feats_S, feats_T, backend: str,
+                      check_finite: bool = False) -> Tensor:
+    """The (L, K) unweighted terms (fgdkern.ops.fkd.fkd_table); ``levels`` are FKDLoss
+    modules of one variant and one non_local setting."""
     if not _checks.is_compiling():
         _checks.check_pyramid(levels, feats_S, feats_T)
-    variant = levels[0].variant
-    return fkd_terms(backend, variant, list(feats_S), list(feats_T),
+    return fkd_table(backend, levels[0].variant, list(feats_S), list(feats_T),
                      [m.adaptation_params() for m in levels],
                      [m.non_local_params() for m in levels], [m.temp for m in levels],
                      check_finite)
+
+
+def fkd_pyramid_terms(levels, feats_S, feats_T, backend: str, check_finite: bool = False):
+    """Unweighted FKD terms of every level (FKDCodeTerms or FKDPaperTerms; nonlocal_loss 0
+    without the non-local term)."""
+    table = fkd_pyramid_table(levels, feats_S, feats_T, backend, check_finite)
+    kind = FKDCodeTerms if levels[0].variant == "code" else FKDPaperTerms
+    missing = [table.new_zeros(())] * (len(kind._fields) - table.shape[1])
+    return [kind(*row, *missing) for row in table]
+
+
+def weighted_sums(levels, table: Tensor) -> dict[str, Tensor]:
+    """Each weighted term of the (L, K) table summed over levels, by name (one multiply and
+    one reduction for every level)."""
+    weights = _device.device_values([m.weights() for m in levels], table.dtype, table.device)
+    return dict(zip(levels[0].term_keys(), (weights * table).sum(0).unbind()))
 
 
 class FKDLoss(nn.Module):
@@ -164,18 +182,20 @@ class FKDLoss(nn.Module):
                                      self.non_local_adaptation.weight,
                                      self.non_local_adaptation.bias)
 
-    def weighted_parts(self, terms: FKDCodeTerms | FKDPaperTerms) -> dict[str, Tensor]:
-        """Weighted terms by name (docs/fkd.md, "The code variant"); no "nonlocal" key
+    def term_keys(self) -> tuple[str, ...]:
+        """The names of the weighted terms (docs/fkd.md, "The code variant"); no "nonlocal"
         when non_local=False."""
-        if self.variant == "code":
-            parts = dict(feat=self.beta * terms.feat_loss,
-                         channel=self.alpha * terms.channel_loss,
-                         spatial=self.alpha * terms.spatial_loss)
-        else:
-            parts = dict(at=self.alpha * terms.at_loss, am=self.beta * terms.am_loss)
-        if self.non_local:
-            parts["nonlocal"] = self.gamma * terms.nonlocal_loss
-        return parts
+        return TERM_KEYS[self.variant][:None if self.non_local else -1]
+
+    def weights(self) -> list[float]:
+        """The weights of the terms, in term_keys order."""
+        w = ([self.beta, self.alpha, self.alpha] if self.variant == "code"
+             else [self.alpha, self.beta])
+        return w + [self.gamma] * self.non_local
+
+    def weighted_parts(self, terms: FKDCodeTerms | FKDPaperTerms) -> dict[str, Tensor]:
+        """Weighted terms by name of one level's terms."""
+        return {k: w * t for k, w, t in zip(self.term_keys(), self.weights(), terms)}
 
     def terms(self, preds_S: Tensor, preds_T: Tensor) -> FKDCodeTerms | FKDPaperTerms:
         """The unweighted terms of one evaluation (float32 scalars)."""
@@ -184,7 +204,8 @@ class FKDLoss(nn.Module):
 
     def weighted_terms(self, preds_S: Tensor, preds_T: Tensor) -> dict[str, Tensor]:
         """The weighted terms of one evaluation; their sum is forward's value."""
-        return self.weighted_parts(self.terms(preds_S, preds_T))
+        return weighted_sums([self], fkd_pyramid_table([self], [preds_S], [preds_T],
+                                                       self.backend, self.check_finite))
 
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         return sum(self.weighted_terms(preds_S, preds_T).values())
@@ -247,11 +268,11 @@ class MultiLevelFKDLoss(nn.Module):
 
     def weighted_terms(self, feats_S, feats_T) -> dict[str, Tensor]:
         """The weighted terms of one evaluation summed over levels; their sum is forward's value."""
-        total: dict[str, Tensor] = {}
-        for m, t in zip(self.levels, self.terms(feats_S, feats_T)):
-            for key, value in m.weighted_parts(t).items():
-                total[key] = total[key] + value if key in total else value
-        return total
+        S = _checks.as_level_list("feats_S", feats_S, self.num_levels)
+        T = _checks.as_level_list("feats_T", feats_T, self.num_levels)
+        levels = list(self.levels)
+        return weighted_sums(levels, fkd_pyramid_table(levels, S, T, self.backend,
+                                                       self.check_finite))
 
     def forward(self, feats_S, feats_T) -> Tensor:
         return sum(self.weighted_terms(feats_S, feats_T).values())

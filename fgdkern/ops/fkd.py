@@ -1,30 +1,37 @@
-"""The FKD op: terms of every level from the imitation passes, or from the reference.
+"""The FKD op: the terms of every level as one table, from the imitation passes or from the
+reference.
 
-``fkd_terms`` is what the loss modules call; it takes tensors only (raw
-student maps, teacher maps, the parameter NamedTuples of
-``fgdkern.reference.fkd``, temperatures). For the fused implementations every
-sum over a whole (N, C, H, W) map comes from ``imitation_stats``
-(docs/kernels.md, "The imitation passes (FKD, PFI)"; docs/fkd.md, "How it is computed"):
+``fkd_table`` is what the loss modules call; it takes tensors only (raw student
+maps, teacher maps, the parameter NamedTuples of ``fgdkern.reference.fkd``,
+temperatures). For the fused implementations every sum over a whole (N, C, H, W)
+map comes from ``imitation_stats`` (docs/kernels.md, "The imitation passes (FKD,
+PFI)"; docs/fkd.md, "How it is computed"):
 
-code variant   X = T, Y = f(S): abs_x -> A_S(T), sum_x -> signed means of T,
-               sq_d -> L_feat;  X = S: abs_x -> A_S(S), sum_x -> signed means of S
+code variant   one statistics call: X = T, Y = f(S): abs_x -> A_S(T), sum_x -> signed
+               means of T, sq_d -> L_feat; X = S: abs_x -> A_S(S), sum_x -> signed
+               means of S. The small math between the passes, every level at once, is
+               fgdkern.reference.fkd_small_math (on a GPU its Triton kernels), and
+               the backward one gradient call over f(S) and S.
 paper variant  X = S', T: abs_x -> G_s, G_c of both (the masks);
-               X = S', Y = T, w = M_c: sq_d -> L_AM
-Everything else (softmaxes, norms, the Linear and 3x3 adaptations, the
-non-local blocks) is small torch work shared with the reference.
+               X = S', Y = T, w = M_c: sq_d -> L_AM; the small math between them is
+               torch work shared with the reference.
+The non-local blocks are torch work shared with the reference.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from fgdkern import _checks
-from fgdkern.ops import dispatch
+from fgdkern.ops import dispatch, imitation
 from fgdkern.ops.imitation import imitation_stats
 from fgdkern.reference import fkd as ref
-from fgdkern.reference.fkd import (CodeParams, FKDCodeTerms, FKDPaperTerms,
-                                   NonLocalDistillParams, PaperParams)
-from fgdkern.rows import IMIT_CHAN, IMIT_PIX
+from fgdkern.reference import fkd_small_math
+from fgdkern.reference.imitation_passes import UNIT_CHAN_COEF
+from fgdkern.reference.fkd import CodeParams, NonLocalDistillParams, PaperParams
+from fgdkern.rows import IMIT_CHAN, IMIT_CHAN_COEF, IMIT_PIX
 
 VARIANTS = ("code", "paper")
 
@@ -48,33 +55,91 @@ def _one_dtype(X: Tensor, Y: Tensor) -> tuple[Tensor, Tensor]:
     return X.to(dtype), Y.to(dtype)
 
 
+@torch.library.custom_op("fgdkern::fkd_terms_triton", mutates_args=())
+def _fkd_terms_triton(pix_t: list[Tensor], pix_s: list[Tensor], chan_t: list[Tensor],
+                      chan_s: list[Tensor], mimic: list[Tensor], widths: list[int],
+                      temps: list[float]) -> list[Tensor]:
+    from fgdkern.triton import fkd_terms
+    return fkd_terms(pix_t, pix_s, chan_t, chan_s, mimic, widths, temps)
+
+
+@torch.library.custom_op("fgdkern::fkd_terms_grad_triton", mutates_args=())
+def _fkd_terms_grad_triton(G: Tensor, pix_t: list[Tensor], pix_s: list[Tensor],
+                           chan_t: list[Tensor], chan_s: list[Tensor], mimic: list[Tensor],
+                           widths: list[int], temps: list[float], table: Tensor) -> list[Tensor]:
+    from fgdkern.triton import fkd_terms_grad
+    return fkd_terms_grad(G, pix_t, pix_s, chan_t, chan_s, mimic, widths, temps, table)
+
+
+_fkd_terms_triton.register_fake(lambda pix_t, *_: [pix_t[0].new_empty((len(pix_t), 3))])
+_fkd_terms_grad_triton.register_fake(lambda G, pix_t, pix_s, chan_t, chan_s, mimic, *_: [
+    *(torch.empty_like(p) for p in pix_t + pix_s),
+    *(c.new_empty((c.shape[0], len(IMIT_CHAN_COEF), c.shape[2])) for c in chan_s),
+    *(torch.empty_like(m) for m in mimic)])
+
+
+def small_math(impl: str) -> tuple[Callable, Callable]:
+    """(terms, terms_grad) of the code variant for a fused implementation: the Triton kernels
+    on a GPU, else the contract (fgdkern.reference.fkd_small_math) as it is."""
+    if impl == "triton":
+        return torch.ops.fgdkern.fkd_terms_triton, torch.ops.fgdkern.fkd_terms_grad_triton
+    return fkd_small_math.terms, fkd_small_math.terms_grad
+
+
+class _FKDCode(torch.autograd.Function):
+    """The (L, 3) unweighted L_feat, L_ch, L_sp of the code variant (docs/fkd.md, "How it
+    is computed"). Inputs: S*L, f(S)*L, T*L (in f(S)'s dtype; no gradient), mimic*4L.
+
+    Forward: one statistics call over X = [T, S], Y = [f(S), S], then the small
+    math. Backward: the small math's backward, then one gradient call over X =
+    [f(S), S], Y = [T, S]: f(S) gets the a-term of sq_d, S the b- and s-terms of
+    its sums."""
+
+    @staticmethod
+    def forward(ctx, impl: str, widths: list[int], temps: list[float], L: int, *tensors):
+        S, fS, T, mimic = tensors[:L], tensors[L:2 * L], tensors[2 * L:3 * L], tensors[3 * L:]
+        X = [*T, *S]
+        tables = imitation.passes(impl)[0](X, [*fS, *S], [w[:, 0] for w in imitation.constant_tables(X, (1.0,))])
+        table = small_math(impl)[0](*_split4(tables, L), list(mimic), widths, temps)[0]
+        ctx.impl, ctx.widths, ctx.temps, ctx.L = impl, widths, temps, L
+        ctx.save_for_backward(*tensors, *tables, table)
+        return table
+
+    @staticmethod
+    def backward(ctx, G):
+        L, saved = ctx.L, ctx.saved_tensors
+        S, fS, T = saved[:L], saved[L:2 * L], saved[2 * L:3 * L]
+        mimic, tables = saved[3 * L:-4 * L - 1], saved[-4 * L - 1:-1]
+        with torch.autocast(G.device.type, enabled=False):
+            out = small_math(ctx.impl)[1](G.contiguous(), *_split4(tables, L), list(mimic),
+                                          ctx.widths, ctx.temps, saved[-1])
+            chan_f = imitation.constant_tables(fS, tuple(UNIT_CHAN_COEF.values()))
+            d = imitation.passes(ctx.impl)[1]([*fS, *S], [*T, *S], out[:2 * L],
+                                              [*chan_f, *out[2 * L:3 * L]])
+        return (None,) * 4 + (*d[L:], *d[:L], *([None] * L), *out[3 * L:])
+
+
+def _split4(tables, L: int) -> list[list[Tensor]]:
+    """pix_t, pix_s, chan_t, chan_s from one statistics call over X = [T, S]."""
+    return [list(tables[k * L:(k + 1) * L]) for k in range(4)]
+
+
 def _code_fused(impl: str, S: list[Tensor], T: list[Tensor], params: list[CodeParams],
-                temps: list[float]) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(L_feat, L_ch, L_sp) of every level from two statistics calls (docs/fkd.md)."""
+                temps: list[float]) -> Tensor:
+    """(L, 3): L_feat, L_ch, L_sp of every level from one statistics call (docs/fkd.md)."""
     fS = [_adapted(s, t, p.adapt_weight, p.adapt_bias) for s, t, p in zip(S, T, params)]
     pairs = [_one_dtype(t, f) for t, f in zip(T, fS)]
-    pix_t, chan_t = imitation_stats(impl, [x for x, _ in pairs], [y for _, y in pairs])
-    pix_s, chan_s = imitation_stats(impl, S)
-    out = []
-    for k, (t, s, p, temp) in enumerate(zip(T, S, params, temps)):
-        N, Ct, H, W = t.shape
-        Cs, HW = s.shape[1], H * W
-        A_t = ref.softmax_mask(pix_t[k][:, IMIT_PIX.abs_x] / Ct, temp)
-        A_s = ref.softmax_mask(pix_s[k][:, IMIT_PIX.abs_x] / Cs, temp)
-        M = ((A_t + A_s) / 2).detach()                    # (N, HW), docs/fkd.md
-        feat = ref.safe_sqrt((M * pix_t[k][:, IMIT_PIX.sq_d]).sum())
-        ch, sp = ref.code_mimic(chan_t[k][:, IMIT_CHAN.sum_x] / HW,
-                                chan_s[k][:, IMIT_CHAN.sum_x] / HW,
-                                pix_t[k][:, IMIT_PIX.sum_x].reshape(N, H, W) / Ct,
-                                pix_s[k][:, IMIT_PIX.sum_x].reshape(N, H, W) / Cs, p)
-        out.append((feat, ch, sp))
-    return out
+    mimic = fkd_small_math.flat(params)
+    if impl == "triton":
+        mimic = [m.float().contiguous() for m in mimic]
+    return _FKDCode.apply(impl, [s.shape[3] for s in S], temps, len(S), *S,
+                          *(f for _, f in pairs), *(t for t, _ in pairs), *mimic)
 
 
 def _paper_fused(impl: str, S: list[Tensor], T: list[Tensor], params: list[PaperParams],
-                 temps: list[float]) -> list[tuple[Tensor, Tensor]]:
-    """(L_AT, L_AM) of every level, eqs. (1), (2): M_c needs G_c of S' and T before the
-    channel-weighted sq_d, so two statistics calls."""
+                 temps: list[float]) -> Tensor:
+    """(L, 2): L_AT, L_AM of every level, eqs. (1), (2): M_c needs G_c of S' and T before
+    the channel-weighted sq_d, so two statistics calls."""
     Sa = [s if p.align_weight is None else _adapted(s, t, p.align_weight, p.align_bias)
           for s, t, p in zip(S, T, params)]
     L = len(Sa)
@@ -88,8 +153,9 @@ def _paper_fused(impl: str, S: list[Tensor], T: list[Tensor], params: list[Paper
         M_c.append(ref.softmax_mask(Gc[k][0] + Gc[k][1], temps[k]).detach())
     pairs = [_one_dtype(s, t) for s, t in zip(Sa, T)]
     pix_d, _ = imitation_stats(impl, [x for x, _ in pairs], [y for _, y in pairs], M_c)
-    return [(ref.paper_mimic(*Gs[k], *Gc[k]),
-             ref.safe_sqrt((M_s[k] * pix_d[k][:, IMIT_PIX.sq_d]).sum())) for k in range(L)]
+    return torch.stack([torch.stack([ref.paper_mimic(*Gs[k], *Gc[k]),
+                                     ref.safe_sqrt((M_s[k] * pix_d[k][:, IMIT_PIX.sq_d]).sum())])
+                        for k in range(L)])
 
 
 def _check_finite(S: list[Tensor], T: list[Tensor]) -> None:
@@ -102,10 +168,12 @@ def _check_finite(S: list[Tensor], T: list[Tensor]) -> None:
             raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
 
 
-def fkd_terms(backend: str, variant: str, S: list[Tensor], T: list[Tensor], params: list,
+def fkd_table(backend: str, variant: str, S: list[Tensor], T: list[Tensor], params: list,
               nld: list[NonLocalDistillParams | None], temps: list[float],
-              check_finite: bool = False) -> list:
-    """Unweighted FKD terms of every level (docs/fkd.md): FKDCodeTerms or FKDPaperTerms.
+              check_finite: bool = False) -> Tensor:
+    """The unweighted FKD terms of every level (docs/fkd.md) as an (L, K) float32 table
+    (float64 for float64 maps on the reference): columns feat, channel, spatial (code
+    variant) or at, am (paper variant), then nonlocal when a level has its parameters.
 
     S: per level raw student maps (N, Cs, H, W); T: teacher maps (N, Ct, H, W),
     detached here; params: CodeParams or PaperParams per level; nld: the
@@ -117,15 +185,16 @@ def fkd_terms(backend: str, variant: str, S: list[Tensor], T: list[Tensor], para
     T = [t.detach() for t in T]
     if check_finite and not _checks.is_compiling():
         _check_finite(S, T)
+    with_nl = any(n is not None for n in nld)
     impl = dispatch.resolve("imitation", backend, S[0].device, S[0].dtype)
     if impl == "reference":
         fn = ref.fkd_code_reference if variant == "code" else ref.fkd_paper_reference
-        return [fn(*args) for args in zip(S, T, params, nld, temps)]
+        rows = [fn(*args) for args in zip(S, T, params, nld, temps)]
+        return torch.stack([torch.stack(row if with_nl else row[:-1]) for row in rows])
     with torch.autocast(S[0].device.type, enabled=False):
-        if variant == "code":
-            parts = _code_fused(impl, S, T, params, temps)
-            return [FKDCodeTerms(*part, ref.nonlocal_term(s, t, n))
-                    for part, s, t, n in zip(parts, S, T, nld)]
-        parts = _paper_fused(impl, S, T, params, temps)
-        return [FKDPaperTerms(*part, ref.nonlocal_term(s, t, n))
-                for part, s, t, n in zip(parts, S, T, nld)]
+        fused = _code_fused if variant == "code" else _paper_fused
+        table = fused(impl, S, T, params, temps)
+        if with_nl:
+            nl = [ref.nonlocal_term(s, t, n).to(table.dtype) for s, t, n in zip(S, T, nld)]
+            table = torch.cat([table, torch.stack(nl)[:, None]], 1)
+    return table

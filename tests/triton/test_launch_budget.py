@@ -20,6 +20,12 @@ pytestmark = [needs_kernels, pytest.mark.skipif(
 
 BUDGET = 12
 FGD_BUDGET = 24
+# FKD's code variant without the non-local term: a fixed part, and per level the 1x1
+# adaptation's forward and backward (one op each, its own kernels on a GPU) and the sum
+# of its input gradient with the passes'.
+FKD_BUDGET, FKD_PER_LEVEL = 14, 3
+FKD_KERNELS = ["imitation_stats_fwd_kernel", "imitation_stats_combine_kernel",
+               "fkd_terms_kernel", "fkd_terms_grad_kernel", "imitation_grad_bwd_kernel"]
 FGD_KERNELS = ["fgd_stats_fwd_kernel", "fgd_stats_combine_kernel", "fgd_terms_kernel",
                "fgd_pixel_coef_kernel", "fgd_terms_grad_kernel", "fgd_grad_bwd_kernel",
                "fgd_grad_combine_kernel"]
@@ -83,4 +89,23 @@ def test_fgd_launches_within_the_budget(levels, monkeypatch):
     assert got.triton == FGD_KERNELS, got
     assert got.torch.count("fgdkern::rasterize_boxes") == 4, got
     assert got.total <= FGD_BUDGET, got
+    assert got.syncs == [], got
+
+
+@pytest.mark.parametrize("levels", [1, 3, 8])
+def test_fkd_launches_within_the_budget(levels):
+    """MultiLevelFKDLoss (code variant, non_local=False) fwd+bwd, the gradients of S and of
+    every parameter (the adaptations' and the mimics')."""
+    S, (T,) = pyramid(levels)
+    loss = fgdkern.MultiLevelFKDLoss(levels, 8, 8, non_local=False, backend="triton")
+    leaves = S + list(loss.parameters())
+
+    def step():
+        return torch.autograd.grad(loss(S, T), leaves)
+
+    step()
+    got = count_launches(step)
+    print(f"fkd, {levels} levels: {got}")
+    assert got.triton == FKD_KERNELS, got
+    assert got.total <= FKD_BUDGET + FKD_PER_LEVEL * levels, got
     assert got.syncs == [], got
