@@ -7,19 +7,17 @@ temperatures). For the fused implementations every sum over a whole (N, C, H, W)
 map comes from ``imitation_stats`` (docs/kernels.md, "The imitation passes (FKD,
 PFI)"; docs/fkd.md, "How it is computed"):
 
-code variant   one statistics call: X = T, Y = f(S): abs_x -> A_S(T), sum_x -> signed
-               means of T, sq_d -> L_feat; X = S: abs_x -> A_S(S), sum_x -> signed
-               means of S. The small math between the passes, every level at once, is
-               fgdkern.reference.fkd_small_math (on a GPU its Triton kernels), and
-               the backward one gradient call over f(S) and S.
+code variant   X = T, Y = f(S): abs_x -> A_S(T), sum_x -> signed means of T,
+               sq_d -> L_feat; X = S: abs_x -> A_S(S), sum_x -> signed means of S.
+               The small math between the passes is fgdkern.reference.fkd_small_math;
+               on a GPU its Triton kernels, with one statistics call over both pairs
+               and one gradient call over f(S) and S (_FKDCodeTriton).
 paper variant  X = S', T: abs_x -> G_s, G_c of both (the masks);
                X = S', Y = T, w = M_c: sq_d -> L_AM; the small math between them is
                torch work shared with the reference.
 The non-local blocks are torch work shared with the reference.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -78,30 +76,25 @@ _fkd_terms_grad_triton.register_fake(lambda G, pix_t, pix_s, chan_t, chan_s, mim
     *(torch.empty_like(m) for m in mimic)])
 
 
-def small_math(impl: str) -> tuple[Callable, Callable]:
-    """(terms, terms_grad) of the code variant for a fused implementation: the Triton kernels
-    on a GPU, else the contract (fgdkern.reference.fkd_small_math) as it is."""
-    if impl == "triton":
-        return torch.ops.fgdkern.fkd_terms_triton, torch.ops.fgdkern.fkd_terms_grad_triton
-    return fkd_small_math.terms, fkd_small_math.terms_grad
-
-
-class _FKDCode(torch.autograd.Function):
-    """The (L, 3) unweighted L_feat, L_ch, L_sp of the code variant (docs/fkd.md, "How it
-    is computed"). Inputs: S*L, f(S)*L, T*L (in f(S)'s dtype; no gradient), mimic*4L.
+class _FKDCodeTriton(torch.autograd.Function):
+    """The (L, 3) unweighted L_feat, L_ch, L_sp of the code variant on a GPU (docs/fkd.md,
+    "How it is computed"). Inputs: S*L, f(S)*L, T*L (in f(S)'s dtype; no gradient),
+    mimic*4L (float32).
 
     Forward: one statistics call over X = [T, S], Y = [f(S), S], then the small
-    math. Backward: the small math's backward, then one gradient call over X =
-    [f(S), S], Y = [T, S]: f(S) gets the a-term of sq_d, S the b- and s-terms of
-    its sums."""
+    math's kernel. Backward: its backward kernel writes the gradient pass's
+    tables, then one gradient call over X = [f(S), S], Y = [T, S]: f(S) gets the
+    a-term of sq_d, S the b- and s-terms of its sums."""
 
     @staticmethod
-    def forward(ctx, impl: str, widths: list[int], temps: list[float], L: int, *tensors):
+    def forward(ctx, widths: list[int], temps: list[float], L: int, *tensors):
         S, fS, T, mimic = tensors[:L], tensors[L:2 * L], tensors[2 * L:3 * L], tensors[3 * L:]
         X = [*T, *S]
-        tables = imitation.passes(impl)[0](X, [*fS, *S], [w[:, 0] for w in imitation.constant_tables(X, (1.0,))])
-        table = small_math(impl)[0](*_split4(tables, L), list(mimic), widths, temps)[0]
-        ctx.impl, ctx.widths, ctx.temps, ctx.L = impl, widths, temps, L
+        tables = imitation.passes("triton")[0](
+            X, [*fS, *S], [w[:, 0] for w in imitation.constant_tables(X, (1.0,))])
+        table = torch.ops.fgdkern.fkd_terms_triton(*_split4(tables, L), list(mimic), widths,
+                                                   temps)[0]
+        ctx.widths, ctx.temps, ctx.L = widths, temps, L
         ctx.save_for_backward(*tensors, *tables, table)
         return table
 
@@ -111,12 +104,13 @@ class _FKDCode(torch.autograd.Function):
         S, fS, T = saved[:L], saved[L:2 * L], saved[2 * L:3 * L]
         mimic, tables = saved[3 * L:-4 * L - 1], saved[-4 * L - 1:-1]
         with torch.autocast(G.device.type, enabled=False):
-            out = small_math(ctx.impl)[1](G.contiguous(), *_split4(tables, L), list(mimic),
-                                          ctx.widths, ctx.temps, saved[-1])
+            out = torch.ops.fgdkern.fkd_terms_grad_triton(
+                G.contiguous(), *_split4(tables, L), list(mimic), ctx.widths, ctx.temps,
+                saved[-1])
             chan_f = imitation.constant_tables(fS, tuple(UNIT_CHAN_COEF.values()))
-            d = imitation.passes(ctx.impl)[1]([*fS, *S], [*T, *S], out[:2 * L],
+            d = imitation.passes("triton")[1]([*fS, *S], [*T, *S], out[:2 * L],
                                               [*chan_f, *out[2 * L:3 * L]])
-        return (None,) * 4 + (*d[L:], *d[:L], *([None] * L), *out[3 * L:])
+        return (None,) * 3 + (*d[L:], *d[:L], *([None] * L), *out[3 * L:])
 
 
 def _split4(tables, L: int) -> list[list[Tensor]]:
@@ -126,14 +120,19 @@ def _split4(tables, L: int) -> list[list[Tensor]]:
 
 def _code_fused(impl: str, S: list[Tensor], T: list[Tensor], params: list[CodeParams],
                 temps: list[float]) -> Tensor:
-    """(L, 3): L_feat, L_ch, L_sp of every level from one statistics call (docs/fkd.md)."""
+    """(L, 3): L_feat, L_ch, L_sp of every level (docs/fkd.md). On a GPU the passes and
+    the small math's kernels under one autograd node; on CPU the passes' autograd op and
+    the small math's contract under autograd, which is cheaper there than evaluating the
+    contract twice for its backward."""
     fS = [_adapted(s, t, p.adapt_weight, p.adapt_bias) for s, t, p in zip(S, T, params)]
-    pairs = [_one_dtype(t, f) for t, f in zip(T, fS)]
-    mimic = fkd_small_math.flat(params)
+    T, fS = zip(*(_one_dtype(t, f) for t, f in zip(T, fS)))
+    mimic, widths = fkd_small_math.flat(params), [s.shape[3] for s in S]
     if impl == "triton":
-        mimic = [m.float().contiguous() for m in mimic]
-    return _FKDCode.apply(impl, [s.shape[3] for s in S], temps, len(S), *S,
-                          *(f for _, f in pairs), *(t for t, _ in pairs), *mimic)
+        return _FKDCodeTriton.apply(widths, temps, len(S), *S, *fS, *T,
+                                    *(m.float().contiguous() for m in mimic))
+    pix_t, chan_t = imitation_stats(impl, list(T), list(fS))
+    pix_s, chan_s = imitation_stats(impl, S)
+    return fkd_small_math.terms(pix_t, pix_s, chan_t, chan_s, mimic, widths, temps)[0]
 
 
 def _paper_fused(impl: str, S: list[Tensor], T: list[Tensor], params: list[PaperParams],
