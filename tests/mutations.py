@@ -44,6 +44,7 @@ TRITON_PASSES = ["tests/triton/test_fgd_grad.py", "tests/triton/test_fgd_stats.p
 CWD, PKD, MGD = (f"tests/losses/test_{loss}.py" for loss in ("cwd", "pkd", "mgd"))
 FGD_TERMS = "tests/triton/test_fgd_terms.py"
 FKD_TERMS = "tests/triton/test_fkd_terms.py"
+FKD_PAPER = "tests/triton/test_fkd_paper.py"
 FKD_SMALL_MATH = "tests/reference/test_fkd_small_math.py"
 
 
@@ -172,6 +173,17 @@ MUTATIONS = [
              "chan_s[:, IMIT_CHAN.sum_x] / HW,", "chan_s[:, IMIT_CHAN.abs_x] / HW,",
              [FKD_SMALL_MATH, "tests/losses/test_fkd.py", "-k",
               "match and (not fused_matches_reference or (torch and code))"]),
+    Mutation("fkd-paper-channel-mask-from-the-student-alone", "fgdkern/reference/fkd_small_math.py",
+             "+ chan[L + l][:, IMIT_CHAN.abs_x] / pix[l].shape[2]), temps[l]).detach()",
+             "), temps[l]).detach()",
+             [FKD_SMALL_MATH, "tests/losses/test_fkd.py", "-k",
+              "paper and (not fused_matches_reference or torch)"]),
+    Mutation("triton-fkd-paper-spatial-sign-term-unscaled", "fgdkern/triton/fkd_paper.py",
+             "tl.store(pixc + S * HW + p, k_s * d / C, mask=pn)",
+             "tl.store(pixc + S * HW + p, k_s * d, mask=pn)", [FKD_PAPER, "-k", "matches"]),
+    Mutation("triton-fkd-paper-masks-not-scaled-by-their-count", "fgdkern/triton/fkd_paper.py",
+             "return tl.where(mask, n * tl.exp(", "return tl.where(mask, tl.exp(",
+             [FKD_PAPER, "-k", "matches"]),
     Mutation("triton-fkd-terms-spatial-padding-wraps-rows", "fgdkern/triton/fkd_terms.py",
              "inside = ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)",
              "inside = ok & (yy >= 0) & (yy < H)", [FKD_TERMS, "-k", "matches"]),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from numbers import Real
 
-import torch
 from torch import Tensor, nn
 
 from fgdkern import _checks

@@ -13,9 +13,11 @@ code variant   X = T, Y = f(S): abs_x -> A_S(T), sum_x -> signed means of T,
                on a GPU its Triton kernels, with one statistics call over both pairs
                and one gradient call over f(S) and S (_FKDCodeTriton).
 paper variant  X = S', T: abs_x -> G_s, G_c of both (the masks);
-               X = S', Y = T, w = M_c: sq_d -> L_AM; the small math between them is
-               torch work shared with the reference.
-The non-local blocks are torch work shared with the reference.
+               X = S', Y = T, w = M_c: sq_d -> L_AM. The small math is in the same
+               module; on a GPU its Triton kernels and one gradient call over S'
+               (_FKDPaperTriton).
+On CPU the small math runs under autograd with the passes' autograd op. The non-local
+blocks are torch work shared with the reference.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from fgdkern.reference import fkd as ref
 from fgdkern.reference import fkd_small_math
 from fgdkern.reference.imitation_passes import UNIT_CHAN_COEF
 from fgdkern.reference.fkd import CodeParams, NonLocalDistillParams, PaperParams
-from fgdkern.rows import IMIT_CHAN, IMIT_CHAN_COEF, IMIT_PIX
+from fgdkern.rows import IMIT_CHAN_COEF
 
 VARIANTS = ("code", "paper")
 
@@ -76,6 +78,37 @@ _fkd_terms_grad_triton.register_fake(lambda G, pix_t, pix_s, chan_t, chan_s, mim
     *(torch.empty_like(m) for m in mimic)])
 
 
+@torch.library.custom_op("fgdkern::fkd_paper_masks_triton", mutates_args=())
+def _fkd_paper_masks_triton(pix: list[Tensor], chan: list[Tensor],
+                            temps: list[float]) -> list[Tensor]:
+    from fgdkern.triton import fkd_paper_masks
+    return fkd_paper_masks(pix, chan, temps)
+
+
+@torch.library.custom_op("fgdkern::fkd_paper_terms_triton", mutates_args=())
+def _fkd_paper_terms_triton(pix: list[Tensor], chan: list[Tensor], pix_d: list[Tensor],
+                            temps: list[float]) -> list[Tensor]:
+    from fgdkern.triton import fkd_paper_terms
+    return fkd_paper_terms(pix, chan, pix_d, temps)
+
+
+@torch.library.custom_op("fgdkern::fkd_paper_terms_grad_triton", mutates_args=())
+def _fkd_paper_terms_grad_triton(G: Tensor, pix: list[Tensor], chan: list[Tensor],
+                                 pix_d: list[Tensor], M_c: list[Tensor], temps: list[float],
+                                 table: Tensor) -> list[Tensor]:
+    from fgdkern.triton import fkd_paper_terms_grad
+    return fkd_paper_terms_grad(G, pix, chan, pix_d, M_c, temps, table)
+
+
+_fkd_paper_masks_triton.register_fake(lambda pix, chan, temps: [
+    c.new_empty((c.shape[0], c.shape[2])) for c in chan[:len(temps)]])
+_fkd_paper_terms_triton.register_fake(lambda pix, chan, pix_d, temps: [
+    pix[0].new_empty((len(temps), 2))])
+_fkd_paper_terms_grad_triton.register_fake(lambda G, pix, chan, pix_d, M_c, temps, table: [
+    *(torch.empty_like(p) for p in pix[:len(temps)]),
+    *(c.new_empty((c.shape[0], len(IMIT_CHAN_COEF), c.shape[2])) for c in chan[:len(temps)])])
+
+
 class _FKDCodeTriton(torch.autograd.Function):
     """The (L, 3) unweighted L_feat, L_ch, L_sp of the code variant on a GPU (docs/fkd.md,
     "How it is computed"). Inputs: S*L, f(S)*L, T*L (in f(S)'s dtype; no gradient),
@@ -113,6 +146,43 @@ class _FKDCodeTriton(torch.autograd.Function):
         return (None,) * 3 + (*d[L:], *d[:L], *([None] * L), *out[3 * L:])
 
 
+class _FKDPaperTriton(torch.autograd.Function):
+    """The (L, 2) unweighted L_AT, L_AM of the paper variant on a GPU (docs/fkd.md, "How it
+    is computed"). Inputs: S'*L, T*L (in S''s dtype; no gradient).
+
+    Forward: a statistics call over X = [S', T], the masks' kernel (M_c), a
+    statistics call over X = S', Y = T weighted by M_c, the terms' kernel.
+    Backward: the terms' backward kernel writes dS''s tables (the a-term of L_AM,
+    the s-terms of L_AT), then one gradient call."""
+
+    @staticmethod
+    def forward(ctx, temps: list[float], L: int, *tensors):
+        Sa, T = list(tensors[:L]), list(tensors[L:])
+        X = [*Sa, *T]
+        stats = imitation.passes("triton")[0]
+        tables = stats(X, X, [w[:, 0] for w in imitation.constant_tables(X, (1.0,))])
+        pix, chan = tables[:2 * L], tables[2 * L:]
+        M_c = torch.ops.fgdkern.fkd_paper_masks_triton(pix, chan, temps)
+        pix_d = stats(Sa, T, M_c)[:L]
+        table = torch.ops.fgdkern.fkd_paper_terms_triton(pix, chan, pix_d, temps)[0]
+        ctx.temps, ctx.L = temps, L
+        ctx.save_for_backward(*tensors, *pix, *chan, *pix_d, *M_c, table)
+        return table
+
+    @staticmethod
+    def backward(ctx, G):
+        L, saved = ctx.L, ctx.saved_tensors
+        Sa, T = saved[:L], saved[L:2 * L]
+        pix, chan = saved[2 * L:4 * L], saved[4 * L:6 * L]
+        pix_d, M_c = saved[6 * L:7 * L], saved[7 * L:8 * L]
+        with torch.autocast(G.device.type, enabled=False):
+            out = torch.ops.fgdkern.fkd_paper_terms_grad_triton(
+                G.contiguous(), list(pix), list(chan), list(pix_d), list(M_c), ctx.temps,
+                saved[-1])
+            dSa = imitation.passes("triton")[1](list(Sa), list(T), out[:L], out[L:])
+        return (None, None, *dSa, *([None] * L))
+
+
 def _split4(tables, L: int) -> list[list[Tensor]]:
     """pix_t, pix_s, chan_t, chan_s from one statistics call over X = [T, S]."""
     return [list(tables[k * L:(k + 1) * L]) for k in range(4)]
@@ -137,24 +207,17 @@ def _code_fused(impl: str, S: list[Tensor], T: list[Tensor], params: list[CodePa
 
 def _paper_fused(impl: str, S: list[Tensor], T: list[Tensor], params: list[PaperParams],
                  temps: list[float]) -> Tensor:
-    """(L, 2): L_AT, L_AM of every level, eqs. (1), (2): M_c needs G_c of S' and T before
-    the channel-weighted sq_d, so two statistics calls."""
+    """(L, 2): L_AT, L_AM of every level, eqs. (1), (2): M_c needs G_c of S' and T before the
+    channel-weighted sq_d, so two statistics calls."""
     Sa = [s if p.align_weight is None else _adapted(s, t, p.align_weight, p.align_bias)
           for s, t, p in zip(S, T, params)]
-    L = len(Sa)
-    pix, chan = imitation_stats(impl, Sa + T)
-    Gs, Gc, M_s, M_c = [], [], [], []
-    for k, t in enumerate(T):
-        C, HW = t.shape[1], t.shape[2] * t.shape[3]
-        Gs.append((pix[k][:, IMIT_PIX.abs_x] / C, pix[L + k][:, IMIT_PIX.abs_x] / C))
-        Gc.append((chan[k][:, IMIT_CHAN.abs_x] / HW, chan[L + k][:, IMIT_CHAN.abs_x] / HW))
-        M_s.append(ref.softmax_mask(Gs[k][0] + Gs[k][1], temps[k]).detach())
-        M_c.append(ref.softmax_mask(Gc[k][0] + Gc[k][1], temps[k]).detach())
-    pairs = [_one_dtype(s, t) for s, t in zip(Sa, T)]
-    pix_d, _ = imitation_stats(impl, [x for x, _ in pairs], [y for _, y in pairs], M_c)
-    return torch.stack([torch.stack([ref.paper_mimic(*Gs[k], *Gc[k]),
-                                     ref.safe_sqrt((M_s[k] * pix_d[k][:, IMIT_PIX.sq_d]).sum())])
-                        for k in range(L)])
+    Sa, T = zip(*(_one_dtype(s, t) for s, t in zip(Sa, T)))
+    if impl == "triton":
+        return _FKDPaperTriton.apply(temps, len(S), *Sa, *T)
+    pix, chan = imitation_stats(impl, [*Sa, *T])
+    M_c = fkd_small_math.paper_masks(pix, chan, temps)
+    pix_d, _ = imitation_stats(impl, list(Sa), list(T), M_c)
+    return fkd_small_math.paper_terms(pix, chan, pix_d, temps)[0]
 
 
 def _check_finite(S: list[Tensor], T: list[Tensor]) -> None:

@@ -1,22 +1,26 @@
-"""FKD's small math (the code variant) in plain PyTorch: the terms from the imitation
-statistics, and the imitation gradient pass's tables from their gradients. This module is
-that math's one statement.
+"""FKD's small math in plain PyTorch: the terms from the imitation statistics, and the
+imitation gradient pass's tables from their gradients. This module is that math's one
+statement.
 
 ``terms`` is docs/fkd.md, "The code variant", written on the tables of
 fgdkern.reference.imitation_passes: per level pix_t, chan_t of the pair X = T,
 Y = f(S) and pix_s, chan_s of X = S, through the functions the reference loss
-itself calls (masks, norms, the channel and spatial mimics). Its backward is
-autograd of it (``terms_grad``), turned into the gradient pass's coefficients by
-imitation_passes.coefficients. On a GPU fgdkern/triton/fkd_terms*.py write the
-same math out, tested against this module (tests/triton/test_fkd_terms.py); the
-other implementations of the FKD op run it as it is.
+itself calls (masks, norms, the channel and spatial mimics). ``paper_masks`` and
+``paper_terms`` are "The paper variant": M_c from the statistics of X = S', T,
+then L_AT and L_AM with those of the pair X = S', Y = T weighted by M_c. The
+backwards are autograd of them (``terms_grad``, ``paper_terms_grad``), turned
+into the gradient pass's coefficients by imitation_passes.coefficients. On a GPU
+fgdkern/triton/fkd_*.py write the same math out, tested against this module
+(tests/triton/test_fkd_terms.py, test_fkd_paper.py); on CPU the FKD op runs it
+as it is, under autograd.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from fgdkern.reference.fkd import CodeParams, code_mimic, safe_sqrt, softmax_mask
+from fgdkern.reference.fkd import (CodeParams, code_mimic, paper_mimic, safe_sqrt,
+                                   softmax_mask)
 from fgdkern.reference.imitation_passes import coefficients
 from fgdkern.rows import FKD_MIMIC, IMIT_CHAN, IMIT_PIX
 
@@ -70,3 +74,46 @@ def terms_grad(G: Tensor, pix_t, pix_s, chan_t, chan_s, mimic, widths, temps,
         pix_s_coef.append(p)
         chan_s_coef.append(c)
     return [*pix_f, *pix_s_coef, *chan_s_coef, *g_mimic]
+
+
+def paper_masks(pix: list[Tensor], chan: list[Tensor], temps: list[float]) -> list[Tensor]:
+    """M_c (N, C) of every level, detached, from the tables of X = [S'..., T...] (2L)."""
+    L = len(temps)
+    return [softmax_mask((chan[l][:, IMIT_CHAN.abs_x] / pix[l].shape[2]
+                          + chan[L + l][:, IMIT_CHAN.abs_x] / pix[l].shape[2]), temps[l]).detach()
+            for l in range(L)]
+
+
+def paper_level_terms(pix_s: Tensor, pix_t: Tensor, chan_s: Tensor, chan_t: Tensor,
+                      pix_d: Tensor, temp: float) -> Tensor:
+    """L_AT, L_AM (2,) of one level (eqs. (1), (2)): pix_s, chan_s of S', pix_t, chan_t
+    of T, pix_d of the pair X = S', Y = T weighted by M_c."""
+    C, HW = chan_s.shape[2], pix_s.shape[2]
+    Gs_s, Gs_t = pix_s[:, IMIT_PIX.abs_x] / C, pix_t[:, IMIT_PIX.abs_x] / C
+    Gc_s, Gc_t = chan_s[:, IMIT_CHAN.abs_x] / HW, chan_t[:, IMIT_CHAN.abs_x] / HW
+    M_s = softmax_mask(Gs_s + Gs_t, temp).detach()
+    return torch.stack([paper_mimic(Gs_s, Gs_t, Gc_s, Gc_t),
+                        safe_sqrt((M_s * pix_d[:, IMIT_PIX.sq_d]).sum())])
+
+
+def paper_terms(pix: list[Tensor], chan: list[Tensor], pix_d: list[Tensor],
+                temps: list[float]) -> list[Tensor]:
+    """[table]: the (L, 2) terms L_AT, L_AM of every level."""
+    L = len(temps)
+    return [torch.stack([paper_level_terms(pix[l], pix[L + l], chan[l], chan[L + l], pix_d[l],
+                                           temps[l]) for l in range(L)])]
+
+
+def paper_terms_grad(G: Tensor, pix, chan, pix_d, M_c, temps, table) -> list[Tensor]:
+    """The backward of paper_terms by autograd from G (L, 2): [pix_coef * L, chan_coef * L]
+    of dS' in the gradient pass over X = S', Y = T (w = M_c: the a-term of L_AM, the
+    s-terms of L_AT). table: what paper_terms returned, which the kernels read."""
+    L = len(temps)
+
+    def table_of(ps, cs, pd):
+        return paper_terms([*ps, *pix[L:]], [*cs, *chan[L:]], pd, temps)[0]
+
+    _, vjp = torch.func.vjp(table_of, pix[:L], chan[:L], pix_d)
+    g_pix, g_chan, g_pix_d = vjp(G.to(pix[0].dtype))
+    tables = [coefficients(gp + gd, gc, w)[:2] for gp, gc, gd, w in zip(g_pix, g_chan, g_pix_d, M_c)]
+    return [t[0] for t in tables] + [t[1] for t in tables]

@@ -46,3 +46,15 @@ def case(N=2, levels=LEVELS, seed=0):
     """(pix_t, pix_s, chan_t, chan_s, mimic, widths) of the contract, float32 on the CPU."""
     S, T, mimic, adapt = maps(N, levels, seed)
     return (*tables(S, adapted(S, adapt), T), mimic, [lv[1] for lv in levels])
+
+
+def paper_tables(Sa, T, temps):
+    """pix, chan of X = [S'..., T...], M_c (the contract's paper_masks) and pix_d, the pair
+    (S', T) weighted by M_c."""
+    from fgdkern.reference import fkd_small_math
+    X = [*Sa, *T]
+    out = imitation_passes.imitation_stats(X, X, [torch.ones(x.shape[:2], dtype=x.dtype)
+                                                  for x in X])
+    pix, chan = out[:len(X)], out[len(X):]
+    M_c = fkd_small_math.paper_masks(pix, chan, temps)
+    return pix, chan, imitation_passes.imitation_stats(Sa, T, M_c)[:len(Sa)], M_c

@@ -1,18 +1,19 @@
-"""FKD's small math (fgdkern.reference.fkd_small_math), the contract of the kernels' terms and
-terms_grad: the terms against the reference loss on the maps the tables come from, and the
-backward, pushed through the imitation gradient pass, against autograd of that loss in S,
-in f(S) and in every mimic parameter."""
+"""FKD's small math (fgdkern.reference.fkd_small_math), the contract of the kernels: the terms
+of both variants against the reference loss on the maps the tables come from, and their
+backward, pushed through the imitation gradient pass and the 1x1 adaptation (f, align),
+against autograd of that loss in S and in every parameter."""
 import functools
 
 import pytest
 import torch
 
 from fgdkern.reference import fkd_small_math, imitation_passes
-from fgdkern.reference.fkd import CodeParams, fkd_code_reference
+from fgdkern.reference.fkd import (CodeParams, PaperParams, fkd_code_reference,
+                                   fkd_paper_reference)
 from fgdkern.reference.imitation_passes import UNIT_CHAN_COEF
 from fgdkern.rows import IMIT_CHAN_COEF, IMIT_PIX_COEF
 from tests.harness import assert_exact_list, to_float64
-from tests.ops.fkd_small_math import LEVELS, TEMPS, adapted, maps, tables
+from tests.ops.fkd_small_math import LEVELS, TEMPS, adapted, maps, paper_tables, tables
 
 
 def reference_terms(S, T, mimic, adapt, temps):
@@ -111,3 +112,72 @@ def test_zero_norms_give_zero_not_nan():
     out = fkd_small_math.terms_grad(torch.ones(1, 3), *args, table)
     assert all(torch.isfinite(x).all() for x in out)
     assert all((x == 0).all() for x in out[:2] + out[3:])
+
+
+# ---------------------------------------------------------------- the paper variant
+def paper_reference_terms(S, T, align, temps):
+    """(L, 2) L_AT, L_AM of fkd_paper_reference level by level (no non-local term)."""
+    return torch.stack([torch.stack(list(fkd_paper_reference(s, t, PaperParams(*wb), None,
+                                                             temp)[:2]))
+                        for s, t, wb, temp in zip(S, T, align, temps)])
+
+
+def paper_reference_grads(G, S, T, align, temps):
+    S = [s.detach().requires_grad_() for s in S]
+    align = [tuple(x.detach().requires_grad_() for x in wb) for wb in align]
+    value = (paper_reference_terms(S, T, align, temps) * G).sum()
+    return torch.autograd.grad(value, S + [x for wb in align for x in wb])
+
+
+def paper_contract_grads(G, S, T, align, temps):
+    """paper_terms_grad's tables through imitation_grad (dS'), then the align conv's own
+    backward."""
+    S = [s.detach().requires_grad_() for s in S]
+    align = [tuple(x.detach().requires_grad_() for x in wb) for wb in align]
+    Sa = adapted(S, align)
+    tables = paper_tables([s.detach() for s in Sa], T, temps)
+    out = fkd_small_math.paper_terms_grad(G, *tables, temps,
+                                          fkd_small_math.paper_terms(*tables[:3], temps)[0])
+    L = len(S)
+    dSa = imitation_passes.imitation_grad([s.detach() for s in Sa], T, out[:L], out[L:])
+    return torch.autograd.grad(Sa, S + [x for wb in align for x in wb], dSa), out
+
+
+@pytest.mark.parametrize("N", [1, 3])
+def test_paper_terms_match_the_reference_loss(N):
+    S, T, _, align = maps(N, LEVELS)
+    Sa = adapted(S, align)
+    got = fkd_small_math.paper_terms(*paper_tables(Sa, T, TEMPS)[:3], TEMPS)
+    assert len(got) == 1 and got[0].shape == (len(LEVELS), 2)
+    truth = lambda: list(paper_reference_terms(*to_float64((S, T, align)), TEMPS).T)  # noqa: E731
+    assert_exact_list(list(got[0].T), list(paper_reference_terms(S, T, align, TEMPS).T), truth,
+                      max(s.numel() for s in S + T))
+
+
+def test_paper_masks_come_from_the_sum_of_both_attentions():
+    """M_c: C softmax over channels of G_c(S') + G_c(T) (docs/fkd.md, "The paper variant")."""
+    S, T, _, align = maps(2, LEVELS[:1])
+    Sa = adapted(S, align)
+    pix, chan, _, M_c = paper_tables(Sa, T, TEMPS[:1])
+    G = Sa[0].abs().mean((2, 3)) + T[0].abs().mean((2, 3))
+    torch.testing.assert_close(M_c[0], G.shape[1] * torch.softmax(G / TEMPS[0], -1))
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_paper_backward_through_the_gradient_pass_matches_autograd(N):
+    S, T, _, align = maps(N, LEVELS, seed=2)
+    L = len(S)
+    G = torch.randn(L, 2, generator=torch.Generator().manual_seed(4))
+    got, out = paper_contract_grads(G, S, T, align, TEMPS)
+    want = paper_reference_grads(G, S, T, align, TEMPS)
+    truth = functools.cache(lambda: paper_reference_grads(
+        G.double(), *to_float64((S, T, align)), TEMPS))
+    n = max(s.numel() for s in S + T)
+    assert_exact_list(list(got[:L]), list(want[:L]), lambda: truth()[:L], n)
+    for k in range(L):  # each level's align conv on one scale
+        idx = [L + 2 * k, L + 2 * k + 1]
+        assert_exact_list([got[i] for i in idx], [want[i] for i in idx],
+                          lambda idx=idx: [truth()[i] for i in idx], n,
+                          scale=max(float(want[i].abs().max()) for i in idx))
+    for p in out[:L]:  # dS' has no signed-sum term
+        assert (p[:, IMIT_PIX_COEF.b] == 0).all()

@@ -83,10 +83,10 @@ def variants(module: str, name: str) -> list[dict]:
             warps = launch.pop("num_warps") if "BLOCK_H" in args else 4  # pixel kernel: 4
             out.append(dict(dtype="fp32", constexprs=launch, num_warps=warps))
         return out
-    if module.startswith("fgdkern.triton.fkd_terms"):  # FKD's small math: one variant
+    if module.startswith("fgdkern.triton.fkd_"):  # FKD's small math: one variant each
         fkd = importlib.import_module(module)
-        return [dict(dtype="fp32", num_warps=fkd.NUM_WARPS, constexprs=dict(
-            BLOCK=fkd.BLOCK, BLOCK_J=fkd.BLOCK_J, BLOCK_I=fkd.BLOCK_I))]
+        blocks = {k: getattr(fkd, k) for k in ("BLOCK", "BLOCK_J", "BLOCK_I") if k in args}
+        return [dict(dtype="fp32", num_warps=fkd.NUM_WARPS, constexprs=blocks)]
     if "LAYOUT" not in args:  # a combine kernel: float32 workspace only
         return [dict(dtype="fp32", constexprs=dict(LEVELS=8, BLOCK_C=COMBINE_BLOCK_C),
                      num_warps=COMBINE_WARPS)]

@@ -20,12 +20,16 @@ pytestmark = [needs_kernels, pytest.mark.skipif(
 
 BUDGET = 12
 FGD_BUDGET = 24
-# FKD's code variant without the non-local term: a fixed part, and per level the 1x1
-# adaptation's forward and backward (one op each, its own kernels on a GPU) and the sum
-# of its input gradient with the passes'.
-FKD_BUDGET, FKD_PER_LEVEL = 14, 3
-FKD_KERNELS = ["imitation_stats_fwd_kernel", "imitation_stats_combine_kernel",
-               "fkd_terms_kernel", "fkd_terms_grad_kernel", "imitation_grad_bwd_kernel"]
+# FKD without the non-local term: a fixed part, and per level the 1x1 adaptation's forward
+# and backward (one op each, its own kernels on a GPU) and the sum of its input gradient
+# with the passes' (the code variant's f; the paper variant's align, where the widths
+# differ).
+FKD_BUDGET, FKD_PER_LEVEL = 16, 3
+STATS = ["imitation_stats_fwd_kernel", "imitation_stats_combine_kernel"]
+FKD_KERNELS = {
+    "code": [*STATS, "fkd_terms_kernel", "fkd_terms_grad_kernel", "imitation_grad_bwd_kernel"],
+    "paper": [*STATS, "fkd_paper_masks_kernel", *STATS, "fkd_paper_terms_kernel",
+              "fkd_paper_terms_grad_kernel", "imitation_grad_bwd_kernel"]}
 FGD_KERNELS = ["fgd_stats_fwd_kernel", "fgd_stats_combine_kernel", "fgd_terms_kernel",
                "fgd_pixel_coef_kernel", "fgd_terms_grad_kernel", "fgd_grad_bwd_kernel",
                "fgd_grad_combine_kernel"]
@@ -93,11 +97,15 @@ def test_fgd_launches_within_the_budget(levels, monkeypatch):
 
 
 @pytest.mark.parametrize("levels", [1, 3, 8])
-def test_fkd_launches_within_the_budget(levels):
-    """MultiLevelFKDLoss (code variant, non_local=False) fwd+bwd, the gradients of S and of
-    every parameter (the adaptations' and the mimics')."""
+@pytest.mark.parametrize("variant,Cs", [("code", 8), ("paper", 8), ("paper", 5)])
+def test_fkd_launches_within_the_budget(variant, Cs, levels):
+    """MultiLevelFKDLoss (non_local=False) fwd+bwd, the gradients of S and of every
+    parameter (the adaptations' and the mimics'); Cs = 5: the paper variant's align."""
+    g = torch.Generator().manual_seed(0)
     S, (T,) = pyramid(levels)
-    loss = fgdkern.MultiLevelFKDLoss(levels, 8, 8, non_local=False, backend="triton")
+    S = [torch.randn(s.shape[0], Cs, *s.shape[2:], generator=g).requires_grad_() for s in S]
+    loss = fgdkern.MultiLevelFKDLoss(levels, Cs, 8, variant=variant, non_local=False,
+                                     backend="triton")
     leaves = S + list(loss.parameters())
 
     def step():
@@ -105,7 +113,7 @@ def test_fkd_launches_within_the_budget(levels):
 
     step()
     got = count_launches(step)
-    print(f"fkd, {levels} levels: {got}")
-    assert got.triton == FKD_KERNELS, got
+    print(f"fkd {variant}, Cs={Cs}, {levels} levels: {got}")
+    assert got.triton == FKD_KERNELS[variant], got
     assert got.total <= FKD_BUDGET + FKD_PER_LEVEL * levels, got
     assert got.syncs == [], got
