@@ -25,6 +25,7 @@ from fgdkern.rows import IMIT_CHAN, IMIT_CHAN_COEF, IMIT_PIX, IMIT_PIX_COEF
 from fgdkern.triton.fkd_terms import BLOCK, NUM_WARPS, safe_sqrt
 from fgdkern.triton.levels import (
     device_values, host_copy_if_interpreted, offset, on_device, positive_levels, row_indices)
+from fgdkern.triton.merges import softmax_step
 
 ABS_X, SQ_D, PIX_ROWS = row_indices(IMIT_PIX, "abs_x", "sq_d")
 CHAN_ABS_X, CHAN_ROWS = row_indices(IMIT_CHAN, "abs_x")
@@ -54,10 +55,7 @@ def summed_softmax_stats(a, b, n, inv_n, inv_temp, BLOCK: tl.constexpr):
     z = tl.zeros([], tl.float32)
     for i0 in range(0, n, BLOCK):
         i = i0 + tl.arange(0, BLOCK)
-        v = summed_logits(a, b, i, i < n, inv_n, inv_temp)
-        m_new = tl.maximum(m, tl.max(v, 0))
-        z = z * tl.exp(m - m_new) + tl.sum(tl.where(i < n, tl.exp(v - m_new), 0.0), 0)
-        m = m_new
+        m, z = softmax_step(m, z, summed_logits(a, b, i, i < n, inv_n, inv_temp), i < n)
     return m, 1.0 / z
 
 

@@ -142,10 +142,16 @@ def softmax_stats(x, n, scale, BLOCK: tl.constexpr):
     for i0 in range(0, n, BLOCK):
         i = i0 + tl.arange(0, BLOCK)
         v = tl.load(x + i, mask=i < n, other=-float("inf")).to(tl.float64) * scale
-        m_new = tl.maximum(m, tl.max(v, 0))
-        z = z * tl.exp(m - m_new) + tl.sum(tl.where(i < n, tl.exp(v - m_new), 0.0), 0)
-        m = m_new
+        m, z = softmax_step(m, z, v, i < n)
     return m, 1.0 / z
+
+
+@triton.jit
+def softmax_step(m, z, v, valid):
+    """Online softmax: the running max m and sum z of exp(x - m) after the values v (where
+    valid) too."""
+    m_new = tl.maximum(m, tl.max(v, 0))
+    return m_new, z * tl.exp(m - m_new) + tl.sum(tl.where(valid, tl.exp(v - m_new), 0.0), 0)
 
 
 @triton.jit
