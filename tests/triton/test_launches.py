@@ -133,3 +133,29 @@ def test_launches_follow_the_tensors_device():
         got = [x.cpu() for x in _fgd_step(2, 8, "cuda:1")()]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.cuda
+def test_cuda_convolution_launches():
+    """What tests/launches.py counts for a 1x1 convolution with a bias (COMPILED_OPS), whose
+    CPU form differs: the CUDA kernels of its forward, and of its backward with every
+    gradient (FKD's adaptation and align layers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tests.launches import COMPILED_OPS
+
+    conv = torch.nn.Conv2d(64, 32, kernel_size=1).cuda()
+    x = torch.randn(2, 64, 20, 24, device="cuda", requires_grad=True)
+    counts = []
+    for _ in range(2):  # the first call picks the algorithms
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            y = conv(x)
+            torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof_bwd:
+            torch.autograd.grad(y, [x, conv.weight, conv.bias], torch.ones_like(y))
+            torch.cuda.synchronize()
+        counts = [len([e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                       and "Memcpy" not in e.name and "Memset" not in e.name
+                       and "fill" not in e.name]) for p in (prof, prof_bwd)]
+    assert counts[0] <= COMPILED_OPS["aten::convolution"], counts
+    assert counts[1] <= COMPILED_OPS["aten::convolution_backward"], counts
